@@ -1,0 +1,94 @@
+# bloodlib: setup, study runs and every check from one place. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PY ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# `make venv REQUIREMENTS=requirements-gpu.txt` builds the GPU environment instead
+# (start from `make distclean`: pip cannot swap tensorflow-cpu for tensorflow in place).
+REQUIREMENTS ?= requirements.txt
+RUN_ARGS ?=
+KERNEL_ARGS ?=
+
+# Caches (manifests, features, weights) stay inside the clone, so CI can cache one folder.
+export BLOODLIB_CACHE ?= $(CURDIR)/.cache
+# Notebooks and tests import bloodlib from this checkout even before `pip install -e .`.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+PYTEST := $(VPY) -m pytest
+NBVAL := --nbval notebooks/ --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+LINT_PATHS := bloodlib tests benchmarks
+
+.PHONY: help venv run test test-unit test-data test-notebooks lint lab kernel bench clean distclean
+
+help:
+	@echo "make venv            create/refresh .venv from $(REQUIREMENTS) + pip install -e ."
+	@echo "make run             run the study, sample profile (RUN_ARGS='--profile full --data DIR')"
+	@echo "make test            every CI tier: pytest (not gpu, not slow) + nbval over notebooks/"
+	@echo "make test-unit       pytest -m unit"
+	@echo "make test-data       pytest -m data (the real dev images; skipped when absent)"
+	@echo "make test-notebooks  nbval over notebooks/ + pytest -m notebooks"
+	@echo "make lint            ruff check + ruff format --check + nbqa ruff notebooks/"
+	@echo "make lab             JupyterLab in the venv"
+	@echo "make kernel          register the venv as the Jupyter kernel 'bloodlib' (KERNEL_ARGS=...)"
+	@echo "make bench           run benchmarks/*.py"
+	@echo "make clean           remove caches of tools (keeps .venv, .cache and runs/)"
+	@echo "make distclean       clean + remove .venv and .cache (runs/ is never removed)"
+
+venv: $(STAMP)
+
+# Re-installs only when a requirements file or pyproject.toml changed: otherwise instant.
+$(STAMP): $(wildcard requirements*.txt) pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install -r $(REQUIREMENTS)
+	$(VPY) -m pip install -e .
+	touch $@
+
+run: $(STAMP)
+	$(VPY) -m bloodlib run --profile sample $(RUN_ARGS)
+
+# Each command fails the target on any non-zero exit, including pytest's 5 (no tests ran).
+test: $(STAMP)
+	$(PYTEST) -m "not gpu and not slow" tests
+	$(PYTEST) $(NBVAL)
+
+test-unit: $(STAMP)
+	$(PYTEST) -m unit tests
+
+test-data: $(STAMP)
+	$(PYTEST) -m data tests
+
+# The papermill tests marked `notebooks` are optional here (exit 5 = none), nbval is not.
+test-notebooks: $(STAMP)
+	$(PYTEST) $(NBVAL)
+	$(PYTEST) -m "notebooks and not gpu and not slow" tests || [ $$? -eq 5 ]
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/nbqa ruff notebooks/
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
+
+kernel: $(STAMP)
+	$(VPY) -m bloodlib kernel $(KERNEL_ARGS)
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do \
+		[ -e "$$f" ] || continue; \
+		echo "== $$f"; \
+		$(VPY) "$$f"; \
+	done
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build ./*.egg-info
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
+		-type d \( -name __pycache__ -o -name .ipynb_checkpoints \) -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) .cache

