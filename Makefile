@@ -78,11 +78,14 @@ lab: $(STAMP)
 kernel: $(STAMP)
 	$(VPY) -m bloodlib kernel $(KERNEL_ARGS)
 
+# Each script writes runs/bench/<name>.json; BENCH_ARGS='--images 64 --repeats 1' passes flags to all.
 bench: $(STAMP)
-	for f in benchmarks/*.py; do \
+	mkdir -p runs/bench
+	for f in benchmarks/bench_*.py; do \
 		[ -e "$$f" ] || continue; \
+		name=$$(basename "$$f" .py); \
 		echo "== $$f"; \
-		$(VPY) "$$f"; \
+		$(VPY) "$$f" --json "runs/bench/$${name#bench_}.json" $(BENCH_ARGS); \
 	done
 
 clean:

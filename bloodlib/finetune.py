@@ -184,9 +184,13 @@ def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch
 def load_history(train_dir: str | Path, epochs_head: int | None = None) -> pd.DataFrame:
     """The CSVLogger log of both phases, with a ``phase`` column."""
     path = Path(train_dir) / "history.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=["epoch", "loss", "accuracy", "val_loss", "val_accuracy"])
+    empty = pd.DataFrame(columns=["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "phase"])
+    # CSVLogger creates the file before the first epoch ends: a run killed early leaves it empty.
+    if not path.is_file() or path.stat().st_size == 0:
+        return empty
     hist = pd.read_csv(path)
+    if hist.empty:
+        return empty
     # A resumed epoch is logged again: keep its last record.
     hist = hist.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
     if epochs_head is None:
@@ -278,7 +282,7 @@ def train(
         keras.callbacks.TensorBoard(train_dir / "tensorboard", profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
-    resumed = hist_csv.is_file()
+    resumed = len(prior) > 0
     start = time.perf_counter()
 
     # Phase 1: head only.

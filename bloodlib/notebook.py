@@ -7,6 +7,7 @@ Notebooks hand results to each other only through the run folder:
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ import pandas as pd
 
 from bloodlib import CLASSES, __version__
 from bloodlib.io import read_json, write_json
+
+# Notebooks are teaching material: keep TensorFlow's C++ info logs out of their outputs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def environment(show: bool = True) -> dict[str, Any]:
@@ -152,3 +156,127 @@ def write_metrics(run_dir: str | Path, entries: list[dict[str, Any]], **extra: A
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / "metrics.json")
+
+
+def show(fig, run_dir: str | Path, name: str):
+    """Save a figure as ``run_dir/figures/<name>.png``, display it once, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    from bloodlib.plots import save_figure
+
+    save_figure(fig, Path(run_dir) / "figures" / f"{name}.png")
+    # The notebook gets a lighter copy (the PNG in figures/ keeps full resolution): JPEG for
+    # photo grids, PNG for charts, so committed notebooks stay small enough for GitHub.
+    photos = any(ax.images for ax in fig.axes)
+    buf = io.BytesIO()
+    fig.savefig(
+        buf,
+        format="jpeg" if photos else "png",
+        dpi=72 if photos else 80,
+        bbox_inches="tight",
+        **({"pil_kwargs": {"quality": 80}} if photos else {}),
+    )
+    display(Image(data=buf.getvalue(), format="jpeg" if photos else "png"))
+    plt.close(fig)
+
+
+def record_data(run_dir: str | Path, data: str, manifest, split: pd.DataFrame) -> Path:
+    """``data.json`` and ``quality.csv``: what the run's data was, for provenance and later notebooks."""
+    from bloodlib import source
+    from bloodlib.io import write_with
+
+    run_dir = Path(run_dir)
+    write_with(run_dir / "quality.csv", lambda p: manifest.quality.to_csv(p, index=False))
+    return write_json(
+        run_dir / "data.json",
+        {
+            "data": str(data),
+            "source": source.describe(data),
+            "root": str(manifest.root),
+            "manifest_hash": manifest.content_hash(),
+            "files": int(len(manifest.table)),
+            "usable": int(len(manifest.usable)),
+            "status_counts": manifest.status_counts(),
+            "split_counts": split["split"].value_counts().to_dict(),
+            "warnings": list(manifest.warnings),
+        },
+    )
+
+
+def svm_experiment(
+    backbone: str,
+    split: pd.DataFrame,
+    run_dir: str | Path,
+    *,
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
+    batch_size: int = 32,
+    cv: int = 3,
+    seed: int = 42,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Design 1 for one backbone: cached features, SVM chosen by CV on train, scored on val/test.
+
+    Saves ``models/<backbone>_svm.joblib`` with its sidecar and returns the
+    scores, the CV table and the test confusion matrix.
+    """
+    from bloodlib import backbones, evaluate, features, svm
+    from bloodlib.saved import write_sidecar
+
+    bb = backbones.get(backbone)
+    size = int(image_size or bb.input_size)
+    fs = features.extract(
+        split["path"].tolist(),
+        split["sha256"].tolist(),
+        backbone,
+        image_size=size,
+        weights=weights,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    y = label_indices(split["label"])
+    part = split["split"].to_numpy()
+    result = svm.fit_svm(fs.features[part == "train"], y[part == "train"], cv=cv, seed=seed)
+    scores: dict[str, Any] = {}
+    for name in ("val", "test"):
+        mask = part == name
+        if mask.any():
+            proba = result.model.predict_proba(fs.features[mask])
+            scores[name] = evaluate.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
+    name = f"{backbone}_svm"
+    model_path = Path(run_dir) / "models" / f"{name}.joblib"
+    svm.save(result.model, model_path)
+    write_sidecar(
+        model_path,
+        {
+            "name": name,
+            "method": "svm",
+            "backbone": backbone,
+            "classes": list(CLASSES),
+            "image_size": size,
+            "preprocessing": bb.preprocessing,
+            "weights": weights,
+            "weights_origin": bb.weights_origin if weights == "imagenet" else str(weights),
+            "features_key": fs.key,
+            "svm_params": {k: v for k, v in result.best_params.items()},
+            "cv_accuracy": result.cv_score,
+            "train_images": int((part == "train").sum()),
+            "metrics": {f"{k}_accuracy": v["accuracy"] for k, v in scores.items()},
+        },
+    )
+    return {
+        "name": name,
+        "backbone": backbone,
+        "features_from_cache": fs.from_cache,
+        "feature_dim": int(fs.features.shape[1]),
+        "best_params": result.best_params,
+        "cv_accuracy": result.cv_score,
+        "cv_table": result.cv_table,
+        "val_accuracy": scores.get("val", {}).get("accuracy"),
+        "test_accuracy": scores["test"]["accuracy"],
+        "test_metrics": scores["test"],
+        "model_path": model_path,
+    }

@@ -224,7 +224,9 @@ def _class_root_in_extracted(folder: Path, *, progress: bool) -> Path:
     """Class root in an extraction; Mendeley's outer zip may wrap the dataset's own zip."""
     if _candidates(folder, _SEARCH_DEPTH):
         return _class_root(folder)
-    inner = [p for p in folder.rglob("*.zip") if "__MACOSX" not in p.parts]
+    inner = sorted(p for p in folder.rglob("*.zip") if "__MACOSX" not in p.parts)
+    if len(inner) > 1:  # prefer the dataset's own zip over any extras in a bundle
+        inner = [p for p in inner if p.name.lower().startswith("pbc")] or inner
     if len(inner) == 1:
         nested = folder / "nested"
         if not nested.is_dir():

@@ -1,0 +1,171 @@
+"""Classification speed: ``classify_folder`` end to end against the model's pure forward pass.
+
+In one run:
+  * a fine-tuning classifier (backbone + untrained head: speed does not depend on
+    the weights' values) is saved as ``models/x.keras`` with the sidecar that
+    ``finetune.train`` writes;
+  * N dev images are linked into a temporary folder in the class layout;
+  * ``classify_folder`` is timed end to end: model load, file checks, decoding,
+    prediction, the metrics against the folder labels and the CSV;
+  * the loaded model's pure forward pass on in-memory tensors of the same shape,
+    and the model load alone, are timed beside it.
+
+Target: >= 50 images/s end to end with efficientnet_lite0 at 224 on 2 CPU cores.
+
+    .venv/bin/python benchmarks/bench_classify.py [--images 512 --batch-size 32 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import _common as C  # first: sets the cache path and sys.path before bloodlib
+
+TARGET_IMAGES_PER_S = 50.0
+
+
+def link_images(chosen, folder: Path) -> None:
+    """Symlink (or copy) the chosen files into ``folder/<label>/``, with unique names."""
+    for i, (path, label) in enumerate(zip(chosen["path"], chosen["label"], strict=True)):
+        dest = folder / label / f"{i:05d}_{Path(path).name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(path, dest)
+        except OSError:
+            shutil.copyfile(path, dest)
+
+
+def save_model(model, cfg, model_path: Path) -> None:
+    """Save like ``finetune.train``: the .keras file and its JSON sidecar."""
+    from bloodlib import CLASSES, backbones
+    from bloodlib.saved import write_sidecar
+
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(model_path)
+    bb = backbones.get(cfg.backbone)
+    write_sidecar(
+        model_path,
+        {
+            "name": model_path.stem,
+            "method": "finetune",
+            "backbone": cfg.backbone,
+            "classes": list(CLASSES),
+            "image_size": cfg.size,
+            "input": "RGB float32 0..255, resized; preprocessing is inside the model",
+            "preprocessing": bb.preprocessing,
+            "weights": cfg.weights,
+            "weights_origin": bb.weights_origin,
+            "precision": "float32",
+            "config": asdict(cfg),
+            "metrics": {},
+            "note": "benchmark model: untrained head",
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.parser(__doc__.split("\n")[0], images=512)
+    args = C.parse(p, argv)
+
+    import keras
+
+    from bloodlib.classify import classify_folder
+    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.saved import load_classifier
+
+    n, bs, size = args.images, args.batch_size, args.image_size
+    chosen = C.choose_images(args.data, n)
+    report = C.Report("bench_classify", args)
+    print(
+        f"{n} images from {args.data} ({chosen.attrs['available']} usable"
+        + (", so some repeat" if chosen.attrs["repeated"] else "")
+        + f"); {args.backbone} at {size}, batch {bs}",
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="bloodlib-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        cfg = FinetuneConfig(
+            backbone=args.backbone, image_size=size, batch_size=bs, weights="imagenet"
+        )
+        model_path = tmp / "models" / "x.keras"
+        save_model(build_classifier(cfg), cfg, model_path)
+        keras.backend.clear_session()  # the timed runs load the saved file, as a user would
+        folder, warm_folder = tmp / "images", tmp / "warm"
+        link_images(chosen, folder)
+        link_images(chosen.iloc[: min(bs, n)], warm_folder)
+
+        results = {}
+
+        def end_to_end():
+            results["e2e"] = classify_folder(
+                model_path, folder, tmp / "predictions.csv", batch_size=bs, progress=False
+            )
+
+        def load():
+            load_classifier(model_path)
+
+        model = load_classifier(model_path).model
+        x = C.random_images(n, size)
+        rest = n % bs
+
+        def pure():
+            model.predict(x, batch_size=bs, verbose=0)
+
+        def warm_e2e():  # first-call costs of the process (imports, TF start-up) on one batch
+            classify_folder(model_path, warm_folder, None, batch_size=bs, progress=False)
+
+        def warm_pure():
+            model.predict(x[:bs], batch_size=bs, verbose=0)
+            if rest:
+                model.predict(x[:rest], batch_size=bs, verbose=0)
+
+        with warnings.catch_warnings():  # an untrained head makes sklearn warn about metrics
+            warnings.simplefilter("ignore")
+            t = C.time_interleaved(
+                {"classify_folder": end_to_end, "load model": load, "pure forward": pure},
+                args.repeats,
+                warmups={"classify_folder": warm_e2e, "pure forward": warm_pure},
+            )
+        res = results["e2e"]
+        classified = int((res.table["status"] == "classified").sum())
+        if classified != n:
+            raise SystemExit(f"only {classified} of {n} images were classified:\n{res.skipped}")
+
+    e2e, pure_ips = t["classify_folder"].rate(n), t["pure forward"].rate(n)
+    report.add(
+        "classify_folder end to end",
+        e2e,
+        "images/s",
+        f"median {t['classify_folder'].rate(n, 'median'):.1f}; includes model load",
+    )
+    report.add("  of which model load", t["load model"].best, "s", "timed alone")
+    report.add(
+        "  without model load",
+        n / max(t["classify_folder"].best - t["load model"].best, 1e-9),
+        "images/s",
+        "end to end minus the load timed alone",
+    )
+    report.add(
+        "pure forward, in-memory",
+        pure_ips,
+        "images/s",
+        f"median {t['pure forward'].rate(n, 'median'):.1f}",
+    )
+    report.add("end to end / pure forward", e2e / pure_ips, "", "best-of repeats")
+    applies, cond = C.target_conditions(args, backbone="efficientnet_lite0", size=224, cores=2)
+    report.check(
+        "classify_folder images/s", e2e, TARGET_IMAGES_PER_S, applies=applies, condition=cond
+    )
+    report.extra["timings"] = {k: v.as_dict() for k, v in t.items()}
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Design 2: fine-tuning with a tiny registered backbone; freezing, saving, resuming."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tiny_models
+from tiny_models import write_cell
+
+from bloodlib import CLASSES, backbones, finetune
+from bloodlib.finetune import FinetuneConfig, build_classifier, load_history, set_trainable, train
+from bloodlib.pipeline import make_dataset
+from bloodlib.saved import load_classifier, read_sidecar
+
+pytestmark = pytest.mark.unit
+
+SIZE = tiny_models.SIZE
+# "caffe" puts the custom CaffePreprocess layer inside the saved model.
+TINY = tiny_models.backbone("tiny", tiny_models.convnet_builder, "caffe", feature_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch):
+    monkeypatch.setitem(backbones.REGISTRY, "tiny", TINY)
+
+
+def config(**changes) -> FinetuneConfig:
+    base = dict(
+        backbone="tiny",
+        image_size=SIZE,
+        batch_size=8,
+        epochs_head=1,
+        epochs_finetune=1,
+        weights=None,
+        precision="float32",
+        seed=1,
+    )
+    return FinetuneConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """32 training and 16 validation JPEGs, 8 classes, colour-coded by class."""
+    root = tmp_path_factory.mktemp("finetune_data")
+
+    def frame(part: str, per_class: int) -> pd.DataFrame:
+        rows = []
+        for c, cls in enumerate(CLASSES):
+            for i in range(per_class):
+                path = write_cell(root / part / cls / f"{i}.jpg", c, seed=1000 * c + i)
+                rows.append({"path": str(path), "label": cls})
+        return pd.DataFrame(rows)
+
+    return frame("train", 4), frame("val", 2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+    """One finished run; the in-memory model is captured from ``build_classifier``."""
+    run_dir = tmp_path_factory.mktemp("run")
+    built = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(backbones.REGISTRY, "tiny", TINY)
+
+        def capture(cfg, *args, **kwargs):
+            built.append(build_classifier(cfg, *args, **kwargs))
+            return built[-1]
+
+        mp.setattr(finetune, "build_classifier", capture)
+        start = time.perf_counter()
+        result = train(config(), *data, run_dir, "tiny_ft", verbose=0)
+        seconds = time.perf_counter() - start
+    return result, run_dir, built[0], seconds
+
+
+def test_train_writes_model_sidecar_and_history(trained):
+    result, run_dir, _, _ = trained
+    assert result.model_path == run_dir / "models" / "tiny_ft.keras"
+    assert result.model_path.is_file()
+    assert not result.resumed
+    info = read_sidecar(result.model_path)
+    assert json.loads(result.model_path.with_suffix(".json").read_text()) == info
+    assert info["name"] == "tiny_ft"
+    assert info["method"] == "finetune"
+    assert info["backbone"] == "tiny"
+    assert info["classes"] == list(CLASSES)
+    assert info["image_size"] == SIZE
+    assert info["preprocessing"] == "caffe"
+    assert info["train_images"] == 32 and info["val_images"] == 16
+    assert set(info["metrics"]) >= {"best_val_accuracy", "train_seconds"}
+    assert info["metrics"]["best_val_accuracy"] == pytest.approx(result.best_val_accuracy)
+    assert info["config"]["epochs_head"] == 1
+
+    train_dir = run_dir / "train" / "tiny_ft"
+    raw = pd.read_csv(train_dir / "history.csv")
+    assert list(raw["epoch"]) == [0, 1]
+    hist = load_history(train_dir)
+    assert list(hist["phase"]) == ["head", "fine-tune"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(hist.columns)
+    assert list(result.history["epoch"]) == [0, 1]
+    assert result.best_val_accuracy == pytest.approx(hist["val_accuracy"].max())
+    assert (train_dir / "done.json").is_file() and (train_dir / "phase1.weights.h5").is_file()
+    assert not list(result.model_path.parent.glob(".*"))  # atomic save: no temp files left
+
+
+def test_loaded_classifier_matches_the_in_memory_model(trained, data):
+    result, _, model, _ = trained
+    paths = data[1]["path"].tolist()
+    ds = make_dataset(paths, image_size=SIZE, batch_size=8)
+    expected = model.predict(ds, verbose=0)
+    clf = load_classifier(result.model_path)
+    assert clf.classes == list(CLASSES) and clf.image_size == SIZE
+    got = clf.predict_proba(paths, batch_size=5, progress=False)
+    assert got.shape == (16, 8)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_finished_run_returns_at_once(trained, data, monkeypatch):
+    result, run_dir, _, _ = trained
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a finished run must not build or train again")
+
+    monkeypatch.setattr(finetune, "build_classifier", no_build)
+    start = time.perf_counter()
+    again = train(config(), *data, run_dir, "tiny_ft", verbose=0)
+    assert time.perf_counter() - start < 2.0
+    assert again.model_path == result.model_path
+    assert again.resumed
+    assert again.best_val_accuracy == pytest.approx(result.best_val_accuracy)
+    assert list(again.history["epoch"]) == [0, 1]
+
+
+def test_other_config_in_the_same_run_folder_raises(trained, data):
+    _, run_dir, _, _ = trained
+    with pytest.raises(RuntimeError, match="another configuration"):
+        train(config(learning_rate_head=0.5), *data, run_dir, "tiny_ft", verbose=0)
+
+
+def _base(model):
+    return model.layers[1].layers[-1]  # classifier -> "<backbone>_features" -> the backbone net
+
+
+def test_set_trainable_phases():
+    cfg = config(unfreeze_from_block=1)
+    model = build_classifier(cfg)
+    base = _base(model)
+    assert {"block0_conv", "block0_bn", "block1_conv", "block1_bn"} <= {
+        layer.name for layer in base.layers
+    }
+
+    n = set_trainable(model, cfg, phase=1)
+    assert n == 2 == len(model.trainable_weights)  # the head's kernel and bias only
+    assert not any(layer.trainable for layer in base.layers if layer.weights)
+    assert model.get_layer("head").trainable
+
+    n = set_trainable(model, cfg, phase=2)
+    assert not base.get_layer("block0_conv").trainable
+    assert base.get_layer("block1_conv").trainable
+    assert not base.get_layer("block0_bn").trainable
+    assert not base.get_layer("block1_bn").trainable  # BN statistics stay frozen
+    assert n == 4 == len(model.trainable_weights)  # block1_conv + head
+
+    everything = config(unfreeze_from_block=0, train_batchnorm=True)
+    assert set_trainable(model, everything, phase=2) == 10  # 2 convs, 2 BNs, head
+    assert all(layer.trainable for layer in base.layers)
+
+
+def test_build_classifier_shapes():
+    model = build_classifier(config())
+    assert model.input_shape == (None, SIZE, SIZE, 3)
+    assert model.output_shape == (None, len(CLASSES))
+    assert model.get_layer("head").dtype_policy.name == "float32"
+
+
+class Interrupt(keras.callbacks.BackupAndRestore):
+    """Backs up as usual, then stops the process (Ctrl-C) at the end of epoch 1."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, data, monkeypatch):
+    cfg = config(epochs_head=1, epochs_finetune=2)
+    train_dir = tmp_path / "train" / "tiny_ft"
+    model_path = tmp_path / "models" / "tiny_ft.keras"
+
+    monkeypatch.setattr(
+        finetune, "_backup", lambda path: Interrupt(str(path), double_checkpoint=True)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, *data, tmp_path, "tiny_ft", verbose=0)
+    assert not model_path.exists()
+    assert list(pd.read_csv(train_dir / "history.csv")["epoch"]) == [0, 1]
+    assert (train_dir / "phase1.weights.h5").is_file()
+    assert (train_dir / "backup_phase2").is_dir()
+
+    seen: list[tuple[str, int]] = []
+
+    class Recording(keras.callbacks.BackupAndRestore):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((Path(self.backup_dir).name, epoch))
+
+    monkeypatch.setattr(
+        finetune, "_backup", lambda path: Recording(str(path), double_checkpoint=True)
+    )
+    result = train(cfg, *data, tmp_path, "tiny_ft", verbose=0)
+    assert seen == [("backup_phase2", 2)]  # phase 1 not repeated; phase 2 from epoch 2, not 0
+    assert result.resumed
+    assert result.model_path == model_path and model_path.is_file()
+    raw = pd.read_csv(train_dir / "history.csv")
+    assert list(raw["epoch"]) == [0, 1, 2]  # every epoch logged exactly once
+    assert list(result.history["phase"]) == ["head", "fine-tune", "fine-tune"]
+    assert not (train_dir / "backup_phase2").exists()  # removed once the phase finished
+
+
+def test_load_history_of_a_run_killed_before_its_first_epoch(tmp_path):
+    (tmp_path / "history.csv").write_text("")
+    hist = load_history(tmp_path, epochs_head=1)
+    assert hist.empty and "phase" in hist.columns
+    assert load_history(tmp_path / "nowhere").empty
+
+
+def test_load_history_keeps_the_last_record_of_a_repeated_epoch(tmp_path):
+    (tmp_path / "history.csv").write_text(
+        "epoch,accuracy,loss,val_accuracy,val_loss\n"
+        "0,0.1,2.0,0.1,2.0\n1,0.2,1.9,0.2,1.9\n1,0.3,1.8,0.3,1.8\n2,0.4,1.7,0.4,1.7\n"
+    )
+    (tmp_path / "config.json").write_text(json.dumps({"epochs_head": 2}))
+    hist = load_history(tmp_path)
+    assert list(hist["epoch"]) == [0, 1, 2]
+    assert hist.loc[1, "accuracy"] == pytest.approx(0.3)
+    assert list(hist["phase"]) == ["head", "head", "fine-tune"]
