@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 PYTEST := $(VPY) -m pytest
 NBVAL := --nbval notebooks/ --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
-LINT_PATHS := bloodlib tests benchmarks
+LINT_PATHS := bloodlib tests benchmarks notebooks
 
 .PHONY: help venv run test test-unit test-data test-notebooks lint lab kernel bench clean distclean
 
@@ -31,7 +31,7 @@ help:
 	@echo "make test-unit       pytest -m unit"
 	@echo "make test-data       pytest -m data (the real dev images; skipped when absent)"
 	@echo "make test-notebooks  nbval over notebooks/ + pytest -m notebooks"
-	@echo "make lint            ruff check + ruff format --check + nbqa ruff notebooks/"
+	@echo "make lint            ruff check + ruff format --check (code and notebooks)"
 	@echo "make lab             JupyterLab in the venv"
 	@echo "make kernel          register the venv as the Jupyter kernel 'bloodlib' (KERNEL_ARGS=...)"
 	@echo "make bench           run benchmarks/*.py"
@@ -52,7 +52,7 @@ run: $(STAMP)
 	$(VPY) -m bloodlib run --profile sample $(RUN_ARGS)
 
 # Each command fails the target on any non-zero exit, including pytest's 5 (no tests ran).
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PYTEST) -m "not gpu and not slow" tests
 	$(PYTEST) $(NBVAL)
 
@@ -70,7 +70,6 @@ test-notebooks: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
-	$(VENV)/bin/nbqa ruff notebooks/
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)

@@ -65,6 +65,9 @@ class Backbone:
     keras_weights_file: str | None = None
     #: regex giving the block index of a layer name, for "unfreeze from block k".
     block_pattern: str | None = None
+    #: True when the matching layer closes its block (Inception's "mixedK" concatenation),
+    #: so block k starts right after block k-1's marker rather than at block k's.
+    block_marker_at_end: bool = False
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -133,6 +136,7 @@ register(
         weights_origin="ImageNet, keras.applications (downloaded once, cached in ~/.keras/models)",
         keras_weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
         block_pattern=r"mixed(\d+)",
+        block_marker_at_end=True,
     )
 )
 register(

@@ -85,7 +85,7 @@ def extract(
     from bloodlib.pipeline import make_dataset  # TensorFlow only when there is work to do
 
     model = backbones.build_feature_extractor(backbone, size, weights)
-    parts = root / f"{key}.parts"
+    parts = root / f"{key}.parts{CHUNK}"
     parts.mkdir(parents=True, exist_ok=True)
     n = len(paths)
     n_chunks = (n + CHUNK - 1) // CHUNK
@@ -93,7 +93,9 @@ def extract(
     for c in range(n_chunks):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         part = parts / f"{c:05d}.npy"
-        if part.is_file():  # resumed: this chunk was finished by an earlier run
+        # Resumed: keep a chunk finished by an earlier run, if it covers exactly these rows
+        # (a different CHUNK size would misalign them).
+        if part.is_file() and len(np.load(part, mmap_mode="r")) == hi - lo:
             bar.update(hi - lo)
             continue
         ds = make_dataset(paths[lo:hi], image_size=size, batch_size=batch_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,14 +118,17 @@ def set_trainable(model, cfg: FinetuneConfig, phase: int) -> int:
         feat.trainable = False
     else:
         feat.trainable = True
-        started = cfg.unfreeze_from_block <= 0
+        k = cfg.unfreeze_from_block
+        started = k <= 0
         for layer in base.layers:
             idx = bb.block_index(layer.name)
-            if idx is not None and idx >= cfg.unfreeze_from_block:
+            if not bb.block_marker_at_end and idx is not None and idx >= k:
                 started = True
             layer.trainable = started
             if not cfg.train_batchnorm and layer.__class__.__name__ == "BatchNormalization":
                 layer.trainable = False
+            if bb.block_marker_at_end and idx is not None and idx >= k - 1:
+                started = True  # the marker closes block k-1: block k starts with the next layer
     return len(model.trainable_weights)
 
 
@@ -291,7 +295,10 @@ def train(
         set_trainable(model, cfg, phase=1)
         _compile(model, cfg, cfg.learning_rate_head)
     if phase1_path.is_file():
-        model.load_weights(phase1_path)
+        with warnings.catch_warnings():
+            # The file also holds phase 1's finished optimizer state, which phase 2 replaces.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(phase1_path)
     elif cfg.epochs_head > 0:
         model.fit(
             train_ds,

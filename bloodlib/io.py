@@ -58,14 +58,18 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(
+        path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_with(path: str | os.PathLike, writer: Callable[[Path], None], suffix: str | None = None) -> Path:
+def write_with(
+    path: str | os.PathLike, writer: Callable[[Path], None], suffix: str | None = None
+) -> Path:
     """Atomically write ``path`` with ``writer(tmp_path)`` (e.g. ``df.to_csv``, ``np.savez``)."""
     with atomic_path(path, suffix=suffix) as tmp:
         writer(tmp)

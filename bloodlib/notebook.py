@@ -244,7 +244,7 @@ def svm_experiment(
     for name in ("val", "test"):
         mask = part == name
         if mask.any():
-            proba = result.model.predict_proba(fs.features[mask])
+            proba = svm.predict_proba(result.model, fs.features[mask], len(CLASSES))
             scores[name] = evaluate.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
     name = f"{backbone}_svm"
     model_path = Path(run_dir) / "models" / f"{name}.joblib"
@@ -272,6 +272,7 @@ def svm_experiment(
         "backbone": backbone,
         "features_from_cache": fs.from_cache,
         "feature_dim": int(fs.features.shape[1]),
+        "image_size": size,
         "best_params": result.best_params,
         "cv_accuracy": result.cv_score,
         "cv_table": result.cv_table,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -426,7 +427,10 @@ def plot_reliability(
         ax.set_ylabel("accuracy")
         ax.set_title(f"Reliability diagram ({n_bins} bins on max probability)")
         ax.legend(loc="upper left", fontsize=9)
-        ax_hist.set_yscale("symlog", linthresh=10)  # one bin near 1.0 usually holds most images
+        # One bin near 1.0 usually holds most images: a log axis keeps the others visible.
+        ax_hist.set_yscale("symlog", linthresh=10)
+        ax_hist.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_hist.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax_hist.set_xlabel("confidence (max predicted probability)")
         ax_hist.set_ylabel("images")
     return fig
@@ -587,6 +591,27 @@ def plot_comparison(table: pd.DataFrame) -> Figure:
             color="white",
         )
         values = list(acc[np.isfinite(acc)])
+        # The paper's four results as reference lines, so every model is read against them.
+        from bloodlib.evaluate import PAPER_RESULTS
+
+        names = {
+            "vgg16": "VGG-16",
+            "inception_v3": "InceptionV3",
+            "svm": "SVM",
+            "finetune": "fine-tuned",
+        }
+        styles = [(0, (1, 2)), (0, (4, 2)), (0, (6, 2, 1, 2)), (0, (8, 3))]
+        ordered = sorted(PAPER_RESULTS.items(), key=lambda kv: kv[1])
+        for ((bb, method), ref), style in zip(ordered, styles, strict=False):
+            ax.axhline(
+                ref,
+                color="dimgrey",
+                ls=style,
+                lw=1,
+                zorder=0,
+                label=f"paper: {names[bb]} {names[method]} {ref:.1%}",
+            )
+        values += list(PAPER_RESULTS.values())
         if "paper" in t.columns and t["paper"].notna().any():
             paper = t["paper"].to_numpy(dtype=float)
             ax.scatter(
@@ -599,6 +624,8 @@ def plot_comparison(table: pd.DataFrame) -> Figure:
         ax.set_ylim(max(0.0, math.floor((low - 0.05) * 20) / 20), 1.0)
         ax.set_xticks(x, labels, rotation=20, ha="right")
         ax.set_ylabel("test accuracy")
-        ax.set_title("Test accuracy per model vs the paper (axis does not start at 0)")
-        fig.legend(loc="outside right upper", fontsize=8)  # outside: bars reach the top
+        ax.set_title(
+            "Test accuracy per model against Acevedo et al. 2019 (axis does not start at 0)"
+        )
+        fig.legend(loc="outside lower center", ncols=3, fontsize=8)  # outside: bars reach the top
     return fig

@@ -80,7 +80,9 @@ class Classifier:
                 batch_size=batch_size,
                 progress=progress,
             )
-            return self.model.predict_proba(fs.features)
+            from bloodlib.svm import predict_proba
+
+            return predict_proba(self.model, fs.features, len(self.classes))
         from bloodlib.pipeline import make_dataset
 
         ds = make_dataset(paths, image_size=self.image_size, batch_size=batch_size)

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import tiny_models
 import pytest
+import tiny_models
 from PIL import Image
 
 from bloodlib import backbones, config, features
@@ -161,7 +161,7 @@ def test_interrupted_extraction_resumes(images, tmp_path, monkeypatch):
     root = tmp_path / "cache"
     key = features.cache_key(hashes, "tiny", SIZE, None)
     final = root / "tiny" / f"{key}.npy"
-    parts = root / "tiny" / f"{key}.parts"
+    parts = root / "tiny" / f"{key}.parts{features.CHUNK}"
 
     killed = Counting(monkeypatch, fail_on=2)
     with pytest.raises(RuntimeError, match="killed"):
@@ -195,14 +195,18 @@ def test_writes_are_atomic(images, tmp_path, monkeypatch):
 
 def test_default_cache_root_is_under_bloodlib_cache(images):
     paths, hashes = images
-    fs = features.extract(paths[:2], hashes[:2], "tiny", image_size=SIZE, weights=None, progress=False)
+    fs = features.extract(
+        paths[:2], hashes[:2], "tiny", image_size=SIZE, weights=None, progress=False
+    )
     assert fs.path.parent == config.cache_dir() / "features" / "tiny"
     assert os.environ["BLOODLIB_CACHE"] in str(fs.path)
 
 
 def test_native_size_by_default(images, tmp_path):
     paths, hashes = images
-    fs = features.extract(paths[:2], hashes[:2], "tiny", weights=None, progress=False, cache_root=tmp_path)
+    fs = features.extract(
+        paths[:2], hashes[:2], "tiny", weights=None, progress=False, cache_root=tmp_path
+    )
     assert fs.key == features.cache_key(hashes[:2], "tiny", TINY.input_size, None)
 
 

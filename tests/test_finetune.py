@@ -240,3 +240,23 @@ def test_load_history_keeps_the_last_record_of_a_repeated_epoch(tmp_path):
     assert list(hist["epoch"]) == [0, 1, 2]
     assert hist.loc[1, "accuracy"] == pytest.approx(0.3)
     assert list(hist["phase"]) == ["head", "head", "fine-tune"]
+
+
+def test_inception_unfreezes_from_the_start_of_the_block():
+    """`mixedK` closes block K in InceptionV3, so block 5 starts right after `mixed4`."""
+    cfg = finetune.FinetuneConfig(
+        backbone="inception_v3", image_size=75, weights=None, unfreeze_from_block=5
+    )
+    model = finetune.build_classifier(cfg)
+    finetune.set_trainable(model, cfg, phase=2)
+    base = model.layers[1].layers[-1]
+    names = [layer.name for layer in base.layers]
+    first_after = names.index("mixed4") + 1
+    assert not base.get_layer("mixed4").trainable
+    trainable_convs = [
+        ly.name for ly in base.layers if ly.trainable and ly.__class__.__name__ == "Conv2D"
+    ]
+    assert trainable_convs and names.index(trainable_convs[0]) >= first_after
+    # the first conv of block 5 (right after mixed4) is trainable
+    first_conv = next(ly for ly in base.layers[first_after:] if ly.__class__.__name__ == "Conv2D")
+    assert first_conv.trainable

@@ -193,7 +193,9 @@ def test_cache_to_files(tmp_path):
 
 
 def test_preprocess_callable_applied(images):
-    ds = make_dataset(images[:2], [0, 1], image_size=SIZE, batch_size=2, preprocess=lambda x: x / 255.0)
+    ds = make_dataset(
+        images[:2], [0, 1], image_size=SIZE, batch_size=2, preprocess=lambda x: x / 255.0
+    )
     x, _ = next(iter(ds))
     assert float(x.numpy().max()) <= 1.0
 

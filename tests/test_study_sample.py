@@ -16,7 +16,15 @@ from bloodlib.runner import run_study
 
 pytestmark = pytest.mark.notebooks
 
-REQUIRED = {"name", "backbone", "method", "test_accuracy", "balanced_accuracy", "per_class", "model_path"}
+REQUIRED = {
+    "name",
+    "backbone",
+    "method",
+    "test_accuracy",
+    "balanced_accuracy",
+    "per_class",
+    "model_path",
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,12 @@ def sample_run(tmp_path_factory):
 
 
 def test_run_folder_holds_every_output(sample_run):
-    for nb in ("01_data_exploration", "02_feature_extraction_svm", "03_fine_tuning", "04_evaluation"):
+    for nb in (
+        "01_data_exploration",
+        "02_feature_extraction_svm",
+        "03_fine_tuning",
+        "04_evaluation",
+    ):
         assert (sample_run / "notebooks" / f"{nb}.ipynb").is_file()
     for name in ("split.csv", "data.json", "metrics.json", "provenance.json", "quality.csv"):
         assert (sample_run / name).is_file(), name
@@ -61,3 +74,69 @@ def test_rerun_skips_finished_notebooks(sample_run, capsys):
     run_study("sample", name="ci", runs_root=sample_run.parent, progress=False)
     out = capsys.readouterr().out
     assert out.count("unchanged, skipped") == 4
+
+
+def _wait_for_epochs(history, n, proc, timeout=900):
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {n} epochs were logged")
+        if history.is_file():
+            lines = [ln for ln in history.read_text().splitlines()[1:] if ln.strip()]
+            if len(lines) >= n:
+                return
+        time.sleep(1)
+    pytest.fail(f"no {n} epochs in {history} after {timeout} s")
+
+
+def test_killed_fine_tuning_resumes_from_its_last_epoch(tmp_path):
+    """SIGKILL the whole run during notebook 03's fine-tuning phase, run again: it resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "bloodlib",
+        "run",
+        "--profile",
+        "sample",
+        "--name",
+        "killed",
+        "--runs-root",
+        str(tmp_path),
+        "--no-progress",
+        "-p",
+        "epochs_head=2",
+        "-p",
+        "epochs_finetune=3",
+    ]
+    history = tmp_path / "killed" / "train" / "efficientnet_lite0_finetune" / "history.csv"
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for_epochs(history, 3, proc)  # both head epochs and the first fine-tune epoch
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, as a closed laptop would
+        proc.wait()
+    done = len(pd.read_csv(history))
+    assert not (tmp_path / "killed" / "models" / "efficientnet_lite0_finetune.keras").exists()
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "01_data_exploration: unchanged, skipped" in out.stdout
+    hist = pd.read_csv(history)
+    # Every epoch logged once or (the one cut short) twice, and the rerun did not start over:
+    # epochs 0..done-1 appear before the resumed ones, and none of them is repeated twice.
+    assert list(hist["epoch"].drop_duplicates()) == list(range(5))
+    assert hist["epoch"].value_counts().max() <= 2
+    assert len(hist) <= 5 + 1 and done >= 3
+    executed = (tmp_path / "killed" / "notebooks" / "03_fine_tuning.ipynb").read_text()
+    assert "(resumed)" in executed

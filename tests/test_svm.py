@@ -55,11 +55,29 @@ def test_best_params_come_from_the_grid(fitted):
     assert fitted.cv_table["params"].iloc[0] == fitted.best_params  # sorted best first
     assert fitted.cv_table["mean_test_score"].iloc[0] == pytest.approx(fitted.cv_score)
     assert fitted.cv_table["mean_test_score"].is_monotonic_decreasing
-    svc = fitted.model.named_steps["svc"]
+    calibrated = fitted.model.named_steps["svc"]
+    assert calibrated.method == "sigmoid"  # Platt scaling, only on the refit
+    svc = calibrated.calibrated_classifiers_[0].estimator
+    assert len(calibrated.calibrated_classifiers_) == 1  # one SVC on all rows, not an ensemble
     assert svc.kernel == fitted.best_params["svc__kernel"]
     assert svc.C == fitted.best_params["svc__C"]
-    assert svc.probability  # only the refit computes probabilities
     assert svc.class_weight == "balanced"
+
+
+def test_missing_class_keeps_columns_aligned(blobs):
+    X_train, X_test, y_train, _ = blobs
+    keep = y_train != 3  # class 3 never seen in training
+    result = svm.fit_svm(
+        X_train[keep],
+        y_train[keep],
+        grid=[{"svc__kernel": ["linear"], "svc__C": [0.1]}],
+        cv=2,
+        n_jobs=1,
+    )
+    proba = svm.predict_proba(result.model, X_test, 8)
+    assert proba.shape == (len(X_test), 8)
+    assert np.all(proba[:, 3] == 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
 
 
 def test_custom_grid(blobs):
@@ -75,7 +93,9 @@ def test_refit_sees_the_training_data_only(blobs, fitted):
     # fit_svm only receives (X, y); the refit model has seen exactly those rows.
     assert fitted.model.named_steps["scale"].n_samples_seen_ == len(X_train)
     assert fitted.model.named_steps["scale"].n_features_in_ == X_train.shape[1]
-    np.testing.assert_allclose(fitted.model.named_steps["scale"].mean_, X_train.mean(axis=0))
+    np.testing.assert_allclose(
+        fitted.model.named_steps["scale"].mean_, svm.signed_sqrt(X_train).mean(axis=0)
+    )
 
 
 def test_deterministic_for_a_seed(blobs):
@@ -94,3 +114,8 @@ def test_save_load_round_trip(blobs, fitted, tmp_path):
     loaded = svm.load(path)
     np.testing.assert_array_equal(loaded.predict(X_test), fitted.model.predict(X_test))
     np.testing.assert_allclose(loaded.predict_proba(X_test), fitted.model.predict_proba(X_test))
+
+
+def test_signed_sqrt_keeps_sign_and_order():
+    x = np.array([-4.0, -1.0, 0.0, 0.25, 9.0])
+    np.testing.assert_allclose(svm.signed_sqrt(x), [-2.0, -1.0, 0.0, 0.5, 3.0])
