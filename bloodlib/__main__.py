@@ -227,9 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_paragraph(message: str) -> str:
-    text = " ".join(str(message).split()) or "unknown error"
-    return textwrap.fill(
-        f"error: {text}", width=100, break_long_words=False, break_on_hyphens=False
+    """``error: ...`` wrapped at 100 columns; line breaks the message chose are kept."""
+    lines = [" ".join(line.split()) for line in str(message).strip().splitlines()] or [""]
+    lines[0] = f"error: {lines[0] or 'unknown error'}"
+    return "\n".join(
+        textwrap.fill(line, width=100, break_long_words=False, break_on_hyphens=False)
+        for line in lines
     )
 
 

@@ -396,6 +396,31 @@ def results_table(run_dir: Path) -> str | None:
     return "\n".join(lines)
 
 
+def check_weights(plans: list[NotebookPlan]) -> None:
+    """Fail before the first notebook when a requested backbone has no ImageNet weights here.
+
+    Better a clear message at once than a notebook failing an hour into the run (offline
+    machines cannot download the keras.applications weights).
+    """
+    wanted: dict[str, Any] = {}
+    for plan in plans:
+        files = plan.parameters.get("weights_files") or {}
+        for name in plan.parameters.get("backbones") or []:
+            wanted[name] = files.get(name, "imagenet")
+    if not wanted or set(wanted) == {"efficientnet_lite0"}:
+        return  # the offline backbone: nothing to check, and no Keras import for the runner
+    from bloodlib import backbones
+
+    problems = []
+    for name, weights in wanted.items():
+        try:
+            backbones.resolve_weights(backbones.get(name), weights)
+        except (backbones.BackboneWeightsError, KeyError) as exc:
+            problems.append(str(exc).strip("'\""))
+    if problems:
+        raise RunError("\n\n".join(problems))
+
+
 def run_study(
     profile: str = "sample",
     data: str | os.PathLike | None = None,
@@ -416,6 +441,7 @@ def run_study(
     notebooks_dir = Path(notebooks_dir).resolve()
     run_dir = (Path(runs_root) / (name or profile)).resolve()
     plans = plan_study(profile, data, overrides, params_file, run_dir, notebooks_dir)
+    check_weights(plans)
 
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     _say(f"run {run_dir} (profile {profile}, data {plans[0].parameters['data']})")

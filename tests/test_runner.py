@@ -279,3 +279,28 @@ def test_results_table(tmp_path):
         "balanced_accuracy",
     ]
     assert table.splitlines()[2].split() == ["a", "-", "svm", "0.5000", "-"]
+
+
+def _plans(**params):
+    return [
+        runner.NotebookPlan(
+            name="02_x", path=Path("02_x.ipynb"), declared=list(params), parameters=params
+        )
+    ]
+
+
+def test_missing_imagenet_weights_fail_before_any_notebook(monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOODLIB_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("BLOODLIB_WEIGHTS_VGG16", raising=False)
+    with pytest.raises(RunError, match="BLOODLIB_WEIGHTS_VGG16"):
+        runner.check_weights(_plans(backbones=["vgg16", "efficientnet_lite0"]))
+
+
+def test_weights_check_accepts_local_files_and_the_offline_backbone(monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOODLIB_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    weights = tmp_path / "vgg16.h5"
+    weights.write_bytes(b"stand-in: only its existence is checked here")
+    runner.check_weights(_plans(backbones=["vgg16"], weights_files={"vgg16": str(weights)}))
+    runner.check_weights(_plans(backbones=["efficientnet_lite0"]))
