@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import _common as C  # first: sets the cache path and sys.path before bloodlib
@@ -41,34 +40,6 @@ def link_images(chosen, folder: Path) -> None:
             shutil.copyfile(path, dest)
 
 
-def save_model(model, cfg, model_path: Path) -> None:
-    """Save like ``finetune.train``: the .keras file and its JSON sidecar."""
-    from bloodlib import CLASSES, backbones
-    from bloodlib.saved import write_sidecar
-
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(model_path)
-    bb = backbones.get(cfg.backbone)
-    write_sidecar(
-        model_path,
-        {
-            "name": model_path.stem,
-            "method": "finetune",
-            "backbone": cfg.backbone,
-            "classes": list(CLASSES),
-            "image_size": cfg.size,
-            "input": "RGB float32 0..255, resized; preprocessing is inside the model",
-            "preprocessing": bb.preprocessing,
-            "weights": cfg.weights,
-            "weights_origin": bb.weights_origin,
-            "precision": "float32",
-            "config": asdict(cfg),
-            "metrics": {},
-            "note": "benchmark model: untrained head",
-        },
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], images=512)
     args = C.parse(p, argv)
@@ -76,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from bloodlib.classify import classify_folder
-    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.finetune import FinetuneConfig, build_classifier, save_model
     from bloodlib.saved import load_classifier
 
     n, bs, size = args.images, args.batch_size, args.image_size
@@ -95,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             backbone=args.backbone, image_size=size, batch_size=bs, weights="imagenet"
         )
         model_path = tmp / "models" / "x.keras"
-        save_model(build_classifier(cfg), cfg, model_path)
+        save_model(build_classifier(cfg), cfg, model_path, note="benchmark model: untrained head")
         keras.backend.clear_session()  # the timed runs load the saved file, as a user would
         folder, warm_folder = tmp / "images", tmp / "warm"
         link_images(chosen, folder)

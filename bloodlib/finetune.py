@@ -346,13 +346,29 @@ def train(
     history = load_history(train_dir, cfg.epochs_head)
     best_val = float(history["val_accuracy"].max()) if len(history) else float("nan")
     keras.mixed_precision.set_global_policy("float32")
+    save_model(
+        model,
+        cfg,
+        model_path,
+        precision=precision,
+        train_images=len(train_df),
+        val_images=len(val_df),
+        metrics={"best_val_accuracy": best_val, "train_seconds": round(train_seconds, 1)},
+    )
+    write_json(done_path, {"best_val_accuracy": best_val, "train_seconds": train_seconds})
+    return FinetuneResult(model_path, history, best_val, train_seconds, resumed)
+
+
+def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any) -> Path:
+    """Save a classifier in Keras format (atomically) with its JSON sidecar."""
+    model_path = Path(model_path)
     with atomic_path(model_path, suffix=".keras") as tmp:
         model.save(tmp)
     bb = backbones.get(cfg.backbone)
     write_sidecar(
         model_path,
         {
-            "name": name,
+            "name": model_path.stem,
             "method": "finetune",
             "backbone": cfg.backbone,
             "classes": list(CLASSES),
@@ -361,15 +377,12 @@ def train(
             "preprocessing": bb.preprocessing,
             "weights": cfg.weights,
             "weights_origin": bb.weights_origin if cfg.weights == "imagenet" else str(cfg.weights),
-            "precision": precision,
-            "config": cfg_dict,
-            "train_images": len(train_df),
-            "val_images": len(val_df),
-            "metrics": {"best_val_accuracy": best_val, "train_seconds": round(train_seconds, 1)},
+            "precision": "float32",
+            "config": asdict(cfg),
+            **extra,
         },
     )
-    write_json(done_path, {"best_val_accuracy": best_val, "train_seconds": train_seconds})
-    return FinetuneResult(model_path, history, best_val, train_seconds, resumed)
+    return model_path
 
 
 def _backup(path: Path):
