@@ -80,7 +80,15 @@ def fit_svm(
     svc = make_pipeline(seed).set_params(**best).named_steps["svc"]
     # Platt scaling on 5-fold out-of-fold decisions, then one SVC on all rows (ensemble=False):
     # what SVC(probability=True) did, which scikit-learn 1.9 deprecates.
-    calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False)
+    folds = min(5, int(np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+    if folds < 2:
+        raise ValueError("every class needs at least 2 training images to calibrate the SVM")
+    calibrated = CalibratedClassifierCV(
+        svc,
+        method="sigmoid",
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        ensemble=False,
+    )
     model = Pipeline([*_features_steps(), ("svc", calibrated)])
     model.fit(X, y)
     table = pd.DataFrame(search.cv_results_)[["params", "mean_test_score", "std_test_score"]]

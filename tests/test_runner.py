@@ -83,7 +83,7 @@ def test_injects_only_declared_parameters(study):
         "epochs_head",
         "backbones",
     }
-    assert injected["03_fine_tuning"]["epochs_head"] == 2  # the sample profile's value
+    assert injected["03_fine_tuning"]["epochs_head"] == 6  # the sample profile's value
     assert injected["03_fine_tuning"]["backbones"] == ["efficientnet_lite0"]
     assert all(p["run_dir"] == str(run_dir) for p in injected.values())
     assert json.loads((run_dir / "01_data_exploration.out.json").read_text())["data"] == "sample"
@@ -173,7 +173,7 @@ def test_merge_order(tmp_path):
     notebooks = write_study(tmp_path / "notebooks")
     params_file = tmp_path / "p.yml"
     params_file.write_text(
-        "common: {seed: 7, epochs_head: 5}\nnotebooks: {03_fine_tuning: {epochs_head: 6}}\n"
+        "common: {seed: 7, epochs_head: 5}\nnotebooks: {03_fine_tuning: {epochs_head: 8}}\n"
     )
     plans = {
         p.name: p.parameters
@@ -185,7 +185,7 @@ def test_merge_order(tmp_path):
             notebooks_dir=notebooks,
         )
     }
-    assert plans["03_fine_tuning"]["epochs_head"] == 6  # file notebook > file common > profile
+    assert plans["03_fine_tuning"]["epochs_head"] == 8  # file notebook > file common > profile
     assert plans["03_fine_tuning"]["backbones"] == ["vgg16"]  # scoped override > profile
     assert {p["seed"] for p in plans.values()} == {9}  # override > file
     assert plans["01_data_exploration"]["run_dir"] == str((tmp_path / "run").resolve())
@@ -219,7 +219,7 @@ def test_data_is_required_and_must_exist(tmp_path):
     (tmp_path / "ds").mkdir()
     plans = plan_study("full", data=tmp_path / "ds", notebooks_dir=notebooks)
     assert plans[0].parameters["data"] == str((tmp_path / "ds").resolve())
-    assert plans[2].parameters["epochs_head"] == 3
+    assert plans[2].parameters["epochs_head"] == 2  # the full profile's value
 
 
 def test_profiles_file_is_complete():
