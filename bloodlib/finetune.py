@@ -342,7 +342,13 @@ def train(
     )  # this process only; a resumed run counts its own part
 
     if best_path.is_file():
-        model.load_weights(best_path)
+        try:
+            model.load_weights(best_path)
+        except OSError as exc:  # killed while Keras wrote it in place: keep the last weights
+            warnings.warn(
+                f"best checkpoint unreadable ({exc}); keeping the last epoch's weights",
+                stacklevel=2,
+            )
     history = load_history(train_dir, cfg.epochs_head)
     best_val = float(history["val_accuracy"].max()) if len(history) else float("nan")
     keras.mixed_precision.set_global_policy("float32")
@@ -388,5 +394,22 @@ def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any)
 def _backup(path: Path):
     import keras
 
-    # double_checkpoint keeps the previous epoch's state if the process dies mid-save.
-    return keras.callbacks.BackupAndRestore(str(path), double_checkpoint=True)
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        """BackupAndRestore whose files are replaced atomically.
+
+        Keras writes the backup in place, so a kill during the save (a killed notebook, a
+        closed laptop) leaves a corrupt .h5 that stops the resume; its double checkpoint
+        does not help on a phase's first save. Weights go first, then the epoch count: a
+        kill between the two repeats one epoch rather than skipping one.
+        """
+
+        def _save_model(self):
+            os.makedirs(self.backup_dir, exist_ok=True)
+            with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+                self.model.save_weights(tmp)
+            write_json(
+                self._training_metadata_path,
+                {"epoch": self._current_epoch, "batch": self._last_batch_seen},
+            )
+
+    return AtomicBackupAndRestore(str(path))
