@@ -7,8 +7,11 @@ In one run:
   * N dev images are linked into a temporary folder in the class layout;
   * ``classify_folder`` is timed end to end: model load, file checks, decoding,
     prediction, the metrics against the folder labels and the CSV;
-  * the loaded model's pure forward pass on in-memory tensors of the same shape,
-    and the model load alone, are timed beside it.
+  * beside it, on in-memory tensors of the same shape: the pure forward pass of the
+    engine that ``classify_folder`` uses (``--engine``; ``auto`` = the cached TFLite
+    copy on a CPU-only machine), and Keras' own ``model.predict`` for reference;
+  * the model load alone, and the one-time TFLite conversion (the first call on a
+    new model file pays it; later calls read the cached copy).
 
 Target: >= 50 images/s end to end with efficientnet_lite0 at 224 on 2 CPU cores.
 
@@ -42,10 +45,14 @@ def link_images(chosen, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], images=512)
+    p.add_argument("--engine", choices=("auto", "keras", "tflite"), default="auto")
     args = C.parse(p, argv)
+
+    import time
 
     import keras
 
+    from bloodlib import inference
     from bloodlib.classify import classify_folder
     from bloodlib.finetune import FinetuneConfig, build_classifier, save_model
     from bloodlib.saved import load_classifier
@@ -76,33 +83,62 @@ def main(argv: list[str] | None = None) -> int:
 
         def end_to_end():
             results["e2e"] = classify_folder(
-                model_path, folder, tmp / "predictions.csv", batch_size=bs, progress=False
+                model_path,
+                folder,
+                tmp / "predictions.csv",
+                batch_size=bs,
+                progress=False,
+                engine=args.engine,
             )
 
         def load():
             load_classifier(model_path)
 
-        model = load_classifier(model_path).model
+        clf = load_classifier(model_path)
+        start = time.perf_counter()
+        forward, engine = inference.forward_fn(
+            clf.model, model_sha256=clf.sha256, engine=args.engine, batch_size=bs
+        )
+        prepare = time.perf_counter() - start  # TFLite: the one-time conversion, now cached
         x = C.random_images(n, size)
         rest = n % bs
 
         def pure():
-            model.predict(x, batch_size=bs, verbose=0)
+            forward(x)
+
+        def keras_predict():
+            clf.model.predict(x, batch_size=bs, verbose=0)
 
         def warm_e2e():  # first-call costs of the process (imports, TF start-up) on one batch
-            classify_folder(model_path, warm_folder, None, batch_size=bs, progress=False)
+            classify_folder(
+                model_path, warm_folder, None, batch_size=bs, progress=False, engine=args.engine
+            )
 
         def warm_pure():
-            model.predict(x[:bs], batch_size=bs, verbose=0)
+            forward(x[:bs])
             if rest:
-                model.predict(x[:rest], batch_size=bs, verbose=0)
+                forward(x[:rest])
+
+        def warm_keras():
+            clf.model.predict(x[:bs], batch_size=bs, verbose=0)
+            if rest:
+                clf.model.predict(x[:rest], batch_size=bs, verbose=0)
 
         with warnings.catch_warnings():  # an untrained head makes sklearn warn about metrics
             warnings.simplefilter("ignore")
             t = C.time_interleaved(
-                {"classify_folder": end_to_end, "load model": load, "pure forward": pure},
+                {
+                    "classify_folder": end_to_end,
+                    "load model": load,
+                    "pure forward": pure,
+                    "keras predict": keras_predict,
+                },
                 args.repeats,
-                warmups={"classify_folder": warm_e2e, "pure forward": warm_pure},
+                warmups={
+                    "classify_folder": warm_e2e,
+                    "pure forward": warm_pure,
+                    "keras predict": warm_keras,
+                },
             )
         res = results["e2e"]
         classified = int((res.table["status"] == "classified").sum())
@@ -124,12 +160,22 @@ def main(argv: list[str] | None = None) -> int:
         "end to end minus the load timed alone",
     )
     report.add(
-        "pure forward, in-memory",
+        f"pure forward ({engine}), in-memory",
         pure_ips,
         "images/s",
         f"median {t['pure forward'].rate(n, 'median'):.1f}",
     )
     report.add("end to end / pure forward", e2e / pure_ips, "", "best-of repeats")
+    report.add(
+        "Keras model.predict, in-memory",
+        t["keras predict"].rate(n),
+        "images/s",
+        f"median {t['keras predict'].rate(n, 'median'):.1f}; reference",
+    )
+    report.add(
+        f"one-time {engine} preparation", prepare, "s", "TFLite conversion, cached per model file"
+    )
+    report.extra["engine"] = engine
     applies, cond = C.target_conditions(args, backbone="efficientnet_lite0", size=224, cores=2)
     report.check(
         "classify_folder images/s", e2e, TARGET_IMAGES_PER_S, applies=applies, condition=cond

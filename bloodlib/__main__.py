@@ -97,7 +97,14 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from bloodlib.classify import classify_folder
 
-    result = classify_folder(args.model, args.folder, args.out, batch_size=args.batch_size)
+    result = classify_folder(
+        args.model,
+        args.folder,
+        args.out,
+        batch_size=args.batch_size,
+        engine=args.engine,
+        tta=args.tta,
+    )
     print(result.report())
     return 0
 
@@ -213,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("folder", help="folder of images (searched recursively)")
     classify.add_argument("--out", required=True, metavar="CSV", help="predictions CSV to write")
     classify.add_argument("--batch-size", type=int, default=32)
+    classify.add_argument(
+        "--engine",
+        choices=("auto", "keras", "tflite"),
+        default="auto",
+        help="fine-tuned networks: auto = TFLite (XNNPACK) on a CPU-only machine, Keras on a GPU",
+    )
+    classify.add_argument(
+        "--tta",
+        action="store_true",
+        help="fine-tuned networks: average over the 8 flips and 90-degree rotations (8x slower)",
+    )
     classify.set_defaults(func=cmd_classify)
 
     scan = sub.add_parser(

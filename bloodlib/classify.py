@@ -32,11 +32,16 @@ class ClassifyResult:
     metrics: dict | None  # against folder labels, when the folder is in the class layout
     out_csv: Path | None
     seconds: float
+    engine: str | None = None  # what predicted: "tflite", "keras" or "svm"
+    tta: bool = False
 
     def report(self) -> str:
         n = len(self.table) - len(self.skipped)
         lines = [
-            f"classified {n} images in {self.seconds:.1f} s ({n / max(self.seconds, 1e-9):.1f} images/s)"
+            f"classified {n} images in {self.seconds:.1f} s ({n / max(self.seconds, 1e-9):.1f} images/s"
+            + (f", {self.engine}" if self.engine else "")
+            + (", test-time augmentation x8" if self.tta else "")
+            + ")"
         ]
         if self.out_csv:
             lines.append(f"predictions written to {self.out_csv}")
@@ -77,8 +82,14 @@ def classify_folder(
     batch_size: int = 32,
     progress: bool = True,
     workers: int | None = None,
+    engine: str = "auto",
+    tta: bool = False,
 ) -> ClassifyResult:
-    """Predict every image under ``folder``; unreadable files are reported, never fatal."""
+    """Predict every image under ``folder``; unreadable files are reported, never fatal.
+
+    ``engine`` (``auto``, ``keras``, ``tflite``) and ``tta`` (average over the 8 flips
+    and rotations) apply to fine-tuned networks: see ``bloodlib.inference``.
+    """
     import time
 
     start = time.perf_counter()
@@ -86,6 +97,10 @@ def classify_folder(
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
     clf = load_classifier(model_path)
+    if tta and clf.info["method"] == "svm":
+        raise ValueError(
+            f"{Path(model_path).name} is an SVM: test-time augmentation applies to fine-tuned networks"
+        )
     relpaths = _list(folder)
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
         rows = list(pool.map(lambda r: manifest.inspect_file(folder, r), relpaths))
@@ -110,6 +125,8 @@ def classify_folder(
             hashes=good["sha256"].tolist(),
             batch_size=batch_size,
             progress=progress,
+            engine=engine,
+            tta=tta,
         )
         order = np.argsort(-proba, axis=1)
         pred = [classes[i] for i in order[:, 0]]
@@ -141,4 +158,6 @@ def classify_folder(
     out = None
     if out_csv:
         out = write_with(Path(out_csv), lambda p: table.to_csv(p, index=False), suffix=".csv")
-    return ClassifyResult(table, skipped, differential, metrics, out, time.perf_counter() - start)
+    return ClassifyResult(
+        table, skipped, differential, metrics, out, time.perf_counter() - start, clf.engine, tta
+    )

@@ -89,23 +89,27 @@ def evaluate_model(
     n_boot: int = 1000,
     seed: int = 42,
     progress: bool = False,
+    tta: bool = False,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Score one saved model on the test split, with temperature scaling fitted on validation.
 
-    Returns the metrics entry for ``metrics.json`` plus, under ``_arrays``, the
-    test labels and probabilities for figures (dropped before saving).
+    With ``tta`` the probabilities are averaged over the 8 flips and rotations of each
+    cell and the entry is named ``<name>_tta``. Returns the metrics entry for
+    ``metrics.json`` plus, under ``_arrays``, the test labels and probabilities for
+    figures (dropped before saving).
     """
     from bloodlib import evaluate as ev
     from bloodlib.saved import load_classifier
 
-    clf = load_classifier(model_path)
+    clf = classifier or load_classifier(model_path)
     out: dict[str, Any] = {}
     probs = {}
     for part in ("val", "test"):
         rows = split[split["split"] == part]
         if len(rows):
             probs[part] = clf.predict_proba(
-                rows["path"].tolist(), hashes=rows["sha256"].tolist(), progress=progress
+                rows["path"].tolist(), hashes=rows["sha256"].tolist(), progress=progress, tta=tta
             )
     test = split[split["split"] == "test"].reset_index(drop=True)
     y_test = label_indices(test["label"])
@@ -121,10 +125,12 @@ def evaluate_model(
         p_scaled = ev.softmax(ev.logits_from_proba(p_test), temperature)
     info = clf.info
     out.update(
-        name=info["name"],
+        name=info["name"] + ("_tta" if tta else ""),
         backbone=info["backbone"],
         method=info["method"],
         image_size=info["image_size"],
+        tta=tta,
+        engine=clf.engine,
         test_accuracy=metrics["accuracy"],
         balanced_accuracy=metrics["balanced_accuracy"],
         accuracy_ci95=metrics["accuracy_ci95"],
@@ -146,6 +152,25 @@ def evaluate_model(
         "paths": test["path"].tolist(),
     }
     return out
+
+
+def evaluate_models(
+    model_paths: list[Path],
+    split: pd.DataFrame,
+    *,
+    tta: bool = True,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """``evaluate_model`` for every model; fine-tuned networks also with ``tta`` when asked."""
+    from bloodlib.saved import load_classifier
+
+    entries = []
+    for path in model_paths:
+        clf = load_classifier(path)
+        entries.append(evaluate_model(path, split, classifier=clf, **kwargs))
+        if tta and clf.info["method"] == "finetune":
+            entries.append(evaluate_model(path, split, classifier=clf, tta=True, **kwargs))
+    return entries
 
 
 def write_metrics(run_dir: str | Path, entries: list[dict[str, Any]], **extra: Any) -> Path:

@@ -9,7 +9,7 @@ and what it scored.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,11 @@ class Classifier:
 
     path: Path
     info: dict[str, Any]
-    model: Any
+    _model: Any = field(default=None, repr=False)
+    #: The engine of the last prediction: "svm", "keras" or "tflite".
+    engine: str | None = None
+    _forward: dict = field(default_factory=dict, repr=False)
+    _sha256: str | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -66,8 +70,20 @@ class Classifier:
         hashes: list[str] | None = None,
         batch_size: int = 32,
         progress: bool = True,
+        engine: str = "auto",
+        tta: bool = False,
     ) -> np.ndarray:
+        """Class probabilities, one row per path, in order.
+
+        ``engine`` and ``tta`` apply to fine-tuned networks (see ``bloodlib.inference``);
+        an SVM always predicts from cached backbone features.
+        """
         if self.info["method"] == "svm":
+            if tta:
+                raise ValueError(
+                    f"{self.path.name}: test-time augmentation applies to fine-tuned networks, "
+                    "not to an SVM on cached features"
+                )
             from bloodlib import features
 
             hashes = hashes or [file_sha256(p) for p in paths]
@@ -82,27 +98,51 @@ class Classifier:
             )
             from bloodlib.svm import predict_proba
 
+            self.engine = "svm"
             return predict_proba(self.model, fs.features, len(self.classes))
+        from bloodlib import inference
         from bloodlib.pipeline import make_dataset
 
+        key = (inference.resolve_engine(engine), batch_size)
+        if key not in self._forward:
+            self._forward[key] = inference.forward_fn(
+                load=lambda: self.model,
+                model_sha256=self.sha256,
+                engine=engine,
+                batch_size=batch_size,
+            )
+        forward, self.engine = self._forward[key]
         ds = make_dataset(paths, image_size=self.image_size, batch_size=batch_size)
-        return np.asarray(self.model.predict(ds, verbose=1 if progress else 0), dtype=np.float64)
+        return inference.predict_batches(
+            forward, ds.as_numpy_iterator(), tta=tta, total=len(paths), progress=progress
+        )
+
+    @property
+    def model(self) -> Any:
+        """The SVM pipeline or Keras model, loaded on first use (a cached TFLite copy needs none)."""
+        if self._model is None:
+            if self.info["method"] == "svm":
+                from bloodlib import svm
+
+                self._model = svm.load(self.path)
+            else:
+                import keras
+
+                import bloodlib.backbones  # noqa: F401  (registers custom layers before loading)
+
+                self._model = keras.models.load_model(self.path, compile=False)
+        return self._model
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
 
 
 def load_classifier(path: str | Path) -> Classifier:
-    """Load ``.keras`` or ``.joblib`` with its sidecar."""
+    """A ``.keras`` or ``.joblib`` model with its sidecar; the model itself loads on first use."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    info = read_sidecar(path)
-    if info["method"] == "svm":
-        from bloodlib import svm
-
-        model = svm.load(path)
-    else:
-        import keras
-
-        import bloodlib.backbones  # noqa: F401  (registers custom layers before loading)
-
-        model = keras.models.load_model(path, compile=False)
-    return Classifier(path, info, model)
+    return Classifier(path, read_sidecar(path))

@@ -133,15 +133,32 @@ def test_scan_data_error_is_clean(monkeypatch, capsys):
 def test_classify_prints_report(monkeypatch, capsys):
     seen = {}
 
-    def classify_folder(model_path, folder, out_csv, batch_size=32):
-        seen.update(model=model_path, folder=folder, out=out_csv, batch_size=batch_size)
+    def classify_folder(model_path, folder, out_csv, batch_size=32, engine="auto", tta=False):
+        seen.update(
+            model=model_path,
+            folder=folder,
+            out=out_csv,
+            batch_size=batch_size,
+            engine=engine,
+            tta=tta,
+        )
         return types.SimpleNamespace(report=lambda: "3 images classified")
 
     module = types.ModuleType("bloodlib.classify")
     module.classify_folder = classify_folder
     monkeypatch.setitem(sys.modules, "bloodlib.classify", module)
-    assert main(["classify", "m.keras", "imgs", "--out", "p.csv", "--batch-size", "8"]) == 0
-    assert seen == {"model": "m.keras", "folder": "imgs", "out": "p.csv", "batch_size": 8}
+    argv = ["classify", "m.keras", "imgs", "--out", "p.csv", "--batch-size", "8"]
+    assert main(argv) == 0
+    assert seen == {
+        "model": "m.keras",
+        "folder": "imgs",
+        "out": "p.csv",
+        "batch_size": 8,
+        "engine": "auto",
+        "tta": False,
+    }
+    assert main([*argv, "--engine", "keras", "--tta"]) == 0
+    assert seen["engine"] == "keras" and seen["tta"] is True
     assert "3 images classified" in capsys.readouterr().out
 
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from bloodlib import CLASSES
+from bloodlib import CLASSES, inference
 from bloodlib.runner import run_study
 
 pytestmark = pytest.mark.notebooks
@@ -49,7 +49,15 @@ def test_run_folder_holds_every_output(sample_run):
 def test_metrics_json_contract(sample_run):
     metrics = json.loads((sample_run / "metrics.json").read_text())
     models = {m["name"]: m for m in metrics["models"]}
-    assert set(models) == {"efficientnet_lite0_svm", "efficientnet_lite0_finetune"}
+    assert set(models) == {
+        "efficientnet_lite0_svm",
+        "efficientnet_lite0_finetune",
+        "efficientnet_lite0_finetune_tta",  # the same network, test-time augmented
+    }
+    tta = models["efficientnet_lite0_finetune_tta"]
+    assert tta["tta"] and not models["efficientnet_lite0_finetune"]["tta"]
+    assert tta["model_path"] == models["efficientnet_lite0_finetune"]["model_path"]
+    assert tta["engine"] == inference.resolve_engine("auto")  # TFLite copy on a CPU-only machine
     for m in models.values():
         assert REQUIRED <= set(m)
         assert m["method"] in {"svm", "finetune"}
