@@ -22,7 +22,7 @@ PYTEST := $(VPY) -m pytest
 NBVAL := --nbval notebooks/ --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 LINT_PATHS := bloodlib tests benchmarks notebooks
 
-.PHONY: help venv run test test-unit test-data test-notebooks lint lab kernel bench clean distclean
+.PHONY: help venv run test test-unit test-data test-notebooks notebooks lint lab kernel bench clean distclean
 
 help:
 	@echo "make venv            create/refresh .venv from $(REQUIREMENTS) + pip install -e ."
@@ -31,6 +31,7 @@ help:
 	@echo "make test-unit       pytest -m unit"
 	@echo "make test-data       pytest -m data (the real dev images; skipped when absent)"
 	@echo "make test-notebooks  nbval over notebooks/ + pytest -m notebooks"
+	@echo "make notebooks       re-execute notebooks/ in place on the sample (refreshes committed outputs)"
 	@echo "make lint            ruff check + ruff format --check (code and notebooks)"
 	@echo "make lab             JupyterLab in the venv"
 	@echo "make kernel          register the venv as the Jupyter kernel 'bloodlib' (KERNEL_ARGS=...)"
@@ -66,6 +67,14 @@ test-data: $(STAMP)
 test-notebooks: $(STAMP)
 	$(PYTEST) $(NBVAL)
 	$(PYTEST) -m "notebooks and not gpu and not slow" tests || [ $$? -eq 5 ]
+
+# The committed notebooks carry the outputs of their default run (the embedded sample), which
+# nbval compares with a fresh run: after changing a notebook or what it calls, refresh them here.
+notebooks: $(STAMP)
+	for nb in notebooks/0*.ipynb; do \
+		echo "== $$nb"; \
+		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb"; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
