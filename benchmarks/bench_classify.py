@@ -152,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         "images/s",
         f"median {t['classify_folder'].rate(n, 'median'):.1f}; includes model load",
     )
-    report.add("  of which model load", t["load model"].best, "s", "timed alone")
+    report.add(
+        "  of which load_classifier",
+        t["load model"].best,
+        "s",
+        "timed alone; reads the sidecar, the network loads on first use",
+    )
     report.add(
         "  without model load",
         n / max(t["classify_folder"].best - t["load model"].best, 1e-9),

@@ -18,7 +18,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,27 @@ def forward_fn(
                 stacklevel=2,
             )
     return keras_forward(get_model()), "keras"
+
+
+def decoded_chunks(
+    paths: list[str], image_size: int, batch_size: int = 32, chunk_batches: int = 8
+) -> Iterator[np.ndarray]:
+    """Decode ``chunk_batches`` batches of images at a time and hand each chunk over whole.
+
+    XNNPACK splits every operation statically across its threads, so a decoder thread
+    running beside it (tf.data's prefetch) pre-empts one of them and the whole network
+    waits: measured on 2 cores, 50 images/s streamed against ~95 alternating. Decoding
+    a chunk (on every core), then predicting it (on every core), keeps each core on one
+    job at a time; memory stays bounded by the chunk (256 images at 224 px: 150 MB).
+    """
+    from bloodlib.pipeline import make_dataset
+
+    n = batch_size * chunk_batches
+    for start in range(0, len(paths), n):
+        part = list(paths[start : start + n])
+        yield next(
+            make_dataset(part, image_size=image_size, batch_size=len(part)).as_numpy_iterator()
+        )
 
 
 def predict_batches(

@@ -112,9 +112,14 @@ class Classifier:
                 batch_size=batch_size,
             )
         forward, self.engine = self._forward[key]
-        ds = make_dataset(paths, image_size=self.image_size, batch_size=batch_size)
+        if self.engine == "tflite":  # decode and predict in turns: see decoded_chunks
+            batches = inference.decoded_chunks(paths, self.image_size, batch_size)
+        else:  # TensorFlow shares its own thread pools with tf.data: stream
+            batches = make_dataset(
+                paths, image_size=self.image_size, batch_size=batch_size
+            ).as_numpy_iterator()
         return inference.predict_batches(
-            forward, ds.as_numpy_iterator(), tta=tta, total=len(paths), progress=progress
+            forward, batches, tta=tta, total=len(paths), progress=progress
         )
 
     @property
