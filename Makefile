@@ -71,6 +71,7 @@ test-notebooks: $(STAMP)
 # The committed notebooks carry the outputs of their default run (the embedded sample), which
 # nbval compares with a fresh run: after changing a notebook or what it calls, refresh them here.
 notebooks: $(STAMP)
+	rm -rf runs/notebook  # the notebooks' default run folder: start clean, so 03 really trains
 	for nb in notebooks/0*.ipynb; do \
 		echo "== $$nb"; \
 		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb"; \

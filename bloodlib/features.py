@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from bloodlib import backbones, config
 from bloodlib.io import write_with
+from bloodlib.progress import tqdm
 
 #: Bump when the extraction changes in a way the key does not capture.
 FEATURES_VERSION = 1

@@ -79,9 +79,16 @@ def convert_to_tflite(model: Any, out_path: str | Path) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    # The converter exports a SavedModel first and prints its signature: not the user's business.
-    with contextlib.redirect_stdout(io.StringIO()):
-        flat = converter.convert()
+    # The converter exports a SavedModel first, prints its signature and logs where it wrote
+    # it: none of it is the user's business.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            flat = converter.convert()
+    finally:
+        logger.setLevel(level)
     with atomic_path(out_path, suffix=".tflite") as tmp:
         Path(tmp).write_bytes(flat)
     return out_path
@@ -216,7 +223,7 @@ def predict_batches(
     desc: str = "predict",
 ) -> np.ndarray:
     """Class probabilities for every image of ``batches`` (arrays ``(n, h, w, 3)``), in order."""
-    from tqdm.auto import tqdm
+    from bloodlib.progress import tqdm
 
     out: list[np.ndarray] = []
     with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:

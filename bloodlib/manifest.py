@@ -534,7 +534,7 @@ def scan(
 def _scan_files(
     root: Path, relpaths: list[str], progress: bool, workers: int | None
 ) -> pd.DataFrame:
-    from tqdm.auto import tqdm
+    from bloodlib.progress import tqdm
 
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES

@@ -240,7 +240,7 @@ def extract_zip(archive: Path, dest: Path, *, progress: bool = False) -> int:
 
     ``__MACOSX`` resource forks are skipped; returns the number of files written.
     """
-    from tqdm.auto import tqdm
+    from bloodlib.progress import tqdm
 
     dest = dest.resolve()
     try:
@@ -414,7 +414,7 @@ def _fetch(url: str, part: Path, *, progress: bool) -> None:
 
 def _stream(response, part: Path, offset: int, url: str, *, progress: bool) -> None:
     """Append (or write, when offset is 0) the response body to ``part`` with a progress bar."""
-    from tqdm.auto import tqdm
+    from bloodlib.progress import tqdm
 
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length and length.isdigit() else None
