@@ -17,3 +17,10 @@ CLASSES: tuple[str, ...] = (
     "neutrophil",
     "platelet",
 )
+
+#: Class name -> output index of every model: the order of CLASSES, in one place.
+CLASS_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
+
+#: File suffixes bloodlib treats as images (lower case). The manifest decides per file whether
+#: it really is one; a suffix only decides whether a file is looked at.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

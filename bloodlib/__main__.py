@@ -15,16 +15,14 @@ from pathlib import Path
 
 import yaml
 
+import bloodlib
+from bloodlib.errors import BloodlibError
+
 PROFILES_FILE = Path(__file__).with_name("profiles.yml")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
-class CliError(Exception):
+class CliError(BloodlibError):
     """A user-facing error raised by the CLI itself."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _profiles() -> list[str]:
@@ -134,7 +132,7 @@ def cmd_sample_info(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     size = 0
     for folder in sorted(p for p in SAMPLE_DIR.iterdir() if p.is_dir()):
-        images = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [p for p in folder.rglob("*") if p.suffix.lower() in bloodlib.IMAGE_SUFFIXES]
         counts[folder.name] = len(images)
         size += sum(p.stat().st_size for p in images)
     print(f"Embedded sample: {SAMPLE_DIR}")
@@ -265,9 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from bloodlib.runner import RunError  # cheap here: the command already imported it
-
-        if isinstance(exc, RunError | CliError):
+        if isinstance(exc, BloodlibError):
             code = exc.exit_code
         elif isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("bloodlib"):
             code, exc = 1, CliError(f"{exc.name} is not available in this checkout ({exc})")

@@ -7,7 +7,6 @@ backbones and a saved model needs no outside knowledge of how to feed it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -17,8 +16,11 @@ from pathlib import Path
 
 import keras
 
+from bloodlib.errors import BloodlibError
+from bloodlib.io import sha256_file
 
-class BackboneWeightsError(RuntimeError):
+
+class BackboneWeightsError(BloodlibError, RuntimeError):
     """ImageNet weights are not available (typically: offline without a local file)."""
 
 
@@ -224,7 +226,7 @@ def weights_id(backbone: Backbone, weights: str | os.PathLike | None) -> str:
         return "random"
     if str(weights) == "imagenet":
         return f"imagenet:{backbone.weights_origin}"
-    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    digest = sha256_file(weights)[:16]
     return f"file:{Path(weights).name}:{digest}"
 
 

@@ -13,7 +13,6 @@ The model takes raw 0-255 RGB floats and has no preprocessing layer: call
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from keras import layers
 
 from .config import cache_dir
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_json, sha256_file, write_json
 from .torch_weights import load_state_dict
 
 __all__ = [
@@ -223,20 +222,12 @@ def imagenet_weights_cache() -> Path:
     return cache_dir() / "weights" / _CACHE_NAME
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_imagenet(model: keras.Model) -> None:
     """Load the converted ImageNet weights, converting the .pth when the cache is stale."""
     source = imagenet_weights_source()
     cache = imagenet_weights_cache()
     meta_path = cache.with_name(cache.name.removesuffix(".weights.h5") + ".json")
-    key = {"source_sha256": _sha256(source), "conversion_version": _CONVERSION_VERSION}
+    key = {"source_sha256": sha256_file(source), "conversion_version": _CONVERSION_VERSION}
     if cache.is_file() and meta_path.is_file():
         try:
             meta = read_json(meta_path)

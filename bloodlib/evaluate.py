@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bloodlib.config import DEFAULT_SEED
+
 #: Published test accuracies of Acevedo et al. 2019 (Comput Methods Programs Biomed 180:105020),
 #: keyed by (backbone, method).
 PAPER_RESULTS: dict[tuple[str, str], float] = {
@@ -99,7 +101,7 @@ def bootstrap_ci(
     y_pred: Any,
     metric: str | MetricFn,
     n_boot: int = 1000,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     alpha: float = 0.05,
 ) -> tuple[float, float]:
     """Percentile bootstrap ``(1 - alpha)`` interval of ``metric`` over resampled test samples.
@@ -278,7 +280,7 @@ def evaluate(
     classes: Sequence[str],
     *,
     n_boot: int = 1000,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """All test-set metrics for one model, as a JSON-serialisable dict.
 

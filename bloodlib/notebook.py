@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bloodlib import CLASSES, __version__
+from bloodlib.config import DEFAULT_SEED
 from bloodlib.io import read_json, write_json
 
 # Notebooks are teaching material: keep TensorFlow's C++ info logs out of their outputs.
@@ -87,7 +88,7 @@ def evaluate_model(
     split: pd.DataFrame,
     *,
     n_boot: int = 1000,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     progress: bool = False,
     tta: bool = False,
     classifier: Any = None,
@@ -240,7 +241,7 @@ def svm_experiment(
     weights: str | None = "imagenet",
     batch_size: int = 32,
     cv: int = 3,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Design 1 for one backbone: cached features, SVM chosen by CV on train, scored on val/test.

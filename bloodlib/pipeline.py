@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from bloodlib.config import DEFAULT_SEED
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -51,7 +53,7 @@ def make_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     augment: bool = False,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     cache: bool | str = False,
     preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None,
     drop_remainder: bool = False,

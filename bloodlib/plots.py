@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from bloodlib import CLASSES
+from bloodlib.config import DEFAULT_SEED
 from bloodlib.evaluate import expected_calibration_error, reliability_table
 from bloodlib.io import atomic_path
 
@@ -125,7 +126,7 @@ def plot_class_distribution(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_examples(table: pd.DataFrame, per_class: int = 6, seed: int = 42) -> Figure:
+def plot_examples(table: pd.DataFrame, per_class: int = 6, seed: int = DEFAULT_SEED) -> Figure:
     """A grid of random usable images: one row per class, class names as row labels."""
     usable = _usable(table)
     classes = _ordered_classes(usable["label"])

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from bloodlib.config import REPO_ROOT
+from bloodlib.errors import BloodlibError
 from bloodlib.io import atomic_path, read_json, write_json
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yml")
@@ -39,7 +40,7 @@ DATA_KEYWORDS = ("sample", "mendeley", "pbc")
 NOT_HASHED = ("run_dir",)
 
 
-class RunError(Exception):
+class RunError(BloodlibError):
     """A run cannot start or a notebook failed; the message is meant for the user."""
 
     exit_code = 1

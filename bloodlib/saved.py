@@ -8,14 +8,16 @@ and what it scored.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bloodlib.io import read_json, write_json
+from bloodlib.io import read_json, sha256_file, write_json
+
+#: Kept for callers of the old name: the one content hash lives in ``bloodlib.io``.
+file_sha256 = sha256_file
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -33,14 +35,6 @@ def read_sidecar(model_path: str | Path) -> dict[str, Any]:
             f"{path} not found: a bloodlib model needs its JSON sidecar beside the model file"
         )
     return read_json(path)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -7,7 +7,6 @@ never touched again; user folders are only read.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -20,9 +19,10 @@ import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from bloodlib import CLASSES
+from bloodlib import CLASSES, IMAGE_SUFFIXES
 from bloodlib.config import SAMPLE_DIR, cache_dir
-from bloodlib.io import read_json, write_json
+from bloodlib.errors import BloodlibError
+from bloodlib.io import read_json, sha256_file, write_json
 
 #: The official "download all" zip of Mendeley Data snkd93bnjr v1.
 DEFAULT_URL = "https://md-datasets-cache-zipfiles-prod.s3.eu-west-1.amazonaws.com/snkd93bnjr-1.zip"
@@ -47,12 +47,11 @@ _DOWNLOAD_SPECS = ("mendeley", "pbc")
 _SAMPLE_SPECS = ("sample",)
 #: Every named source :func:`resolve` understands (the rest of the specs are paths).
 KEYWORDS: tuple[str, ...] = _SAMPLE_SPECS + _DOWNLOAD_SPECS
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # How deep to look for the class folders inside a folder or an extracted zip.
 _SEARCH_DEPTH = 3
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(BloodlibError, RuntimeError):
     """A data source cannot be resolved; the message says how to fix it."""
 
 
@@ -113,15 +112,6 @@ def describe(spec: str | os.PathLike | None = None) -> str:
         except DataSourceError:
             return f"folder {value} (no class folders)"
     return f"zip {value} sha256={sha256_file(value)}"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Content hash of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _classify(spec: str | os.PathLike | None) -> tuple[str, Path]:
@@ -294,9 +284,7 @@ def check_counts(root: Path) -> dict[str, int]:
             sum(
                 1
                 for p in folder.iterdir()
-                if p.is_file()
-                and not p.name.startswith(".")
-                and p.suffix.lower() in _IMAGE_SUFFIXES
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
             )
             if folder
             else 0
