@@ -5,7 +5,14 @@ One image moves forward through: source -> manifest -> split -> pipeline ->
 backbone -> features -> svm | finetune -> evaluate -> plots.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, CPU-guard, XLA banners) are noise for a
+# student and in committed notebook outputs; errors still show. Set before TensorFlow is
+# imported anywhere in bloodlib; a user's own TF_CPP_MIN_LOG_LEVEL wins.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CLASSES: tuple[str, ...] = (
     "basophil",

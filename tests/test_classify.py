@@ -16,7 +16,8 @@ from tiny_models import write_cell
 
 from bloodlib import CLASSES, backbones, features, svm
 from bloodlib.classify import classify_folder
-from bloodlib.saved import file_sha256, load_classifier, write_sidecar
+from bloodlib.io import sha256_file as file_sha256
+from bloodlib.saved import load_classifier, write_sidecar
 
 pytestmark = pytest.mark.unit
 

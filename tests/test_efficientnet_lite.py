@@ -154,7 +154,7 @@ def test_imagenet_port_classifies_and_caches(monkeypatch: pytest.MonkeyPatch) ->
     def reconvert(path: object) -> None:
         raise Reconverting
 
-    monkeypatch.setattr(effl, "_sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(effl, "sha256_file", lambda path: "0" * 64)
     monkeypatch.setattr(effl, "load_state_dict", reconvert)
     with pytest.raises(Reconverting):
         build_efficientnet_lite0(weights="imagenet", input_shape=(64, 64, 3))

@@ -12,7 +12,7 @@ import tiny_models
 from PIL import Image
 
 from bloodlib import backbones, config, features
-from bloodlib.saved import file_sha256
+from bloodlib.io import sha256_file as file_sha256
 
 pytestmark = pytest.mark.unit
 

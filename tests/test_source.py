@@ -14,7 +14,7 @@ import pytest
 
 from bloodlib import CLASSES, source
 from bloodlib.config import SAMPLE_DIR, cache_dir
-from bloodlib.io import read_json
+from bloodlib.io import read_json, sha256_file
 from bloodlib.source import DataSourceError, DataSourceWarning, describe, resolve
 
 pytestmark = pytest.mark.unit
@@ -90,7 +90,7 @@ def test_zip_is_extracted_once_into_the_cache(clean_tree, tmp_path, monkeypatch)
     archive.write_bytes(_zip_tree(clean_tree.root))
     with pytest.warns(DataSourceWarning, match="does not match the full PBC release"):
         root = resolve(archive, progress=False)
-    digest = source.sha256_file(archive)
+    digest = sha256_file(archive)
     assert root == cache_dir() / "datasets" / digest[:16] / "PBC_dataset_normal_DIB"
     assert sorted(p.name for p in root.iterdir()) == sorted(CLASSES)
     got = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
@@ -261,8 +261,8 @@ def test_download_then_reuse(payload, monkeypatch):
     done = _downloads() / "snkd93bnjr-1.zip"
     assert done.read_bytes() == payload and not done.with_suffix(".zip.part").exists()
     hashes = read_json(_downloads() / "hashes.json")
-    assert hashes["snkd93bnjr-1.zip"]["sha256"] == source.sha256_file(done)
-    assert source.sha256_file(done) in describe("mendeley")
+    assert hashes["snkd93bnjr-1.zip"]["sha256"] == sha256_file(done)
+    assert sha256_file(done) in describe("mendeley")
 
 
 def test_a_partial_download_resumes_with_range(payload, monkeypatch):
