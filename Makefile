@@ -15,6 +15,9 @@ KERNEL_ARGS ?=
 
 # Caches (manifests, features, weights) stay inside the clone, so CI can cache one folder.
 export BLOODLIB_CACHE ?= $(CURDIR)/.cache
+# Headless: notebook widgets render a static view, so nbval and committed outputs stay stable
+# (`make lab` unsets it for the interactive browsers).
+export BLOODLIB_HEADLESS ?= 1
 # Notebooks and tests import bloodlib from this checkout even before `pip install -e .`.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
@@ -82,7 +85,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
+	BLOODLIB_HEADLESS= $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
 
 kernel: $(STAMP)
 	$(VPY) -m bloodlib kernel $(KERNEL_ARGS)
