@@ -51,6 +51,42 @@ def environment(show: bool = True) -> dict[str, Any]:
     return info
 
 
+#: The banner every notebook shows when it runs on the embedded sample (issue 10).
+SAMPLE_BANNER = (
+    "Smoke-test numbers on a small sample; the full-data results are in the README's "
+    "Results section."
+)
+
+
+def is_sample(data: str | os.PathLike | None) -> bool:
+    """Whether ``data`` is the embedded sample (by keyword or by a path to it)."""
+    from bloodlib.config import SAMPLE_DIR
+
+    if data is None or (isinstance(data, str) and data.strip().lower() == "sample"):
+        return True
+    try:
+        path = Path(data).expanduser().resolve()
+    except (TypeError, OSError):
+        return False
+    sample = SAMPLE_DIR.resolve()
+    return path == sample or sample in path.parents
+
+
+def data_banner(data: str | os.PathLike | None) -> None:
+    """Show a visible banner when ``data`` is the embedded sample; nothing otherwise."""
+    if not is_sample(data):
+        return
+    from IPython.display import HTML, display
+
+    display(
+        HTML(
+            '<div style="border-left: 6px solid #e6a700; background: #fff8e1; '
+            'padding: 0.6em 1em; margin: 0.5em 0;">'
+            f"<b>Embedded sample.</b> {SAMPLE_BANNER}</div>"
+        )
+    )
+
+
 def run_path(run_dir: str | Path, *parts: str) -> Path:
     path = Path(run_dir).joinpath(*parts)
     path.parent.mkdir(parents=True, exist_ok=True)
