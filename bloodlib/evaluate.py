@@ -168,6 +168,18 @@ def _bin_confidence(
     return count, conf_sum, acc_sum
 
 
+#: Cells per confidence bin, on average, that :func:`calibration_bins` aims for: with fewer, one
+#: or two cells decide a bin's accuracy and the ECE mostly measures noise.
+CELLS_PER_BIN = 20
+#: Fewest and most bins :func:`calibration_bins` returns (15 is the usual choice in the literature).
+MIN_BINS, MAX_BINS = 5, 15
+
+
+def calibration_bins(n: int) -> int:
+    """Equal-width confidence bins for ECE and reliability diagrams of ``n`` test cells."""
+    return int(min(MAX_BINS, max(MIN_BINS, n // CELLS_PER_BIN)))
+
+
 def reliability_table(y_true: Any, proba: Any, n_bins: int = 15) -> pd.DataFrame:
     """Per-bin mean confidence (max probability) and accuracy over ``n_bins`` equal-width bins.
 

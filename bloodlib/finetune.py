@@ -23,6 +23,15 @@ from bloodlib import CLASSES, backbones, config
 from bloodlib.io import atomic_path, read_json, write_json
 from bloodlib.saved import write_sidecar
 
+#: What the best-weights checkpoint and early stopping watch: the model kept is the epoch with
+#: the highest validation accuracy (the first one, on ties), the number the study reports.
+CHECKPOINT_MONITOR = "val_accuracy"
+CHECKPOINT_MODE = "max"
+
+#: Cosine decay ends at this fraction of the phase-2 learning rate, not at zero, so the
+#: last epochs still learn a little.
+COSINE_FINAL_FRACTION = 0.01
+
 
 @dataclass
 class FinetuneConfig:
@@ -130,6 +139,21 @@ def set_trainable(model, cfg: FinetuneConfig, phase: int) -> int:
             if bb.block_marker_at_end and idx is not None and idx >= k - 1:
                 started = True  # the marker closes block k-1: block k starts with the next layer
     return len(model.trainable_weights)
+
+
+def learning_rate_finetune(cfg: FinetuneConfig, steps_per_epoch: int):
+    """Phase 2's learning rate: a float (``constant``) or a Keras cosine-decay schedule."""
+    import keras
+
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate_finetune,
+            decay_steps=max(1, steps_per_epoch * cfg.epochs_finetune),
+            alpha=COSINE_FINAL_FRACTION,
+        )
+    if cfg.schedule == "constant":
+        return cfg.learning_rate_finetune
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; use 'cosine' or 'constant'")
 
 
 def _optimizer(cfg: FinetuneConfig, lr):
@@ -270,12 +294,12 @@ def train(
 
     hist_csv = train_dir / "history.csv"
     prior = load_history(train_dir, cfg.epochs_head)
-    best_so_far = float(prior["val_accuracy"].max()) if len(prior) else None
+    best_so_far = float(prior[CHECKPOINT_MONITOR].max()) if len(prior) else None
     best_path = train_dir / "best.weights.h5"
     checkpoint = keras.callbacks.ModelCheckpoint(
         best_path,
-        monitor="val_accuracy",
-        mode="max",
+        monitor=CHECKPOINT_MONITOR,
+        mode=CHECKPOINT_MODE,
         save_best_only=True,
         save_weights_only=True,
         initial_value_threshold=best_so_far,
@@ -300,7 +324,8 @@ def train(
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(phase1_path)
     elif cfg.epochs_head > 0:
-        model.fit(
+        _fit(
+            model,
             train_ds,
             validation_data=val_ds,
             epochs=cfg.epochs_head,
@@ -315,14 +340,10 @@ def train(
     if cfg.epochs_finetune > 0:
         with strategy.scope():
             set_trainable(model, cfg, phase=2)
-            lr = cfg.learning_rate_finetune
-            if cfg.schedule == "cosine":
-                lr = keras.optimizers.schedules.CosineDecay(
-                    lr, decay_steps=max(1, steps * cfg.epochs_finetune), alpha=0.01
-                )
-            _compile(model, cfg, lr)
+            _compile(model, cfg, learning_rate_finetune(cfg, steps))
         model._initial_epoch = None  # BackupAndRestore of phase 1 set it; phase 2 has its own
-        model.fit(
+        _fit(
+            model,
             train_ds,
             validation_data=val_ds,
             initial_epoch=cfg.epochs_head,
@@ -332,7 +353,9 @@ def train(
                 *common,
                 _backup(train_dir / "backup_phase2"),
                 keras.callbacks.EarlyStopping(
-                    monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience
+                    monitor=CHECKPOINT_MONITOR,
+                    mode=CHECKPOINT_MODE,
+                    patience=cfg.early_stopping_patience,
                 ),
             ],
             verbose=verbose,
@@ -389,6 +412,17 @@ def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any)
         },
     )
     return model_path
+
+
+def _fit(model, *args: Any, **kwargs: Any):
+    """``model.fit`` without Keras' notice that a tf.data input ignores ``shuffle``.
+
+    Our datasets shuffle themselves (``pipeline.make_dataset``); the notice would only
+    clutter notebook outputs.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`shuffle=True` was passed", category=UserWarning)
+        return model.fit(*args, **kwargs)
 
 
 def _backup(path: Path):
