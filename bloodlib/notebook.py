@@ -1,4 +1,6 @@
-"""Helpers the numbered notebooks share: environment report, run-folder I/O, model evaluation.
+"""Helpers the numbered notebooks share: environment report, run-folder I/O, display.
+
+Scoring saved models (``metrics.json``) lives in :mod:`bloodlib.scoring`.
 
 Notebooks hand results to each other only through the run folder:
 ``split.csv`` and ``data.json`` (01), ``models/*`` with sidecars (02, 03),
@@ -17,7 +19,7 @@ import pandas as pd
 
 from bloodlib import CLASSES, __version__
 from bloodlib.config import DEFAULT_SEED
-from bloodlib.io import read_json, write_json
+from bloodlib.io import write_json
 
 # Notebooks are teaching material: keep TensorFlow's C++ info logs out of their outputs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -107,117 +109,6 @@ def load_split(run_dir: str | Path) -> pd.DataFrame:
 def label_indices(labels: pd.Series) -> np.ndarray:
     index = {c: i for i, c in enumerate(CLASSES)}
     return labels.map(index).to_numpy()
-
-
-def saved_models(run_dir: str | Path) -> list[Path]:
-    """Model files of a run (``.keras`` / ``.joblib`` with a sidecar), in name order."""
-    folder = Path(run_dir) / "models"
-    return sorted(
-        p
-        for p in folder.glob("*")
-        if p.suffix in (".keras", ".joblib") and p.with_suffix(".json").is_file()
-    )
-
-
-def evaluate_model(
-    model_path: str | Path,
-    split: pd.DataFrame,
-    *,
-    n_boot: int = 1000,
-    seed: int = DEFAULT_SEED,
-    progress: bool = False,
-    tta: bool = False,
-    classifier: Any = None,
-) -> dict[str, Any]:
-    """Score one saved model on the test split, with temperature scaling fitted on validation.
-
-    With ``tta`` the probabilities are averaged over the 8 flips and rotations of each
-    cell and the entry is named ``<name>_tta``. Returns the metrics entry for
-    ``metrics.json`` plus, under ``_arrays``, the test labels and probabilities for
-    figures (dropped before saving).
-    """
-    from bloodlib import evaluate as ev
-    from bloodlib.saved import load_classifier
-
-    clf = classifier or load_classifier(model_path)
-    out: dict[str, Any] = {}
-    probs = {}
-    for part in ("val", "test"):
-        rows = split[split["split"] == part]
-        if len(rows):
-            probs[part] = clf.predict_proba(
-                rows["path"].tolist(), hashes=rows["sha256"].tolist(), progress=progress, tta=tta
-            )
-    test = split[split["split"] == "test"].reset_index(drop=True)
-    y_test = label_indices(test["label"])
-    p_test = probs["test"]
-    metrics = ev.evaluate(y_test, p_test, list(CLASSES), n_boot=n_boot, seed=seed)
-    temperature = 1.0
-    p_scaled = p_test
-    if "val" in probs:
-        val = split[split["split"] == "val"]
-        temperature = ev.fit_temperature(
-            ev.logits_from_proba(probs["val"]), label_indices(val["label"])
-        )
-        p_scaled = ev.softmax(ev.logits_from_proba(p_test), temperature)
-    info = clf.info
-    out.update(
-        name=info["name"] + ("_tta" if tta else ""),
-        backbone=info["backbone"],
-        method=info["method"],
-        image_size=info["image_size"],
-        tta=tta,
-        engine=clf.engine,
-        test_accuracy=metrics["accuracy"],
-        balanced_accuracy=metrics["balanced_accuracy"],
-        accuracy_ci95=metrics["accuracy_ci95"],
-        macro_f1=metrics["macro_f1"],
-        macro_auc=metrics["macro_auc"],
-        per_class=metrics["per_class"],
-        confusion=metrics["confusion"],
-        ece=metrics["ece"],
-        temperature=temperature,
-        ece_after_scaling=ev.expected_calibration_error(y_test, p_scaled),
-        n_test=int(len(test)),
-        model_path=str(Path(model_path).relative_to(Path(model_path).parents[1])),
-        paper_accuracy=ev.PAPER_RESULTS.get((info["backbone"], info["method"])),
-    )
-    out["_arrays"] = {
-        "y_true": y_test,
-        "proba": p_test,
-        "proba_scaled": p_scaled,
-        "paths": test["path"].tolist(),
-    }
-    return out
-
-
-def evaluate_models(
-    model_paths: list[Path],
-    split: pd.DataFrame,
-    *,
-    tta: bool = True,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """``evaluate_model`` for every model; fine-tuned networks also with ``tta`` when asked."""
-    from bloodlib.saved import load_classifier
-
-    entries = []
-    for path in model_paths:
-        clf = load_classifier(path)
-        entries.append(evaluate_model(path, split, classifier=clf, **kwargs))
-        if tta and clf.info["method"] == "finetune":
-            entries.append(evaluate_model(path, split, classifier=clf, tta=True, **kwargs))
-    return entries
-
-
-def write_metrics(run_dir: str | Path, entries: list[dict[str, Any]], **extra: Any) -> Path:
-    """``metrics.json``: ``{"models": [...], ...}`` without the in-memory arrays."""
-    models = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
-    return write_json(Path(run_dir) / "metrics.json", {"models": models, **extra})
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / "metrics.json")
 
 
 def show(fig, run_dir: str | Path, name: str):

@@ -162,35 +162,3 @@ def test_classifier_reuses_its_engine_between_calls(saved_convnet, tmp_path, mon
         inference, "forward_fn", lambda *a, **k: pytest.fail("engine rebuilt on the second call")
     )
     np.testing.assert_array_equal(clf.predict_proba(paths, progress=False, engine="tflite"), first)
-
-
-def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
-    import pandas as pd
-
-    from bloodlib import notebook as nb
-
-    monkeypatch.setattr(inference, "gpu_visible", lambda: False)
-    path = tmp_path / "run" / "models" / "m.keras"
-    path.parent.mkdir(parents=True)
-    tiny_models.vertex_classifier(SIZE).save(path)
-    info = {"name": "m", "method": "finetune", "backbone": "tiny", "image_size": SIZE}
-    write_sidecar(path, {**info, "classes": list(CLASSES)})
-    rows = []
-    for part, seeds in (("val", range(2)), ("test", range(2, 5))):
-        for c, label in enumerate(CLASSES):
-            for s in seeds:
-                p = write_cell(tmp_path / "img" / label / f"{part}{s}.jpg", c, seed=10 * c + s)
-                rows.append({"path": str(p), "sha256": f"{c}-{s}", "label": label, "split": part})
-    split = pd.DataFrame(rows)
-
-    entries = nb.evaluate_models([path], split, tta=True, n_boot=50)
-    assert [e["name"] for e in entries] == ["m", "m_tta"]
-    plain, tta = entries
-    assert (plain["tta"], tta["tta"]) == (False, True)
-    assert plain["engine"] == tta["engine"] == "tflite"
-    assert plain["model_path"] == tta["model_path"] == "models/m.keras"
-    assert plain["n_test"] == tta["n_test"] == 3 * len(CLASSES)
-    # Mean colour decides this model's answer, and no flip or rotation changes a mean.
-    assert plain["test_accuracy"] == tta["test_accuracy"] == 1.0
-    np.testing.assert_allclose(tta["_arrays"]["proba"], plain["_arrays"]["proba"], atol=1e-5)
-    assert [e["name"] for e in nb.evaluate_models([path], split, tta=False, n_boot=50)] == ["m"]

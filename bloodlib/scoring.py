@@ -1,0 +1,399 @@
+"""Score a run's saved models on its test split (notebook 04).
+
+One :class:`Evaluation` per model (and per model with test-time augmentation), the
+``metrics.json`` the runner and the README read, and the comparisons notebook 04 explains:
+the paired TTA gain with its uncertainty, and calibration put into words. Every sentence a
+notebook states about these results is built here from the numbers, never typed by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bloodlib import CLASS_INDEX, CLASSES
+from bloodlib import evaluate as ev
+from bloodlib.config import DEFAULT_SEED
+from bloodlib.io import read_json, write_json
+
+#: Model files a run folder holds (each beside its JSON sidecar).
+MODEL_SUFFIXES = (".keras", ".joblib", ".skops")
+
+# Paired bootstrap index matrices are drawn in chunks of at most this many entries, so
+# n_boot x n stays within a few hundred MB on large test sets.
+_CHUNK_ENTRIES = 20_000_000
+
+
+@dataclass
+class Evaluation:
+    """One model scored on the test split.
+
+    ``metrics`` is its ``metrics.json`` entry; the arrays follow the rows of ``test``
+    (the test split in ``split.csv`` order).
+    """
+
+    metrics: dict[str, Any]
+    test: pd.DataFrame
+    y_true: np.ndarray
+    proba: np.ndarray
+    proba_scaled: np.ndarray  # after temperature scaling fitted on the validation split
+    predictions: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return str(self.metrics["name"])
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.y_true
+
+
+def label_indices(labels: pd.Series) -> np.ndarray:
+    return labels.map(CLASS_INDEX).to_numpy()
+
+
+def saved_models(run_dir: str | Path) -> list[Path]:
+    """Model files of a run (``models/*`` with a sidecar), in name order."""
+    folder = Path(run_dir) / "models"
+    return sorted(
+        p
+        for p in folder.glob("*")
+        if p.suffix in MODEL_SUFFIXES and p.with_suffix(".json").is_file()
+    )
+
+
+def evaluate_model(
+    model_path: str | Path,
+    split: pd.DataFrame,
+    *,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+    progress: bool = False,
+    tta: bool = False,
+    classifier: Any = None,
+) -> Evaluation:
+    """Score one saved model on the test split, with temperature scaling fitted on validation.
+
+    With ``tta`` the probabilities are averaged over the 8 flips and rotations of each cell
+    and the entry is named ``<name>_tta``. ECE uses :func:`bloodlib.evaluate.calibration_bins`
+    bins for the test set's size (``ece_bins`` in the entry).
+    """
+    from bloodlib.saved import load_classifier
+
+    model_path = Path(model_path)
+    clf = classifier or load_classifier(model_path)
+    probs = {}
+    for part in ("val", "test"):
+        rows = split[split["split"] == part]
+        if len(rows):
+            probs[part] = clf.predict_proba(
+                rows["path"].tolist(), hashes=rows["sha256"].tolist(), progress=progress, tta=tta
+            )
+    if "test" not in probs:
+        raise ValueError("the split has no test rows: run notebook 01 to make the split")
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    y_test = label_indices(test["label"])
+    p_test = probs["test"]
+    metrics = ev.evaluate(y_test, p_test, list(CLASSES), n_boot=n_boot, seed=seed)
+    n_bins = ev.calibration_bins(len(test))
+    temperature = 1.0
+    p_scaled = p_test
+    n_val = int((split["split"] == "val").sum())
+    if "val" in probs:
+        val = split[split["split"] == "val"]
+        temperature = ev.fit_temperature(
+            ev.logits_from_proba(probs["val"]), label_indices(val["label"])
+        )
+        p_scaled = ev.softmax(ev.logits_from_proba(p_test), temperature)
+    info = clf.info
+    entry = {
+        "name": info["name"] + ("_tta" if tta else ""),
+        "backbone": info["backbone"],
+        "method": info["method"],
+        "image_size": info["image_size"],
+        "tta": tta,
+        "engine": clf.engine,
+        "test_accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "accuracy_ci95": metrics["accuracy_ci95"],
+        "balanced_accuracy_ci95": metrics["balanced_accuracy_ci95"],
+        "n_boot": n_boot,
+        "macro_f1": metrics["macro_f1"],
+        "macro_auc": metrics["macro_auc"],
+        "per_class": metrics["per_class"],
+        "confusion": metrics["confusion"],
+        "ece": ev.expected_calibration_error(y_test, p_test, n_bins),
+        "ece_bins": n_bins,
+        "temperature": temperature,
+        "ece_after_scaling": ev.expected_calibration_error(y_test, p_scaled, n_bins),
+        "n_test": int(len(test)),
+        "n_val": n_val,
+        "model_path": model_path.relative_to(model_path.parents[1]).as_posix(),
+        "paper_accuracy": ev.PAPER_RESULTS.get((info["backbone"], info["method"])),
+    }
+    return Evaluation(entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1))
+
+
+def evaluate_models(
+    model_paths: Sequence[Path],
+    split: pd.DataFrame,
+    *,
+    tta: bool = True,
+    **kwargs: Any,
+) -> list[Evaluation]:
+    """:func:`evaluate_model` for every model; fine-tuned networks also with ``tta`` when asked."""
+    from bloodlib.saved import load_classifier
+
+    results = []
+    for path in model_paths:
+        clf = load_classifier(path)
+        results.append(evaluate_model(path, split, classifier=clf, **kwargs))
+        if tta and clf.info["method"] == "finetune":
+            results.append(evaluate_model(path, split, classifier=clf, tta=True, **kwargs))
+    return results
+
+
+def write_metrics(
+    run_dir: str | Path, results: Sequence[Evaluation | Mapping[str, Any]], **extra: Any
+) -> Path:
+    """``metrics.json``: ``{"models": [entry, ...], **extra}`` (entries of ``results``)."""
+    models = [dict(r.metrics if isinstance(r, Evaluation) else r) for r in results]
+    return write_json(Path(run_dir) / "metrics.json", {"models": models, **extra})
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / "metrics.json")
+
+
+def same_test_cells(results: Sequence[Evaluation]) -> int:
+    """The number of test cells every result was scored on; raises if they differ."""
+    if not results:
+        raise ValueError("no results to compare")
+    first = results[0].test["path"].tolist()
+    for r in results[1:]:
+        if r.test["path"].tolist() != first:
+            raise ValueError(f"{r.name} was scored on other test cells than {results[0].name}")
+    return len(first)
+
+
+# ----------------------------------------------------------------------------- paired comparison
+
+
+@dataclass
+class PairedComparison:
+    """Two models' answers on the same cells: accuracy difference ``b - a`` and its uncertainty."""
+
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    difference: float  # accuracy_b - accuracy_a
+    ci95: tuple[float, float]  # paired percentile bootstrap of the difference
+    only_a: int  # cells a gets right and b wrong
+    only_b: int  # cells b gets right and a wrong
+    p_mcnemar: float  # exact two-sided McNemar test on the discordant cells
+
+
+def paired_comparison(
+    y_true: Any,
+    pred_a: Any,
+    pred_b: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+) -> PairedComparison:
+    """Compare two sets of predictions on the same cells.
+
+    The bootstrap resamples cells (both models keep their answers on each drawn cell), so
+    the interval reflects only the cells on which they disagree. McNemar's exact test asks
+    whether ``only_b`` vs ``only_a`` is more lopsided than 50/50 chance would make it.
+    """
+    from scipy.stats import binomtest
+
+    y = np.asarray(y_true)
+    ca = np.asarray(pred_a) == y
+    cb = np.asarray(pred_b) == y
+    n = len(y)
+    if n == 0 or len(ca) != n or len(cb) != n:
+        raise ValueError("y_true, pred_a and pred_b must have the same, non-zero length")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    delta = cb.astype(np.float64) - ca.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, _CHUNK_ENTRIES // n)
+    diffs = []
+    done = 0
+    while done < n_boot:
+        b = min(per_chunk, n_boot - done)
+        diffs.append(delta[rng.integers(0, n, size=(b, n))].mean(axis=1))
+        done += b
+    lo, hi = np.percentile(np.concatenate(diffs), [2.5, 97.5])
+    only_a, only_b = int((ca & ~cb).sum()), int((cb & ~ca).sum())
+    discordant = only_a + only_b
+    p = binomtest(min(only_a, only_b), discordant, 0.5).pvalue if discordant else 1.0
+    return PairedComparison(
+        n=n,
+        accuracy_a=float(ca.mean()),
+        accuracy_b=float(cb.mean()),
+        difference=float(delta.mean()),
+        ci95=(float(lo), float(hi)),
+        only_a=only_a,
+        only_b=only_b,
+        p_mcnemar=float(p),
+    )
+
+
+def tta_gains(
+    results: Sequence[Evaluation], *, n_boot: int = 1000, seed: int = DEFAULT_SEED
+) -> pd.DataFrame:
+    """Plain vs test-time-augmented predictions of each fine-tuned network, paired per cell.
+
+    Columns: model, n, plain, tta, gain, ci_lo, ci_hi, fixed (cells TTA got right that the
+    plain model got wrong), broken (the reverse), p_mcnemar. Empty without TTA entries.
+    """
+    plain = {r.metrics["model_path"]: r for r in results if not r.metrics.get("tta")}
+    rows = []
+    for r in results:
+        base = plain.get(r.metrics["model_path"])
+        if not r.metrics.get("tta") or base is None:
+            continue
+        c = paired_comparison(r.y_true, base.predictions, r.predictions, n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "model": base.name,
+                "n": c.n,
+                "plain": c.accuracy_a,
+                "tta": c.accuracy_b,
+                "gain": c.difference,
+                "ci_lo": c.ci95[0],
+                "ci_hi": c.ci95[1],
+                "fixed": c.only_b,
+                "broken": c.only_a,
+                "p_mcnemar": c.p_mcnemar,
+            }
+        )
+    columns = ["model", "n", "plain", "tta", "gain", "ci_lo", "ci_hi", "fixed", "broken"]
+    return pd.DataFrame(rows, columns=[*columns, "p_mcnemar"])
+
+
+# ----------------------------------------------------------------------------- sentences
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f} points"
+
+
+def interval_sentence(entry: Mapping[str, Any]) -> str:
+    """What the bootstrap interval of one metrics entry says, and what it leaves out."""
+    name, acc, n = entry["name"], entry["test_accuracy"], entry["n_test"]
+    ci = entry.get("accuracy_ci95")
+    if not ci:
+        return f"**{name}**: test accuracy {_pct(acc)} on {n} cells (no bootstrap interval: n_boot = 0)."
+    lo, hi = ci
+    correct = round(acc * n)
+    return (
+        f"**{name}**: {correct} of {n} test cells right, {_pct(acc)}; the 95 % bootstrap interval "
+        f"runs from {_pct(lo)} to {_pct(hi)}, {100 * (hi - lo):.1f} points wide. Another test set of "
+        f"{n} cells like this one could plausibly have given any accuracy in that range. The interval "
+        "says nothing about training: the same recipe with another seed gives another network, "
+        "and that variation comes on top."
+    )
+
+
+def calibration_sentence(entry: Mapping[str, Any]) -> str:
+    """Temperature and ECE before/after scaling of one metrics entry, in words."""
+    name, t = entry["name"], float(entry["temperature"])
+    before, after = float(entry["ece"]), float(entry["ece_after_scaling"])
+    bins, n_val = entry.get("ece_bins"), entry.get("n_val")
+    if np.isclose(t, 1.0, atol=0.02):
+        meaning = f"T = {t:.2f}, close to 1: the validation cells found its confidence about right"
+    elif t < 1:
+        meaning = (
+            f"T = {t:.2f} < 1: on the validation cells it was under-confident, so scaling "
+            "sharpens its probabilities"
+        )
+    else:
+        meaning = (
+            f"T = {t:.2f} > 1: on the validation cells it was over-confident, so scaling "
+            "softens its probabilities"
+        )
+    if after < before - 0.005:
+        effect = f"ECE on the test cells fell from {before:.3f} to {after:.3f}"
+    elif after > before + 0.005:
+        effect = (
+            f"ECE on the test cells rose from {before:.3f} to {after:.3f}: the temperature fitted "
+            f"on {n_val} validation cells did not carry over to the test cells"
+        )
+    else:
+        effect = f"ECE on the test cells barely moved ({before:.3f} to {after:.3f})"
+    return f"**{name}**: {meaning}; {effect} ({bins} bins)."
+
+
+def calibration_summary(entries: Sequence[Mapping[str, Any]]) -> str:
+    """How often temperature scaling helped across models: the claim notebook 04 may make."""
+    better = sum(e["ece_after_scaling"] < e["ece"] - 0.005 for e in entries)
+    worse = sum(e["ece_after_scaling"] > e["ece"] + 0.005 for e in entries)
+    n = len(entries)
+    if better == n:
+        verdict = "Temperature scaling lowered the ECE of every model here."
+    elif better == 0:
+        verdict = "Temperature scaling lowered the ECE of no model here."
+    else:
+        verdict = f"Temperature scaling lowered the ECE of {better} of {n} models here."
+    if worse:
+        verdict += (
+            f" It raised it for {worse}: with few validation cells the fitted temperature is itself "
+            "uncertain, and ECE over few test cells is noisy."
+        )
+    return verdict
+
+
+def tta_sentence(row: Mapping[str, Any]) -> str:
+    """One row of :func:`tta_gains` in words, with its uncertainty."""
+    lo, hi = row["ci_lo"], row["ci_hi"]
+    head = (
+        f"**{row['model']}**: test-time augmentation moved accuracy from {_pct(row['plain'])} to "
+        f"{_pct(row['tta'])} ({_points(row['gain'])}) on the same {row['n']} cells; it fixed "
+        f"{row['fixed']} and broke {row['broken']}. Paired 95 % bootstrap interval of the gain: "
+        f"{_points(lo)} to {_points(hi)}; McNemar's exact p = {row['p_mcnemar']:.2g}."
+    )
+    if lo > 0:
+        return head + " The interval lies above zero: on these cells TTA helps."
+    if hi < 0:
+        return head + " The interval lies below zero: on these cells TTA hurts."
+    return head + " The interval includes zero: these cells cannot tell the gain from chance."
+
+
+def recipe_differences(
+    run_dir: str | Path, results: Sequence[Evaluation], data: Any, **extra: Any
+) -> pd.DataFrame:
+    """:func:`bloodlib.paper.differences` of every model scored, from the parameters in its sidecar.
+
+    One block of rows per model (column ``model``); ``extra`` (e.g. ``split_fractions``)
+    goes to every block.
+    """
+    from bloodlib import paper
+    from bloodlib.saved import read_sidecar
+
+    tables = []
+    seen: set[str] = set()
+    for r in results:
+        path = r.metrics["model_path"]
+        if path in seen:
+            continue  # a TTA entry shares its network's recipe
+        seen.add(path)
+        info = read_sidecar(Path(run_dir) / path)
+        params: dict[str, Any] = {**info.get("config", {}), **extra}
+        params.update(data=data, backbones=[info["backbone"]], image_size=info["image_size"])
+        table = paper.differences(info["method"], params)
+        table.insert(0, "model", info["name"])
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -1,0 +1,187 @@
+"""Scoring saved models (bloodlib.scoring): result objects, metrics.json, paired TTA gain, sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tiny_models
+from tiny_models import write_cell
+
+from bloodlib import CLASSES, evaluate, inference, saved, scoring
+
+pytestmark = pytest.mark.unit
+
+SIZE = tiny_models.SIZE
+
+
+def _save(model, path, info):
+    """The one saving function (``saved.save_classifier``), or the older two-step save."""
+    if hasattr(saved, "save_classifier"):
+        return saved.save_classifier(model, path, info)
+    model.save(path)
+    return saved.write_sidecar(path, info)
+
+
+def _result(name, y, pred, *, tta=False, model_path="models/m.keras", **metrics):
+    k = len(CLASSES)
+    proba = np.full((len(y), k), 0.01)
+    proba[np.arange(len(y)), pred] = 1 - 0.01 * (k - 1)
+    test = pd.DataFrame({"path": [f"c{i}.jpg" for i in range(len(y))]})
+    entry = {"name": name, "tta": tta, "model_path": model_path, "n_test": len(y), **metrics}
+    return scoring.Evaluation(entry, test, np.asarray(y), proba, proba, np.asarray(pred))
+
+
+def test_paired_comparison_counts_discordant_cells_and_brackets_the_gain():
+    y = np.zeros(100, dtype=int)
+    a = np.r_[np.zeros(70), np.ones(30)].astype(int)  # 70 right
+    b = a.copy()
+    b[70:80] = 0  # b fixes 10 of a's errors
+    b[0:2] = 1  # and breaks 2
+    c = scoring.paired_comparison(y, a, b, n_boot=2000, seed=0)
+    assert (c.n, c.only_b, c.only_a) == (100, 10, 2)
+    assert c.accuracy_a == pytest.approx(0.70) and c.accuracy_b == pytest.approx(0.78)
+    assert c.difference == pytest.approx(0.08)
+    assert c.ci95[0] < c.difference < c.ci95[1]
+    # Exact McNemar: P(X <= 2 | X ~ Bin(12, 1/2)), two-sided.
+    assert c.p_mcnemar == pytest.approx(2 * (1 + 12 + 66) / 2**12)
+    # The paired interval only sees the 12 discordant cells: much narrower than two separate
+    # accuracy intervals would be.
+    assert c.ci95[1] - c.ci95[0] < 0.15
+
+
+def test_paired_comparison_of_identical_answers_is_exactly_zero():
+    y = np.arange(40) % len(CLASSES)
+    pred = np.roll(y, 3)
+    c = scoring.paired_comparison(y, pred, pred, n_boot=100)
+    assert c.difference == 0 and c.ci95 == (0.0, 0.0) and c.p_mcnemar == 1.0
+    with pytest.raises(ValueError):
+        scoring.paired_comparison(y, pred, pred[:-1])
+
+
+def test_tta_gains_pairs_each_network_with_its_tta_twin():
+    y = np.arange(48) % len(CLASSES)
+    wrong = (y + 1) % len(CLASSES)
+    plain = np.where(np.arange(48) < 36, y, wrong)
+    tta = np.where(np.arange(48) < 40, y, wrong)
+    results = [
+        _result("net", y, plain),
+        _result("net_tta", y, tta, tta=True),
+        _result("svm", y, y, model_path="models/svm.joblib"),
+    ]
+    table = scoring.tta_gains(results, n_boot=500)
+    assert table["model"].tolist() == ["net"]
+    row = table.iloc[0]
+    assert (row["fixed"], row["broken"], row["n"]) == (4, 0, 48)
+    assert row["gain"] == pytest.approx(4 / 48)
+    sentence = scoring.tta_sentence(row)
+    assert "75.0 %" in sentence and "83.3 %" in sentence and "fixed 4 and broke 0" in sentence
+    assert scoring.tta_gains(results[2:]).empty
+
+
+def test_tta_sentence_follows_the_interval():
+    row = {"model": "m", "n": 10, "plain": 0.5, "tta": 0.6, "gain": 0.1, "fixed": 1, "broken": 0}
+    row |= {"p_mcnemar": 1.0}
+    assert "includes zero" in scoring.tta_sentence({**row, "ci_lo": 0.0, "ci_hi": 0.3})
+    assert "above zero" in scoring.tta_sentence({**row, "ci_lo": 0.05, "ci_hi": 0.3})
+    assert "below zero" in scoring.tta_sentence({**row, "ci_lo": -0.3, "ci_hi": -0.05})
+
+
+@pytest.mark.parametrize(
+    ("temperature", "before", "after", "words"),
+    [
+        (0.17, 0.170, 0.249, ("T = 0.17 < 1", "under-confident", "rose from 0.170 to 0.249")),
+        (2.50, 0.120, 0.030, ("T = 2.50 > 1", "over-confident", "fell from 0.120 to 0.030")),
+        (1.01, 0.050, 0.049, ("close to 1", "barely moved")),
+    ],
+)
+def test_calibration_sentence_states_what_the_numbers_say(temperature, before, after, words):
+    entry = {"name": "m", "temperature": temperature, "ece": before, "ece_after_scaling": after}
+    text = scoring.calibration_sentence({**entry, "ece_bins": 5, "n_val": 24})
+    for w in words:
+        assert w in text
+
+
+def test_calibration_summary_never_claims_a_fix_that_did_not_happen():
+    worse = {"ece": 0.17, "ece_after_scaling": 0.25}
+    better = {"ece": 0.17, "ece_after_scaling": 0.10}
+    assert "no model" in scoring.calibration_summary([worse, worse])
+    assert "raised it for 2" in scoring.calibration_summary([worse, worse])
+    assert "every model" in scoring.calibration_summary([better])
+    assert "1 of 2 models" in scoring.calibration_summary([better, worse])
+
+
+def test_interval_sentence_names_what_the_interval_leaves_out():
+    entry = {"name": "m", "test_accuracy": 0.75, "n_test": 48, "accuracy_ci95": [0.625, 0.875]}
+    text = scoring.interval_sentence(entry)
+    assert "36 of 48" in text and "62.5 %" in text and "87.5 %" in text and "25.0 points" in text
+    assert "another seed" in text
+
+
+def test_same_test_cells_refuses_results_on_different_cells():
+    y = np.zeros(4, dtype=int)
+    a, b = _result("a", y, y), _result("b", y, y)
+    assert scoring.same_test_cells([a, b]) == 4
+    b.test = b.test.iloc[::-1].reset_index(drop=True)
+    with pytest.raises(ValueError, match="other test cells"):
+        scoring.same_test_cells([a, b])
+
+
+def test_metrics_round_trip_and_saved_models(tmp_path):
+    (tmp_path / "models").mkdir()
+    for name in ("a.keras", "b.joblib", "c.keras", "notes.txt"):
+        (tmp_path / "models" / name).write_text("x")
+    for name in ("a.json", "b.json", "notes.json"):
+        (tmp_path / "models" / name).write_text("{}")
+    assert [p.name for p in scoring.saved_models(tmp_path)] == ["a.keras", "b.joblib"]
+    y = np.zeros(3, dtype=int)
+    path = scoring.write_metrics(tmp_path, [_result("a", y, y), {"name": "b"}], split={"seed": 1})
+    assert path == tmp_path / "metrics.json"
+    data = scoring.read_metrics(tmp_path)
+    assert [m["name"] for m in data["models"]] == ["a", "b"] and data["split"] == {"seed": 1}
+
+
+def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "gpu_visible", lambda: False)
+    path = tmp_path / "run" / "models" / "m.keras"
+    path.parent.mkdir(parents=True)
+    info = {"name": "m", "method": "finetune", "backbone": "tiny", "image_size": SIZE}
+    _save(tiny_models.vertex_classifier(SIZE), path, {**info, "classes": list(CLASSES)})
+    rows = []
+    for part, seeds in (("val", range(2)), ("test", range(2, 5))):
+        for c, label in enumerate(CLASSES):
+            for s in seeds:
+                p = write_cell(tmp_path / "img" / label / f"{part}{s}.jpg", c, seed=10 * c + s)
+                rows.append({"path": str(p), "sha256": f"{c}-{s}", "label": label, "split": part})
+    split = pd.DataFrame(rows)
+
+    results = scoring.evaluate_models([path], split, tta=True, n_boot=50)
+    assert [r.name for r in results] == ["m", "m_tta"]
+    plain, tta = results
+    assert isinstance(plain, scoring.Evaluation)
+    assert (plain.metrics["tta"], tta.metrics["tta"]) == (False, True)
+    assert plain.metrics["engine"] == tta.metrics["engine"] == "tflite"
+    assert plain.metrics["model_path"] == tta.metrics["model_path"] == "models/m.keras"
+    n = 3 * len(CLASSES)
+    assert plain.metrics["n_test"] == len(plain.test) == len(plain.predictions) == n
+    assert plain.metrics["n_val"] == 2 * len(CLASSES)
+    assert plain.metrics["ece_bins"] == evaluate.calibration_bins(n)
+    assert plain.test["split"].eq("test").all()
+    # Mean colour decides this model's answer, and no flip or rotation changes a mean.
+    assert plain.metrics["test_accuracy"] == tta.metrics["test_accuracy"] == 1.0
+    assert plain.correct.all()
+    np.testing.assert_allclose(tta.proba, plain.proba, atol=1e-5)
+    assert [r.name for r in scoring.evaluate_models([path], split, tta=False, n_boot=50)] == ["m"]
+    table = scoring.recipe_differences(tmp_path / "run", results, "sample")
+    assert set(table["model"]) == {"m"} and list(table.columns[1:]) == [
+        "aspect",
+        "paper",
+        "here",
+        "why",
+    ]
+
+
+def test_calibration_bins_fit_the_test_set():
+    assert evaluate.calibration_bins(48) == evaluate.MIN_BINS
+    assert evaluate.calibration_bins(200) == 10
+    assert evaluate.calibration_bins(10_000) == evaluate.MAX_BINS
