@@ -8,20 +8,30 @@ share a ``group`` key so that a split can keep them together.
 The table is cached under ``cache_dir()/manifests`` keyed by the folder's
 listing (paths, sizes, mtimes), so a second scan of an unchanged folder is a
 CSV read. Nothing is ever written into the scanned folder.
+
+Hostile files are rows too, and never stop or stall a scan: only regular files
+are opened (a FIFO named ``pipe.jpg`` would block ``open`` forever), symbolic
+links that resolve outside the scanned folder are reported and not followed
+(links that stay inside are followed: a folder may de-duplicate with them; links
+to folders are reported, not descended), an image above :data:`MAX_PIXELS` is
+refused from its header before a pixel is decoded, files are hashed in chunks
+rather than read whole, and a name that is not valid UTF-8 is reported with an
+escaped spelling so that tables and CSVs stay writable.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -34,7 +44,23 @@ from bloodlib.io import write_with
 log = logging.getLogger(__name__)
 
 #: Bump when columns or rules change: old cached manifests are then ignored.
-SCHEMA_VERSION = 1
+#: 2: statuses bad_name, not_regular, link_outside, too_large (a v1 cache called a FIFO
+#: "unreadable" only after hanging, and a decompression bomb "odd_size").
+SCHEMA_VERSION = 2
+
+#: Largest image, in pixels (width x height), that is decoded. The PBC tiles are 360x363
+#: (0.13 MP) and a full microscope camera frame is 5-20 MP, so 50 MP refuses no image a user
+#: would classify, while its decoded RGB copy (150 MB) stays harmless. Above it an image is
+#: refused from its header, before any pixel is decoded: a 1 MB PNG can declare 20000x20000
+#: pixels, 1.2 GB decoded. A setting: pass ``max_pixels`` to :func:`scan` or
+#: :func:`inspect_file`, or change this value. (Pillow's own bomb check, at twice
+#: ``PIL.Image.MAX_IMAGE_PIXELS``, still refuses larger images whatever this says.)
+MAX_PIXELS = 50_000_000
+
+#: Largest file hashed and decoded, in bytes. An uncompressed 8-bit RGB image of MAX_PIXELS
+#: (BMP, TIFF) is 150 MB; a bigger file is no image we would decode, and hashing a
+#: multi-gigabyte file (a zip bomb's output) only costs time.
+MAX_FILE_BYTES = 256 * 2**20
 
 IMAGE_EXTENSIONS: dict[str, str] = {
     ".jpg": "JPEG",
@@ -53,8 +79,12 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 DEFECTS: tuple[str, ...] = (
     "hidden",
     "non_image_extension",
+    "bad_name",  # not valid UTF-8: paths in tables, CSVs and TensorFlow must be text
+    "not_regular",  # FIFO, socket, device or a link to a folder: never opened
+    "link_outside",  # a symbolic link that leaves the scanned folder: never followed
     "unreadable",
     "not_image",
+    "too_large",  # above MAX_PIXELS or MAX_FILE_BYTES: never decoded
     "truncated",
     "corrupt",
     "wrong_format",
@@ -176,19 +206,47 @@ def _class_of(folder: str) -> str | None:
     return name if name in CLASSES else None
 
 
-def _list_files(root: Path) -> list[tuple[str, int, int]]:
-    """(relpath, size, mtime_ns) of every file under root, sorted; nothing is followed or written."""
+def display_name(name: str) -> str:
+    """``name`` as printable text: bytes that are not UTF-8 become ``\\xff`` escapes.
+
+    ``os.walk`` hands such bytes over as lone surrogates, which no UTF-8 writer (CSV,
+    JSON, TensorFlow) accepts; valid names come back unchanged.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def list_files(root: Path) -> list[tuple[str, int, int]]:
+    """(relpath, size, mtime_ns) of every entry under root to report, sorted by relpath.
+
+    Files of every kind (FIFOs and sockets too: nothing is opened here), links to
+    folders (reported, not descended) and unreadable sub-folders (reported) each give
+    one entry; relpaths may hold surrogates (see :func:`display_name`).
+    """
     out: list[tuple[str, int, int]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    root = Path(root)
+
+    def add(path: str) -> None:
+        rel = Path(path).relative_to(root).as_posix()
+        try:
+            st = os.lstat(path)
+            out.append((rel, st.st_size, st.st_mtime_ns))
+        except OSError:  # vanished: still a row, flagged when read
+            out.append((rel, -1, 0))
+
+    def unreadable_folder(exc: OSError) -> None:
+        if exc.filename is not None and Path(exc.filename) != root:
+            add(exc.filename)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder):
         dirnames.sort()
-        rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:
-            rel = (rel_dir / name).as_posix()
-            try:
-                st = os.stat(os.path.join(dirpath, name))
-                out.append((rel, st.st_size, st.st_mtime_ns))
-            except OSError:  # vanished or a dangling link: still a row, flagged when read
-                out.append((rel, -1, 0))
+            add(os.path.join(dirpath, name))
+        for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            add(os.path.join(dirpath, name))  # os.walk does not descend links: say so
     out.sort()
     return out
 
@@ -215,10 +273,12 @@ def _class_notes(root: Path, table: pd.DataFrame | None = None) -> dict[str, str
     return notes
 
 
-def _cache_key(root: Path, listing: list[tuple[str, int, int]]) -> str:
-    h = hashlib.sha256(f"bloodlib-manifest v{SCHEMA_VERSION}\n{root}\n".encode())
+def _cache_key(root: Path, listing: list[tuple[str, int, int]], max_pixels: int) -> str:
+    # os.fsencode: a name that is not UTF-8 (surrogates) still hashes to its own bytes.
+    h = hashlib.sha256(f"bloodlib-manifest v{SCHEMA_VERSION} {max_pixels}\n".encode())
+    h.update(os.fsencode(str(root)) + b"\n")
     for rel, size, mtime in listing:
-        h.update(f"{rel}\t{size}\t{mtime}\n".encode())
+        h.update(os.fsencode(rel) + f"\t{size}\t{mtime}\n".encode())
     return h.hexdigest()
 
 
@@ -298,12 +358,77 @@ def _is_grey(rgb: Image.Image, means: np.ndarray) -> bool:
     return int(np.ptp(np.asarray(rgb), axis=2).max()) <= _GREY_TOLERANCE
 
 
-def inspect_file(root: Path, relpath: str) -> dict:
-    """One manifest row for one file; never raises."""
+class _NotOpened(Exception):
+    """A file that is deliberately not opened: ``code`` and ``reason`` become its row's defect."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file"
+
+
+def _open_regular(root: Path, path: Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file inside ``root``.
+
+    Raises :class:`_NotOpened` for anything else and ``OSError`` when it cannot be read.
+    The type is checked before ``open`` (opening a FIFO blocks until a writer comes,
+    opening a device can have effects), and again on the open descriptor, which
+    O_NONBLOCK keeps from blocking should the file be swapped in between.
+    """
+    st = os.lstat(path)
+    via = ""
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(path)
+        if not Path(target).is_relative_to(os.path.realpath(root)):
+            raise _NotOpened(
+                "link_outside",
+                f"symbolic link to {display_name(target)}, outside the data folder: not followed",
+            )
+        st = os.stat(path)  # inside the folder: followed (FileNotFoundError when dangling)
+        via = "a symbolic link to "
+    if not stat.S_ISREG(st.st_mode):
+        what = f"{via}{_kind(st.st_mode)}"
+        if stat.S_ISDIR(st.st_mode):
+            raise _NotOpened("not_regular", f"{what}, not descended: its files are not scanned")
+        raise _NotOpened("not_regular", f"{what}, not a regular file: not opened")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotOpened("not_regular", f"{_kind(mode)}, not a regular file: not opened")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def inspect_file(root: Path, relpath: str, *, max_pixels: int | None = None) -> dict:
+    """One manifest row for one file; never raises, never blocks on a special file.
+
+    ``max_pixels`` (default :data:`MAX_PIXELS`) refuses larger images from their
+    header, before decoding. ``relpath`` may hold surrogates (a name that is not
+    UTF-8): the row then shows it escaped, with status ``bad_name``.
+    """
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     path = root / relpath
-    parts = relpath.split("/")
+    shown = display_name(relpath)
+    parts = shown.split("/")
     label = _class_of(parts[0]) if len(parts) > 1 else None
-    row = _empty_row(relpath, path, label or (parts[0] if len(parts) > 1 else ""))
+    row = _empty_row(
+        shown, Path(display_name(str(path))), label or (parts[0] if len(parts) > 1 else "")
+    )
     defects: list[tuple[str, str]] = []
     name = parts[-1]
     ext = os.path.splitext(name)[1].lower()
@@ -313,6 +438,10 @@ def inspect_file(root: Path, relpath: str) -> dict:
         defects.append(("hidden", kind))
     if ext not in IMAGE_EXTENSIONS:
         defects.append(("non_image_extension", f"extension {ext or '(none)'!r} is not an image"))
+    if shown != relpath:
+        defects.append(
+            ("bad_name", "file name is not valid UTF-8 (shown with \\x escapes): rename the file")
+        )
     if label is None:
         where = "directly in the dataset root" if len(parts) == 1 else f"in folder {parts[0]!r}"
         defects.append(
@@ -320,38 +449,76 @@ def inspect_file(root: Path, relpath: str) -> dict:
         )
 
     try:
-        data = path.read_bytes()
+        f = _open_regular(root, path)
+    except _NotOpened as exc:
+        defects.append((exc.code, exc.reason))
+        return _finish(row, defects)
     except OSError as exc:
         defects.append(("unreadable", f"cannot read: {exc.strerror or exc}"))
         return _finish(row, defects)
-    row["bytes"] = len(data)
-    row["sha256"] = hashlib.sha256(data).hexdigest()
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            row["bytes"] = size
+            if size > MAX_FILE_BYTES:
+                mib = MAX_FILE_BYTES / 2**20
+                defects.append(
+                    (
+                        "too_large",
+                        f"{size / 2**20:.0f} MiB, above the {mib:.0f} MiB file limit: not read",
+                    )
+                )
+                return _finish(row, defects)
+            # In chunks: the file's bytes are never all in memory at once.
+            row["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+            f.seek(0)
+        except OSError as exc:
+            defects.append(("unreadable", f"cannot read: {exc.strerror or exc}"))
+            return _finish(row, defects)
+        _inspect_image(f, row, defects, ext, limit)
+    return _finish(row, defects)
 
+
+def _inspect_image(
+    f: BinaryIO, row: dict, defects: list[tuple[str, str]], ext: str, limit: int
+) -> None:
+    """Fill the image columns of ``row`` from the open file ``f``; append any defect."""
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(f)
         row["format"] = im.format or ""
         row["mode"] = im.mode
         row["width"], row["height"] = im.size
     except UnidentifiedImageError:
-        defects.append(("not_image", f"not an image: {sniff(data)}"))
-        return _finish(row, defects)
-    except Image.DecompressionBombError as exc:
-        defects.append(("odd_size", f"too large to decode safely: {exc}"))
-        return _finish(row, defects)
+        f.seek(0)
+        defects.append(("not_image", f"not an image: {sniff(f.read(512))}"))
+        return
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger, limit
+        defects.append(("too_large", f"not decoded: {exc}"))
+        return
     except Exception as exc:  # any decoder bug must become a row, not a crash
         defects.append(("corrupt", f"cannot open: {type(exc).__name__}: {exc}"))
-        return _finish(row, defects)
+        return
 
+    # The header alone gave the size: refuse a decompression bomb before decoding it.
+    if im.width * im.height > limit:
+        defects.append(
+            (
+                "too_large",
+                f"{im.width}x{im.height} = {im.width * im.height / 1e6:.0f} megapixels, above "
+                f"the {limit / 1e6:g}-megapixel limit: not decoded (a setting: "
+                "bloodlib.manifest.MAX_PIXELS, or max_pixels=)",
+            )
+        )
+        return
     try:
         im.load()  # the full verifying decode; LOAD_TRUNCATED_IMAGES stays False
     except OSError as exc:
         code = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         defects.append((code, f"{im.format} fails to decode: {exc}"))
-        return _finish(row, defects)
+        return
     except Exception as exc:
         defects.append(("corrupt", f"{im.format} fails to decode: {type(exc).__name__}: {exc}"))
-        return _finish(row, defects)
-
+        return
     expected = IMAGE_EXTENSIONS.get(ext)
     if expected and im.format and _FORMAT_ALIASES.get(im.format, im.format) != expected:
         defects.append(("wrong_format", f"{im.format} content under a {ext} name"))
@@ -378,7 +545,6 @@ def inspect_file(root: Path, relpath: str) -> dict:
     codes = {code for code, _ in defects}
     if "hidden" in codes and codes <= _LOCATION_DEFECTS:  # say what a hidden file holds
         defects.append(("hidden", f"holds a valid {im.format} {im.width}x{im.height} image"))
-    return _finish(row, defects)
 
 
 def _finish(row: dict, defects: list[tuple[str, str]]) -> dict:
@@ -504,23 +670,26 @@ def scan(
     progress: bool = True,
     use_cache: bool = True,
     workers: int | None = None,
+    max_pixels: int | None = None,
 ) -> Manifest:
     """Scan ``root`` (class-per-folder layout) into a :class:`Manifest`.
 
     ``workers`` threads decode in parallel (Pillow releases the GIL while
-    decoding); the default is twice the CPU count, capped at 16.
+    decoding); the default is twice the CPU count, capped at 16. Images above
+    ``max_pixels`` (default :data:`MAX_PIXELS`) are ``too_large``, never decoded.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"not a folder: {root}")
-    listing = _list_files(root)
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    listing = list_files(root)
 
-    key = _cache_key(root, listing)
+    key = _cache_key(root, listing, limit)
     cache_path = cache_dir() / "manifests" / f"{key}.csv.gz"
     table = _read_cache(cache_path, root) if use_cache else None
     from_cache = table is not None
     if table is None:
-        table = _scan_files(root, [rel for rel, _, _ in listing], progress, workers)
+        table = _scan_files(root, [rel for rel, _, _ in listing], progress, workers, limit)
         if use_cache:
             write_with(cache_path, lambda p: table.to_csv(p, index=False, compression="gzip"))
 
@@ -532,7 +701,7 @@ def scan(
 
 
 def _scan_files(
-    root: Path, relpaths: list[str], progress: bool, workers: int | None
+    root: Path, relpaths: list[str], progress: bool, workers: int | None, max_pixels: int
 ) -> pd.DataFrame:
     from bloodlib.progress import tqdm
 
@@ -545,7 +714,7 @@ def _scan_files(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             rows = list(
                 tqdm(
-                    pool.map(lambda rel: inspect_file(root, rel), relpaths),
+                    pool.map(lambda rel: inspect_file(root, rel, max_pixels=max_pixels), relpaths),
                     total=len(relpaths),
                     desc=f"scan {root.name}",
                     unit="img",
@@ -579,7 +748,7 @@ def _read_cache(path: Path, root: Path) -> pd.DataFrame | None:
         log.warning("ignoring unreadable manifest cache %s: %s", path, exc)
         return None
     # The key includes the resolved root, but rebuild paths anyway: cheap and exact.
-    table["path"] = [str(root / rel) for rel in table["relpath"]]
+    table["path"] = [display_name(str(root / rel)) for rel in table["relpath"]]
     return table
 
 

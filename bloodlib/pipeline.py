@@ -18,10 +18,40 @@ from bloodlib.config import DEFAULT_SEED
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+#: Leading bytes of the formats TensorFlow's ``decode_image`` reads (JPEG, PNG, GIF, BMP).
+#: Anything else that the manifest accepts (TIFF, common in microscopy; WebP) is decoded
+#: by Pillow, as the manifest did, so every image the scan calls usable also decodes here.
+_TF_MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def _is_tf_native(data: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_any([tf.equal(tf.strings.substr(data, 0, len(m)), m) for m in _TF_MAGIC])
+
+
+def _pillow_rgb(data: bytes, path: bytes) -> np.ndarray:
+    """Decode with Pillow to uint8 RGB; errors name the file (TensorFlow's do not)."""
+    import io
+
+    from PIL import Image
+
+    name = path.decode("utf-8", "backslashreplace")
+    try:
+        # Sizes were checked by the scan (manifest.MAX_PIXELS), which every path passes first.
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as exc:
+        raise ValueError(f"cannot decode {name}: {type(exc).__name__}: {exc}") from exc
+
+
 def _decode(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     data = tf.io.read_file(path)
-    # decode_image handles JPEG and PNG; expand_animations=False keeps a 3-D shape for GIFs.
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    # decode_image handles JPEG, PNG, BMP and GIF; expand_animations=False keeps a 3-D shape
+    # for GIFs. Other formats (TIFF) go to Pillow; tf.cond runs only the branch taken.
+    image = tf.cond(
+        _is_tf_native(data),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+        lambda: tf.numpy_function(_pillow_rgb, [data, path], tf.uint8, stateful=False),
+    )
     image.set_shape([None, None, 3])
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     # uint8 halves the memory of an optional cache and keeps the cache independent of preprocessing.

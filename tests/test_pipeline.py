@@ -162,6 +162,30 @@ def test_png_input_decodes(tmp_path):
         np.testing.assert_allclose(im.reshape(-1, 3).mean(0), colour(i), atol=0.5)
 
 
+def test_every_format_the_scan_accepts_decodes(tmp_path):
+    """TIFF (common in microscopy) and WebP are not TensorFlow's: Pillow decodes them, in order."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)
+    paths = []
+    for i, (fmt, ext) in enumerate(
+        [("TIFF", "tif"), ("PNG", "png"), ("BMP", "bmp"), ("TIFF", "tiff"), ("WEBP", "webp")]
+    ):
+        path = tmp_path / f"img_{i}.{ext}"
+        Image.fromarray(pixels).save(path, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        paths.append(str(path))
+    x = load_images(paths, image_size=(40, 44))
+    assert x.shape == (5, 40, 44, 3)
+    for image in x:  # all lossless at the original size: the very same pixels
+        np.testing.assert_array_equal(image, pixels)
+
+
+def test_an_undecodable_file_is_named_in_the_error(tmp_path):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00" + b"\x00" * 40)  # a TIFF header and nothing behind it
+    with pytest.raises(Exception, match="broken.tif"):
+        load_images([str(path)], SIZE)
+
+
 def test_grayscale_input_becomes_rgb(tmp_path):
     path = tmp_path / "grey.jpg"
     Image.new("L", (40, 40), 90).save(path)
