@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,8 +42,26 @@ EXPECTED_COUNTS: dict[str, int] = {
     "platelet": 2348,
 }
 
+#: Stall timeout: connecting, or waiting for the next bytes of a download, longer than this
+#: fails the attempt (the partial file is kept for the next run).
 CONNECT_TIMEOUT_S = 10.0
+#: Overall deadline of one download attempt, however the bytes arrive: a server trickling one
+#: byte every few seconds never trips the stall timeout. The release (~270 MB) needs only an
+#: average 40 KB/s to finish in 2 hours; a slower attempt stops, keeps its ``.part``, and the
+#: next run resumes it.
+DOWNLOAD_DEADLINE_S = 2 * 3600.0
 _CHUNK = 1 << 20
+
+#: Zip extraction limits, checked on the zip's directory before anything is written: a zip
+#: bomb declares gigabytes in a megabyte. The PBC release holds ~17,100 files, ~270 MB, and
+#: Mendeley's bundle wraps it in a second zip; each limit leaves ten times that or more.
+MAX_ZIP_FILES = 200_000
+MAX_ZIP_BYTES = 4 * 2**30  # total uncompressed
+#: JPEGs do not compress (the release's members expand ~1.0x); zip bombs expand 1000x and
+#: more. Checked on members above _RATIO_MIN_BYTES: a small text or empty file may compress
+#: far better than an image and is harmless.
+MAX_ZIP_RATIO = 100
+_RATIO_MIN_BYTES = 1 << 20
 _DOWNLOAD_SPECS = ("mendeley", "pbc")
 _SAMPLE_SPECS = ("sample",)
 #: Every named source :func:`resolve` understands (the rest of the specs are paths).
@@ -240,23 +259,69 @@ def extract_zip(archive: Path, dest: Path, *, progress: bool = False) -> int:
     written = 0
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
+        members = [m for m in members if not _skipped(m)]
+        budget = check_zip_limits(archive, members)  # before anything is written
         for info in tqdm(
             members, desc=f"extract {archive.name}", unit="file", disable=not progress
         ):
-            parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-            if not parts or parts[0] == "__MACOSX":
-                continue
-            if _is_symlink(info):
-                continue  # links could point anywhere; the dataset has none
             target = _safe_target(dest, info.filename)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
+                    budget -= _copy_capped(src, out, info.file_size, budget)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
                 raise DataSourceError(f"{archive}: cannot extract {info.filename}: {exc}") from exc
             written += 1
     return written
+
+
+def _skipped(info: zipfile.ZipInfo) -> bool:
+    """``__MACOSX`` resource forks, and links (they could point anywhere; the dataset has none)."""
+    parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+    return not parts or parts[0] == "__MACOSX" or _is_symlink(info)
+
+
+def check_zip_limits(archive: Path, members: list[zipfile.ZipInfo]) -> int:
+    """Refuse a zip bomb from its directory: file count, total size, compression ratio.
+
+    Returns the total uncompressed size, which extraction then may not exceed.
+    """
+    total = sum(m.file_size for m in members)
+    fix = (
+        "If this really is the dataset, extract it yourself and pass the folder with --data; "
+        "otherwise delete it."
+    )
+    if len(members) > MAX_ZIP_FILES:
+        raise DataSourceError(
+            f"{archive} holds {len(members)} files, more than the {MAX_ZIP_FILES} limit "
+            f"(source.MAX_ZIP_FILES; the PBC release has ~17,100): not extracted. {fix}"
+        )
+    if total > MAX_ZIP_BYTES:
+        raise DataSourceError(
+            f"{archive} would expand to {total / 2**30:.1f} GiB, more than the "
+            f"{MAX_ZIP_BYTES / 2**30:.0f} GiB limit (source.MAX_ZIP_BYTES; the PBC release "
+            f"is ~0.3 GiB): not extracted. {fix}"
+        )
+    for m in members:
+        if m.file_size > _RATIO_MIN_BYTES and m.file_size > MAX_ZIP_RATIO * max(m.compress_size, 1):
+            raise DataSourceError(
+                f"{archive}: {m.filename!r} expands {m.file_size / max(m.compress_size, 1):.0f}x "
+                f"({m.compress_size} -> {m.file_size} bytes), more than the {MAX_ZIP_RATIO}x "
+                f"limit for images (source.MAX_ZIP_RATIO): a zip bomb? Not extracted. {fix}"
+            )
+    return total
+
+
+def _copy_capped(src, out, declared: int, budget: int) -> int:
+    """Copy ``src`` to ``out``; a member longer than it declared (or than the budget) fails."""
+    cap = min(declared, budget)
+    copied = 0
+    for block in iter(lambda: src.read(_CHUNK), b""):
+        copied += len(block)
+        if copied > cap:
+            raise zipfile.BadZipFile(f"holds more than the {declared} bytes it declares")
+        out.write(block)
+    return copied
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
@@ -358,7 +423,7 @@ def download(url: str | None = None, *, progress: bool = True) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     try:
-        _fetch(url, part, progress=progress)
+        _fetch(url, part, progress=progress, deadline=time.monotonic() + DOWNLOAD_DEADLINE_S)
     except DataSourceError:
         raise
     except urllib.error.HTTPError as exc:
@@ -374,8 +439,11 @@ def download(url: str | None = None, *, progress: bool = True) -> Path:
     return dest
 
 
-def _fetch(url: str, part: Path, *, progress: bool) -> None:
-    """Fill ``part`` with the body of ``url``, resuming from its current size when possible."""
+def _fetch(url: str, part: Path, *, progress: bool, deadline: float) -> None:
+    """Fill ``part`` with the body of ``url``, resuming from its current size when possible.
+
+    ``deadline`` (a ``time.monotonic()`` value) ends the attempt with a ``TimeoutError``.
+    """
     for _ in range(2):  # a second pass only after dropping an unusable .part
         offset = part.stat().st_size if part.is_file() else 0
         request = urllib.request.Request(url, headers={"User-Agent": "bloodlib"})
@@ -395,13 +463,19 @@ def _fetch(url: str, part: Path, *, progress: bool) -> None:
                     continue
             elif offset:
                 offset = 0  # the server ignored Range and sends the whole file: restart
-            _stream(response, part, offset, url, progress=progress)
+            _stream(response, part, offset, url, progress=progress, deadline=deadline)
         return
     raise DataSourceError(_help(f"{url} cannot be resumed; delete {part} and run again."))
 
 
-def _stream(response, part: Path, offset: int, url: str, *, progress: bool) -> None:
-    """Append (or write, when offset is 0) the response body to ``part`` with a progress bar."""
+def _stream(
+    response, part: Path, offset: int, url: str, *, progress: bool, deadline: float
+) -> None:
+    """Append (or write, when offset is 0) the response body to ``part`` with a progress bar.
+
+    Reads whatever has arrived (``read1``), so the deadline is checked between the
+    bytes of a trickle; ``read(n)`` would wait for all ``n`` bytes.
+    """
     from bloodlib.progress import tqdm
 
     length = response.headers.get("Content-Length")
@@ -420,10 +494,16 @@ def _stream(response, part: Path, offset: int, url: str, *, progress: bool) -> N
             disable=not progress,
         ) as bar,
     ):
-        for block in iter(lambda: response.read(_CHUNK), b""):
+        read = getattr(response, "read1", response.read)
+        for block in iter(lambda: read(_CHUNK), b""):
             out.write(block)
             received += len(block)
             bar.update(len(block))
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"not finished within the {DOWNLOAD_DEADLINE_S:.0f} s deadline "
+                    f"(source.DOWNLOAD_DEADLINE_S) after {received} bytes"
+                )
     if total is not None and received != total:
         raise DataSourceError(
             _help(f"download of {url} stopped at {received} of {total} bytes; run again to resume.")
