@@ -14,11 +14,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from bloodlib import CLASSES, __version__
-from bloodlib.config import DEFAULT_SEED
+from bloodlib import __version__
 from bloodlib.io import write_json
 
 # Notebooks are teaching material: keep TensorFlow's C++ info logs out of their outputs.
@@ -106,11 +104,6 @@ def load_split(run_dir: str | Path) -> pd.DataFrame:
     return _load(path)
 
 
-def label_indices(labels: pd.Series) -> np.ndarray:
-    index = {c: i for i, c in enumerate(CLASSES)}
-    return labels.map(index).to_numpy()
-
-
 def show(fig, run_dir: str | Path, name: str):
     """Save a figure as ``run_dir/figures/<name>.png``, display it once, and close it."""
     import io
@@ -157,80 +150,3 @@ def record_data(run_dir: str | Path, data: str, manifest, split: pd.DataFrame) -
             "warnings": list(manifest.warnings),
         },
     )
-
-
-def svm_experiment(
-    backbone: str,
-    split: pd.DataFrame,
-    run_dir: str | Path,
-    *,
-    image_size: int | None = None,
-    weights: str | None = "imagenet",
-    batch_size: int = 32,
-    cv: int = 3,
-    seed: int = DEFAULT_SEED,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Design 1 for one backbone: cached features, SVM chosen by CV on train, scored on val/test.
-
-    Saves ``models/<backbone>_svm.joblib`` with its sidecar and returns the
-    scores, the CV table and the test confusion matrix.
-    """
-    from bloodlib import backbones, evaluate, features, svm
-    from bloodlib.saved import write_sidecar
-
-    bb = backbones.get(backbone)
-    size = int(image_size or bb.input_size)
-    fs = features.extract(
-        split["path"].tolist(),
-        split["sha256"].tolist(),
-        backbone,
-        image_size=size,
-        weights=weights,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    y = label_indices(split["label"])
-    part = split["split"].to_numpy()
-    result = svm.fit_svm(fs.features[part == "train"], y[part == "train"], cv=cv, seed=seed)
-    scores: dict[str, Any] = {}
-    for name in ("val", "test"):
-        mask = part == name
-        if mask.any():
-            proba = svm.predict_proba(result.model, fs.features[mask], len(CLASSES))
-            scores[name] = evaluate.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
-    name = f"{backbone}_svm"
-    model_path = Path(run_dir) / "models" / f"{name}.joblib"
-    svm.save(result.model, model_path)
-    write_sidecar(
-        model_path,
-        {
-            "name": name,
-            "method": "svm",
-            "backbone": backbone,
-            "classes": list(CLASSES),
-            "image_size": size,
-            "preprocessing": bb.preprocessing,
-            "weights": weights,
-            "weights_origin": bb.weights_origin if weights == "imagenet" else str(weights),
-            "features_key": fs.key,
-            "svm_params": {k: v for k, v in result.best_params.items()},
-            "cv_accuracy": result.cv_score,
-            "train_images": int((part == "train").sum()),
-            "metrics": {f"{k}_accuracy": v["accuracy"] for k, v in scores.items()},
-        },
-    )
-    return {
-        "name": name,
-        "backbone": backbone,
-        "features_from_cache": fs.from_cache,
-        "feature_dim": int(fs.features.shape[1]),
-        "image_size": size,
-        "best_params": result.best_params,
-        "cv_accuracy": result.cv_score,
-        "cv_table": result.cv_table,
-        "val_accuracy": scores.get("val", {}).get("accuracy"),
-        "test_accuracy": scores["test"]["accuracy"],
-        "test_metrics": scores["test"],
-        "model_path": model_path,
-    }
