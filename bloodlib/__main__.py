@@ -38,8 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bloodlib import runner
 
     overrides = dict(runner.parse_override(p) for p in args.param)
-    if args.dry_run:
-        run_dir = Path(args.runs_root) / (args.name or args.profile)
+    if args.dry_run:  # the same checks as a real run, and nothing is written
+        run_dir = runner.run_dir_for(args.runs_root, args.name, args.profile)
         plans = runner.plan_study(
             args.profile, args.data, overrides, args.params, run_dir, args.notebooks_dir
         )

@@ -8,8 +8,10 @@ finished phase leaves its weights behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from bloodlib import CLASSES, backbones, config
-from bloodlib.io import atomic_path, read_json, write_json
-from bloodlib.saved import write_sidecar
+from bloodlib.io import atomic_path, read_json, sha256_file, write_json, write_with
+from bloodlib.saved import sidecar_path, write_sidecar
 
 #: What the best-weights checkpoint and early stopping watch: the model kept is the epoch with
 #: the highest validation accuracy (the first one, on ties), the number the study reports.
@@ -249,16 +251,7 @@ def train(
     run_dir = Path(run_dir)
     model_path = run_dir / "models" / f"{name}.keras"
     train_dir = run_dir / "train" / name
-    train_dir.mkdir(parents=True, exist_ok=True)
-    cfg_dict = asdict(cfg)
-
-    meta_path = train_dir / "config.json"
-    if meta_path.is_file() and read_json(meta_path) != json.loads(json.dumps(cfg_dict)):
-        raise RuntimeError(
-            f"{train_dir} holds a training run with another configuration; "
-            f"use another model name or delete that folder to start afresh"
-        )
-    write_json(meta_path, cfg_dict)
+    _start_or_resume(train_dir, model_path, training_identity(cfg, train_df, val_df))
     done_path = train_dir / "done.json"
     if model_path.is_file() and done_path.is_file():
         done = read_json(done_path)
@@ -270,6 +263,79 @@ def train(
             True,
         )
 
+    # An interrupted cell must not leave the kernel in another precision.
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train_and_save(cfg, train_df, val_df, model_path, train_dir, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _files_digest(df: pd.DataFrame) -> str:
+    """SHA-256 over a split frame's (content hash, label) rows, in order.
+
+    The split's ``sha256`` column is used where present; other rows hash their file.
+    """
+    known = df["sha256"].fillna("").astype(str) if "sha256" in df.columns else None
+    h = hashlib.sha256()
+    for i, (path, label) in enumerate(zip(df["path"], df["label"], strict=True)):
+        sha = known.iloc[i] if known is not None else ""
+        h.update(f"{sha or sha256_file(path)}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+def training_identity(cfg: FinetuneConfig, train_df: pd.DataFrame, val_df: pd.DataFrame) -> dict:
+    """What a training run is: its configuration and the content of its train and val files.
+
+    Saved as ``train/<name>/config.json``; a finished or interrupted run is reused only when
+    this matches exactly.
+    """
+    identity = {
+        **asdict(cfg),
+        "train_files": _files_digest(train_df),
+        "val_files": _files_digest(val_df),
+    }
+    return json.loads(json.dumps(identity))  # as read back from JSON: lists, not tuples
+
+
+def _start_or_resume(train_dir: Path, model_path: Path, identity: dict) -> None:
+    """Keep ``train_dir`` when it holds this very training; otherwise start afresh.
+
+    The old state (history, checkpoints, backups, the finished model) is moved aside in one
+    rename, then deleted, so two configurations never mix epochs in one history.csv and a
+    kill midway leaves either the old state or none.
+    """
+    for stale in train_dir.parent.glob(f".{train_dir.name}.stale-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while discarding
+    meta_path = train_dir / "config.json"
+    try:
+        current = read_json(meta_path)
+    except (OSError, ValueError):
+        current = None
+    if current == identity:
+        return
+    if train_dir.exists():
+        stale = train_dir.with_name(f".{train_dir.name}.stale-{os.getpid()}-{time.time_ns()}")
+        os.replace(train_dir, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    model_path.unlink(missing_ok=True)
+    sidecar_path(model_path).unlink(missing_ok=True)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    write_json(meta_path, identity)
+
+
+def _train_and_save(
+    cfg: FinetuneConfig,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    model_path: Path,
+    train_dir: Path,
+    verbose: int,
+) -> FinetuneResult:
+    """Both phases (resuming where a previous process stopped), then the model and sidecar."""
+    import keras
+
+    done_path = train_dir / "done.json"
     config.set_seeds(cfg.seed)
     if cfg.max_train_images and len(train_df) > cfg.max_train_images:
         train_df = train_df.sample(cfg.max_train_images, random_state=cfg.seed)
@@ -306,7 +372,7 @@ def train(
     )
     common = [
         checkpoint,
-        keras.callbacks.CSVLogger(hist_csv, append=True),
+        _history_logger(hist_csv),
         keras.callbacks.TensorBoard(train_dir / "tensorboard", profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -423,6 +489,26 @@ def _fit(model, *args: Any, **kwargs: Any):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed", category=UserWarning)
         return model.fit(*args, **kwargs)
+
+
+def _history_logger(path: Path):
+    """A CSV log of epochs that rewrites ``path`` atomically after each epoch.
+
+    Keras' CSVLogger appends in place: a kill mid-write leaves a torn line, and a second
+    writer interleaves its epochs. Here each epoch replaces the whole (small) file.
+    """
+    import keras
+
+    class AtomicCSVLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+            old = None
+            if path.is_file() and path.stat().st_size > 0:
+                old = pd.read_csv(path)
+            rows = pd.DataFrame([row]) if old is None else pd.concat([old, pd.DataFrame([row])])
+            write_with(path, lambda tmp: rows.to_csv(tmp, index=False), suffix=".csv")
+
+    return AtomicCSVLogger()
 
 
 def _backup(path: Path):

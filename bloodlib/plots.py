@@ -336,39 +336,72 @@ def plot_confusions(conf: Any, classes: Sequence[str], title: str | None = None)
     return fig
 
 
-def plot_roc(y_true: Any, proba: Any, classes: Sequence[str]) -> Figure:
-    """One-vs-rest ROC curves with per-class AUC in the legend; right panel zooms on the top-left."""
+#: The ROC zoom panel (FPR <= 0.2, TPR >= 0.8) is drawn only when every class has at least this
+#: many positives (the curve then moves in TPR steps of at most 5 points, finer than the window)
+#: and the macro AUC reaches ROC_ZOOM_MIN_AUC (otherwise the curves leave the window).
+ROC_ZOOM_MIN_POSITIVES = 20
+ROC_ZOOM_MIN_AUC = 0.95
+
+
+def _model_title(text: str, model_name: str) -> str:
+    return f"{model_name}: {text}" if model_name else text
+
+
+def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], model_name: str = "") -> Figure:
+    """One-vs-rest ROC curves with per-class AUC in the legend.
+
+    A second panel zooms on the top-left corner only where that means something (see
+    :data:`ROC_ZOOM_MIN_POSITIVES`): with a handful of positives per class the curves are
+    coarse staircases and a zoom shows nothing new.
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
     y = np.asarray(y_true)
     p = np.asarray(proba, dtype=np.float64)
     colours = sns.color_palette("tab10", n_colors=max(len(classes), 1))
+    curves = []
+    for c, name in enumerate(classes):
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue  # ROC is undefined without both positives and negatives
+        fpr, tpr, _ = roc_curve(pos, p[:, c])
+        curves.append((c, name, fpr, tpr, roc_auc_score(pos, p[:, c]), int(pos.sum())))
+    aucs = [cv[4] for cv in curves]
+    zoom = (
+        bool(curves)
+        and min(cv[5] for cv in curves) >= ROC_ZOOM_MIN_POSITIVES
+        and float(np.mean(aucs)) >= ROC_ZOOM_MIN_AUC
+    )
 
     with sns.axes_style(_STYLE):
-        fig, (ax, ax_zoom) = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
-        aucs = []
-        for c, name in enumerate(classes):
-            pos = y == c
-            if pos.all() or not pos.any():
-                continue  # ROC is undefined without both positives and negatives
-            fpr, tpr, _ = roc_curve(pos, p[:, c])
-            auc = roc_auc_score(pos, p[:, c])
-            aucs.append(auc)
-            for a in (ax, ax_zoom):
+        if zoom:
+            fig, (ax, ax_zoom) = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+            panels = (ax, ax_zoom)
+        else:
+            fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
+            panels = (ax,)
+        for c, name, fpr, tpr, auc, _ in curves:
+            for a in panels:
                 a.plot(fpr, tpr, color=colours[c], lw=1.5, label=f"{name} (AUC {auc:.3f})")
-        for a in (ax, ax_zoom):
+        for a in panels:
             a.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
             a.set_xlabel("false positive rate (1 - specificity)")
             a.set_ylabel("true positive rate (sensitivity)")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
-        ax_zoom.set_xlim(0, 0.2)
-        ax_zoom.set_ylim(0.8, 1.005)
+        if zoom:
+            ax_zoom.set_xlim(0, 0.2)
+            ax_zoom.set_ylim(0.8, 1.005)
+            ax_zoom.set_title("Zoom: FPR <= 0.2, TPR >= 0.8")
         macro = (
             f"macro AUC {np.mean(aucs):.3f}" if aucs else "no class with positives and negatives"
         )
-        ax.set_title(f"One-vs-rest ROC ({macro})")
-        ax_zoom.set_title("Zoom: FPR <= 0.2, TPR >= 0.8")
+        fewest = min((cv[5] for cv in curves), default=0)
+        ax.set_title(
+            _model_title(
+                f"one-vs-rest ROC ({macro}; n={len(y)}, >= {fewest} per class)", model_name
+            )
+        )
         if aucs:
             ax.legend(loc="lower right", fontsize=8)
     return fig
@@ -403,13 +436,23 @@ def _reliability_curve(
 
 
 def plot_reliability(
-    y_true: Any, proba_before: Any, proba_after: Any | None = None, n_bins: int = 15
+    y_true: Any,
+    proba_before: Any,
+    proba_after: Any | None = None,
+    n_bins: int | None = None,
+    model_name: str = "",
 ) -> Figure:
     """Reliability diagram (accuracy vs confidence per bin), ECE in the legend.
 
-    With ``proba_after`` (e.g. after temperature scaling) both curves are drawn.
-    The lower panel shows how many test images fall in each confidence bin.
+    With ``proba_after`` (e.g. after temperature scaling) both curves are drawn. The lower
+    panel shows how many test images fall in each confidence bin. ``n_bins`` defaults to
+    :func:`bloodlib.evaluate.calibration_bins` of the number of images, so small test sets
+    get fewer, fuller bins.
     """
+    from bloodlib.evaluate import calibration_bins
+
+    n = len(np.asarray(y_true))
+    n_bins = int(n_bins or calibration_bins(n))
     with sns.axes_style(_STYLE):
         fig, (ax, ax_hist) = plt.subplots(
             2, 1, figsize=(7, 7.5), sharex=True, height_ratios=[3, 1], layout="constrained"
@@ -426,7 +469,11 @@ def plot_reliability(
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy")
-        ax.set_title(f"Reliability diagram ({n_bins} bins on max probability)")
+        ax.set_title(
+            _model_title(
+                f"reliability diagram ({n_bins} bins on max probability, n={n})", model_name
+            )
+        )
         ax.legend(loc="upper left", fontsize=9)
         # One bin near 1.0 usually holds most images: a log axis keeps the others visible.
         ax_hist.set_yscale("symlog", linthresh=10)
@@ -438,7 +485,11 @@ def plot_reliability(
 
 
 def plot_misclassified(
-    df: pd.DataFrame, classes: Sequence[str] = CLASSES, n: int = 16, cols: int = 8
+    df: pd.DataFrame,
+    classes: Sequence[str] = CLASSES,
+    n: int = 16,
+    cols: int = 8,
+    model_name: str = "",
 ) -> Figure:
     """Gallery of the most confident mistakes titled "true → pred (p)".
 
@@ -456,7 +507,7 @@ def plot_misclassified(
             va="center",
             fontsize=12,
         )
-        ax.set_title("Misclassified images")
+        ax.set_title(_model_title("misclassified images", model_name))
         return fig
 
     def name(value: Any) -> str:
@@ -480,21 +531,40 @@ def plot_misclassified(
         ax.set_title(
             f"{name(row['true'])} →\n{name(row['pred'])} ({row['confidence']:.2f})", fontsize=8
         )
-    fig.suptitle(f"Most confident mistakes ({len(rows_df)} of {len(df)} shown; true → pred (p))")
+    fig.suptitle(
+        _model_title(
+            f"most confident mistakes ({len(rows_df)} of {len(df)} shown; true → pred (p))",
+            model_name,
+        )
+    )
     return fig
 
 
-def plot_learning_curves(history: pd.DataFrame) -> Figure:
-    """Loss and accuracy per epoch from a Keras CSVLogger log; a dashed line marks phase changes.
+def plot_learning_curves(
+    history: pd.DataFrame,
+    model_name: str = "",
+    *,
+    monitor: str | None = None,
+    mode: str | None = None,
+) -> Figure:
+    """Loss and accuracy per epoch from a Keras CSVLogger log; a dotted line marks phase changes.
 
-    Epochs that restart per phase (separate ``fit`` calls) are laid end to end.
+    Epochs are numbered as Keras prints them ("Epoch 1/6"): the log's 0-based ``epoch`` plus
+    one. A star marks the epoch the best-weights checkpoint keeps (``monitor``/``mode``,
+    by default ``finetune``'s criterion: highest ``val_accuracy``, first on ties). Epochs
+    that restart per phase (separate ``fit`` calls) are laid end to end.
     """
+    from bloodlib import lesson
+
+    monitor = monitor or lesson.CHECKPOINT_MONITOR
+    mode = mode or lesson.CHECKPOINT_MODE
     h = history.reset_index(drop=True)
     if "epoch" in h.columns and h["epoch"].is_monotonic_increasing and h["epoch"].is_unique:
-        x = h["epoch"].to_numpy(dtype=float)
+        x = h["epoch"].to_numpy(dtype=float) + 1
     else:
         start = float(h["epoch"].iloc[0]) if "epoch" in h.columns and len(h) else 0.0
-        x = start + np.arange(len(h), dtype=float)
+        x = start + 1 + np.arange(len(h), dtype=float)
+    h = h.assign(epoch=x - 1)  # laid end to end: best_epoch then numbers them like the x axis
 
     with sns.axes_style(_STYLE):
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
@@ -516,19 +586,23 @@ def plot_learning_curves(history: pd.DataFrame) -> Figure:
                     va="center",
                     transform=ax.transAxes,
                 )
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epoch (as Keras prints it)")
             ax.set_ylabel(metric)
             ax.set_title(metric.capitalize())
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
-        if "val_loss" in h.columns and h["val_loss"].notna().any():
-            best = int(h["val_loss"].idxmin())
-            ax_loss.plot(
-                x[best],
-                h["val_loss"].iloc[best],
+        best = lesson.best_epoch(h, monitor, mode)
+        if best is not None:
+            epoch, value = best
+            ax_best = ax_acc if "accuracy" in monitor else ax_loss
+            ax_best.plot(
+                epoch,
+                value,
                 "*",
-                ms=12,
+                ms=13,
                 color="C3",
-                label=f"best val_loss (epoch {x[best]:g})",
+                zorder=4,
+                label=f"kept by the checkpoint: epoch {epoch} ({monitor} {value:.3f})",
             )
 
         if "phase" in h.columns and len(h) > 1:
@@ -555,14 +629,16 @@ def plot_learning_curves(history: pd.DataFrame) -> Figure:
         for ax in (ax_loss, ax_acc):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="best")
-        fig.suptitle("Learning curves")
+        fig.suptitle(_model_title("learning curves", model_name))
     return fig
 
 
-def plot_comparison(table: pd.DataFrame) -> Figure:
+def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
     """Test accuracy per model (bars, 95% CI whiskers when given) with the paper's numbers as markers.
 
-    ``table`` is :func:`bloodlib.evaluate.comparison_table`'s output.
+    ``table`` is :func:`bloodlib.evaluate.comparison_table`'s output. ``smoke_test`` (a run on
+    the embedded sample) says so in the title: those numbers check that the study runs, they
+    are not a result to hold against the paper's.
     """
     t = table.reset_index(drop=True)
     acc = t["test_accuracy"].to_numpy(dtype=float)
@@ -625,8 +701,180 @@ def plot_comparison(table: pd.DataFrame) -> Figure:
         ax.set_ylim(max(0.0, math.floor((low - 0.05) * 20) / 20), 1.0)
         ax.set_xticks(x, labels, rotation=20, ha="right")
         ax.set_ylabel("test accuracy")
+        n_test = (
+            f", {int(t['n_test'].max())} test cells"
+            if "n_test" in t.columns and t["n_test"].notna().any()
+            else ""
+        )
         ax.set_title(
-            "Test accuracy per model against Acevedo et al. 2019 (axis does not start at 0)"
+            f"Smoke test on the embedded sample{n_test}: not a result to compare with "
+            "Acevedo et al. 2019\n(axis does not start at 0)"
+            if smoke_test
+            else f"Test accuracy per model{n_test}, with Acevedo et al. 2019's results "
+            "for reference\n(axis does not start at 0)"
         )
         fig.legend(loc="outside lower center", ncols=3, fontsize=8)  # outside: bars reach the top
+    return fig
+
+
+# ----------------------------------------------------------------------------- class-activation maps
+
+
+def _cam_pixels(row: pd.Series) -> np.ndarray | None:
+    """The pixels a map is of: the row's ``image``, else its file at the map's size."""
+    image = row.get("image")
+    if image is not None and np.ndim(image) == 3:
+        return np.asarray(image)
+    cam = row.get("cam")
+    size = np.shape(cam)[1::-1] if np.ndim(cam) == 2 else (_THUMB, _THUMB)
+    try:
+        with Image.open(row["path"]) as im:
+            return np.asarray(im.convert("RGB").resize(size, Image.BILINEAR))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def plot_cam_examples(
+    examples: pd.DataFrame,
+    model_name: str,
+    *,
+    cols: int = 4,
+    slots: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Each cell twice, as imaged and with its Grad-CAM map, titled true → predicted (p).
+
+    ``examples`` comes from :func:`bloodlib.cam.cam_examples` (``path, label, predicted,
+    probability, correct``, and ``cam``/``image`` where known; a cell without a map is
+    drawn without its overlay). ``slots`` fixes the grid (unused slots stay blank), so a
+    figure's size does not depend on how many cells there were. Titles are green for
+    correct, red for wrong predictions.
+    """
+    from bloodlib.cam import overlay
+
+    n = max(len(examples), slots or 0, 1)
+    cols = max(1, min(cols, n))
+    n_rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        n_rows,
+        2 * cols,
+        figsize=(2.9 * cols, 1.75 * n_rows + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    if examples.empty:
+        axes[0, 0].text(0.0, 0.5, "no cells to show", va="center", fontsize=11)
+    for k, (_, row) in enumerate(examples.iterrows()):
+        ax_img, ax_cam = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        pixels = _cam_pixels(row)
+        if pixels is None:
+            ax_img.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax_img.transAxes)
+            continue
+        ax_img.imshow(pixels.astype(np.uint8))
+        colour = "tab:green" if bool(row.get("correct", row["label"] == row["predicted"])) else "C3"
+        ax_img.set_title(
+            f"{row['label']} →\n{row['predicted']} ({row['probability']:.2f})",
+            fontsize=8,
+            color=colour,
+        )
+        cam = row.get("cam")
+        if cam is not None and np.ndim(cam) == 2:
+            ax_cam.imshow(overlay(pixels, cam))
+            ax_cam.set_title("Grad-CAM", fontsize=8)
+    fig.suptitle(
+        title
+        or f"{model_name}: where the network looks (Grad-CAM; true → predicted (p), red = wrong)"
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- fine-tuning lesson
+
+
+def plot_augmentations(original: Any, copies: Sequence[Any], title: str = "") -> Figure:
+    """One cell and its augmented copies, as training sees them (arrays in 0..255, HxWx3)."""
+    images = [original, *copies]
+    cols = min(len(images), 5)
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.0 * cols, 2.15 * rows + 0.4), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, im) in enumerate(zip(axes.flat, images, strict=False)):
+        ax.imshow(np.clip(np.asarray(im, dtype=np.float64), 0, 255).astype(np.uint8))
+        ax.set_title("original" if i == 0 else f"copy {i}", fontsize=9)
+    fig.suptitle(title or f"One cell and {len(copies)} augmented copies")
+    return fig
+
+
+def plot_learning_rate(curve: pd.DataFrame, model_name: str = "") -> Figure:
+    """Learning rate per optimizer step over both phases (``lesson.learning_rate_curve``)."""
+    with sns.axes_style(_STYLE):
+        fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+        for j, (phase, part) in enumerate(curve.groupby("phase", sort=False)):
+            ax.plot(
+                part["epochs"], part["learning_rate"], color=f"C{j}", lw=2, label=f"phase: {phase}"
+            )
+        changes = curve.index[curve["phase"].ne(curve["phase"].shift()) & (curve.index > 0)]
+        for i in changes:
+            ax.axvline(curve.loc[i, "epochs"], color="grey", ls=":", lw=1.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("epochs trained")
+        ax.set_ylabel("learning rate (log scale)")
+        ax.legend(fontsize=8)
+        ax.set_title(
+            _model_title(f"learning rate per optimizer step ({len(curve)} steps)", model_name)
+        )
+    return fig
+
+
+def plot_cell_prediction(
+    image: Any,
+    proba: Any,
+    classes: Sequence[str],
+    *,
+    cam: Any = None,
+    model_name: str = "",
+    top: int = 3,
+    name: str = "",
+) -> Figure:
+    """One cell: the image, its Grad-CAM map for the top class (if given), the top classes.
+
+    ``image``: (H, W, 3) pixels 0..255; ``proba``: the cell's class probabilities in
+    ``classes`` order; ``name``: how to call the cell in the title (e.g. its file name).
+    """
+    from bloodlib.cam import overlay
+
+    proba = np.asarray(proba, float)
+    order = np.argsort(-proba, kind="stable")[: max(1, top)]
+    pixels = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
+    panels = 3 if cam is not None else 2
+    with sns.axes_style(_STYLE):
+        fig, axes = plt.subplots(
+            1,
+            panels,
+            figsize=(3.0 * panels + 1.0, 3.0),
+            layout="constrained",
+            width_ratios=[1] * (panels - 1) + [1.4],
+        )
+    axes[0].imshow(pixels)
+    axes[0].set_title(name or "cell", fontsize=9)
+    if cam is not None:
+        axes[1].imshow(overlay(pixels, cam))
+        axes[1].set_title(f"Grad-CAM for {classes[order[0]]}", fontsize=9)
+    for ax in axes[:-1]:
+        ax.axis("off")
+    bars = axes[-1]
+    labels = [str(classes[i]) for i in order][::-1]
+    bars.barh(labels, proba[order][::-1], color=["C0"] * (len(order) - 1) + ["C2"])
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("probability")
+    bars.bar_label(bars.containers[0], fmt="{:.2f}", fontsize=8, padding=2)
+    bars.set_title(f"top {len(order)}", fontsize=9)
+    fig.suptitle(
+        f"{model_name + ': ' if model_name else ''}{classes[order[0]]} ({proba[order[0]]:.2f})"
+    )
     return fig

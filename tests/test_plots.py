@@ -19,7 +19,13 @@ from bloodlib import (
     CLASSES,  # noqa: E402
     plots,  # noqa: E402
 )
-from bloodlib.evaluate import comparison_table, evaluate, misclassified, softmax  # noqa: E402
+from bloodlib.evaluate import (  # noqa: E402
+    calibration_bins,
+    comparison_table,
+    evaluate,
+    misclassified,
+    softmax,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -158,26 +164,49 @@ def test_confusions_side_by_side(preds):
 
 def test_roc(preds, tmp_path):
     y, p = preds
-    fig = plots.plot_roc(y, p, CLASSES)
-    assert len(fig.axes) == 2
+    fig = plots.plot_roc(y, p, CLASSES, model_name="net")
+    assert len(fig.axes) == 1  # macro AUC 0.93: the curves would leave a top-left zoom
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == K and all("AUC" in s for s in labels)
-    assert "macro AUC" in fig.axes[0].get_title()
+    title = fig.axes[0].get_title()
+    assert title.startswith("net: ") and "macro AUC" in title and "n=300" in title
     # A class absent from y_true is skipped, not a crash.
     fig = plots.plot_roc(np.where(y == 3, 0, y), p, CLASSES)
     assert len(fig.axes[0].get_legend().get_texts()) == K - 1
+    # >= 20 positives per class and a macro AUC >= 0.95: the zoom is drawn.
+    sharp = softmax(np.log(p) + 4 * np.eye(K)[y])
+    fig = plots.plot_roc(y, sharp, CLASSES)
+    assert len(fig.axes) == 2 and fig.axes[1].get_xlim() == (0, 0.2)
+
+
+def test_roc_without_zoom_for_few_positives(preds):
+    y, p = preds
+    keep = np.concatenate([np.flatnonzero(y == c)[:6] for c in range(K)])  # 6 per class
+    fig = plots.plot_roc(y[keep], p[keep], CLASSES, model_name="net")
+    assert len(fig.axes) == 1
+    assert ">= 6 per class" in fig.axes[0].get_title()
 
 
 def test_reliability(preds, tmp_path):
     y, p = preds
-    fig = plots.plot_reliability(y, p)
+    fig = plots.plot_reliability(y, p, model_name="net")
     assert len(fig.axes) == 2
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any("ECE" in s for s in legend)
+    assert fig.axes[0].get_title().startswith("net: ")
+    assert "15 bins" in fig.axes[0].get_title()  # 300 images: the full 15 bins
     fig = plots.plot_reliability(y, p, softmax(np.log(p), temperature=0.7), n_bins=10)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sum("ECE" in s for s in legend) == 2
     assert _save(fig, tmp_path / "rel.png") > 0
+
+
+def test_reliability_bins_fit_a_small_test_set(preds):
+    y, p = preds
+    fig = plots.plot_reliability(y[:48], p[:48])
+    title = fig.axes[0].get_title()
+    assert f"{calibration_bins(48)} bins" in title and "n=48" in title
+    assert len(fig.axes[1].patches) == calibration_bins(48)  # one histogram bar per bin
 
 
 def test_misclassified_gallery(image_table, tmp_path):
@@ -210,19 +239,40 @@ def test_learning_curves_with_phases(tmp_path):
             "loss": [1.5, 1.0, 0.8, 0.6, 0.4, 0.3, 0.25],
             "accuracy": [0.5, 0.65, 0.7, 0.8, 0.86, 0.9, 0.92],
             "val_loss": [1.2, 0.9, 0.85, 0.6, 0.5, 0.45, 0.47],
-            "val_accuracy": [0.6, 0.7, 0.72, 0.82, 0.86, 0.88, 0.87],
+            "val_accuracy": [0.6, 0.7, 0.72, 0.82, 0.88, 0.88, 0.87],
             "phase": ["head"] * 3 + ["finetune"] * 4,
         }
     )
-    fig = plots.plot_learning_curves(history)
+    fig = plots.plot_learning_curves(history, model_name="net")
     assert len(fig.axes) == 2
     assert _titles(fig) == ["Loss", "Accuracy"]
+    assert fig.get_suptitle() == "net: learning curves"
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert "phase: head (3 epochs)" in legend and "phase: finetune (4 epochs)" in legend
-    for ax in fig.axes:  # one phase change -> one vertical line per panel, at 2.5
+    # Epochs as Keras prints them: 1..7, so the phase change sits between 3 and 4.
+    assert fig.axes[0].lines[0].get_xdata().tolist() == [1, 2, 3, 4, 5, 6, 7]
+    for ax in fig.axes:
         vlines = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
-        assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(2.5)
+        assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(3.5)
+    # The checkpoint keeps the first epoch with the highest val_accuracy: epoch 5, not the
+    # epoch of lowest val_loss (6).
+    stars = [ln for ln in fig.axes[1].lines if ln.get_marker() == "*"]
+    assert len(stars) == 1 and stars[0].get_xdata()[0] == 5
+    assert any("epoch 5" in t for t in legend)
+    assert not [ln for ln in fig.axes[0].lines if ln.get_marker() == "*"]
     assert _save(fig, tmp_path / "lc.png") > 0
+
+
+def test_learning_curves_of_one_run_number_epochs_from_one():
+    history = pd.DataFrame(
+        {"epoch": [0, 1, 2], "loss": [1.0, 0.7, 0.5], "val_accuracy": [0.5, 0.9, 0.6]}
+    )
+    fig = plots.plot_learning_curves(history, monitor="val_loss", mode="min")
+    assert fig.axes[0].lines[0].get_xdata().tolist() == [1, 2, 3]
+    assert not [ln for ln in fig.axes[0].lines if ln.get_marker() == "*"]  # val_loss not logged
+    fig = plots.plot_learning_curves(history)
+    stars = [ln for ln in fig.axes[1].lines if ln.get_marker() == "*"]
+    assert stars[0].get_xdata()[0] == 2
 
 
 def test_learning_curves_without_phase_or_validation():
@@ -271,3 +321,41 @@ def test_comparison(tmp_path):
     # Without paper numbers or CIs it still draws.
     fig = plots.plot_comparison(comparison_table([{"name": "a", "test_accuracy": 0.9}], None))
     assert len(fig.axes[0].patches) == 1
+    assert "Smoke test" not in fig.axes[0].get_title()
+
+
+def test_comparison_on_the_sample_says_smoke_test():
+    table = comparison_table([{"name": "a", "test_accuracy": 0.6, "n_test": 48}], None)
+    title = plots.plot_comparison(table, smoke_test=True).axes[0].get_title()
+    assert title.startswith("Smoke test on the embedded sample, 48 test cells")
+    assert "not a result" in title
+
+
+def test_misclassified_names_its_model(image_table):
+    usable = image_table[image_table["status"] == "ok"].reset_index(drop=True)
+    y = np.array([CLASSES.index(c) for c in usable["label"]])
+    p = softmax(np.random.default_rng(3).normal(size=(len(y), K)))
+    df = misclassified(y, p.argmax(1), p, usable["path"], CLASSES)
+    fig = plots.plot_misclassified(df, CLASSES, n=4, model_name="net")
+    assert fig.get_suptitle().startswith("net: most confident mistakes")
+
+
+def test_augmentations_and_learning_rate(tmp_path):
+    rng = np.random.default_rng(0)
+    cell = rng.uniform(0, 255, (16, 16, 3))
+    fig = plots.plot_augmentations(cell, [np.rot90(cell, k) for k in range(1, 8)])
+    assert len(fig.axes) == 10 and _titles(fig)[:2] == ["original", "copy 1"]
+    assert sum(bool(ax.images) for ax in fig.axes) == 8
+    curve = pd.DataFrame(
+        {
+            "step": range(6),
+            "epochs": np.arange(6) / 2,
+            "phase": ["head"] * 2 + ["fine-tune"] * 4,
+            "learning_rate": [1e-2, 1e-2, 1e-3, 8e-4, 4e-4, 1e-4],
+        }
+    )
+    fig = plots.plot_learning_rate(curve, model_name="net")
+    ax = fig.axes[0]
+    assert ax.get_title() == "net: learning rate per optimizer step (6 steps)"
+    vlines = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
+    assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(1.0)
