@@ -6,6 +6,7 @@ Written by the runner to ``run_dir/provenance.json``. Deliberately light: no Ten
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -19,7 +20,12 @@ from typing import Any
 
 from bloodlib import __version__
 from bloodlib.config import REPO_ROOT
-from bloodlib.io import write_json
+from bloodlib.io import sha256_file, write_json
+
+#: The library's own folder: its source decides what a run computes.
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Files whose content is "the code" of a run: every module and the run profiles.
+CODE_PATTERNS: tuple[str, ...] = ("**/*.py", "profiles.yml")
 
 #: Distributions whose versions are recorded. Both TensorFlow variants are listed because the
 #: CPU and GPU environments install different distributions of the same package.
@@ -54,6 +60,20 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def code_digest(package_dir: Path | None = None) -> dict[str, str]:
+    """bloodlib's version and a SHA-256 over its source files (relative path and content).
+
+    An uncommitted edit changes it too, which a git commit alone would not show; the runner
+    re-runs notebooks whose code digest changed.
+    """
+    root = Path(package_dir or PACKAGE_DIR)
+    files = sorted({p for pattern in CODE_PATTERNS for p in root.glob(pattern) if p.is_file()})
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.relative_to(root).as_posix()}\t{sha256_file(path)}\n".encode())
+    return {"version": __version__, "sha256": h.hexdigest()}
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -160,11 +180,13 @@ def collect(
     kernel: str | None = None,
     profile: str | None = None,
     notebooks: list[dict[str, Any]] | None = None,
+    code: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Provenance record of a run.
 
     ``params`` maps notebook name -> the parameters injected into it; ``notebooks`` is the
-    runner's per-notebook status (ran/skipped, elapsed, hash).
+    runner's per-notebook status (ran/skipped, elapsed, hash); ``code`` is the
+    :func:`code_digest` the run used (computed here when not given).
     """
     run_dir = Path(run_dir)
     data_info = _data_json(run_dir)
@@ -172,6 +194,7 @@ def collect(
     return {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bloodlib_version": __version__,
+        "code": code or code_digest(),
         "git": git_info(),
         "python": sys.version.split()[0],
         "python_executable": sys.executable,

@@ -3,19 +3,28 @@
 A run folder ``runs/NAME/`` is the only channel between notebooks (split.csv, data.json,
 figures/, models/, metrics.json). Executed notebooks land in ``run_dir/notebooks/``. Each
 finished notebook leaves ``run_dir/.state/<nb>.json`` holding a hash of its source, its
-parameters and the previous notebook's hash, so a re-run skips what is unchanged and re-runs
-everything downstream of a change.
+parameters, the library's code, the data source and the previous notebook's hash, so a re-run
+skips what is unchanged and re-runs everything downstream of a change.
+
+Trust rules: one process at a time per run folder (``run_dir/.lock``, see :class:`RunLock`);
+``--name`` stays inside the runs folder; every parameter is checked against the type of its
+default in the notebook's ``parameters`` cell and against :data:`PARAMETER_RULES` before
+anything is written.
 
 papermill is imported lazily: it costs seconds and the CLI must start instantly.
 """
 
 from __future__ import annotations
 
+import ast
+import fcntl
 import hashlib
 import json
+import math
 import os
+import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,9 +33,10 @@ from typing import Any
 
 import yaml
 
-from bloodlib.config import REPO_ROOT
-from bloodlib.errors import BloodlibError
+from bloodlib.config import REPO_ROOT, SAMPLE_DIR
+from bloodlib.errors import BloodlibError, RunLockedError
 from bloodlib.io import atomic_path, read_json, write_json
+from bloodlib.source import KEYWORDS as DATA_KEYWORDS
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yml")
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -34,10 +44,12 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 #: Injected into every notebook whether or not its parameters cell declares them.
 ALWAYS_PASSED = ("run_dir", "data")
-#: Named data sources understood by bloodlib.source.resolve (kept in sync by a test).
-DATA_KEYWORDS = ("sample", "mendeley", "pbc")
 #: Excluded from the resume hash: moving or renaming a run folder must not invalidate it.
 NOT_HASHED = ("run_dir",)
+#: The run folder's lock file: PID, host and start time of the process running it.
+LOCK_NAME = ".lock"
+#: Folders of a run where atomic writes leave hidden temporary files if the run is killed.
+TEMP_FOLDERS = (".", "notebooks", ".state", "models", "figures")
 
 
 class RunError(BloodlibError):
@@ -52,6 +64,12 @@ class DataSpecError(RunError):
     exit_code = 2
 
 
+class ParameterError(RunError):
+    """A parameter of the wrong type or out of range, or a run name that leaves the runs folder."""
+
+    exit_code = 2
+
+
 @dataclass
 class NotebookPlan:
     """One notebook of a run: where it is and exactly what it will be given."""
@@ -61,6 +79,8 @@ class NotebookPlan:
     declared: list[str]
     parameters: dict[str, Any]
     kernel: str | None = None
+    #: Defaults of the notebook's ``parameters`` cell (only those that are plain literals).
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +206,194 @@ def _declared(path: Path) -> tuple[list[str], str | None]:
     return declared, meta.get("kernelspec", {}).get("name")
 
 
+def notebook_defaults(path: Path) -> dict[str, Any]:
+    """``name -> default`` of the notebook's ``parameters`` cell, parsed with :mod:`ast`.
+
+    Only literal defaults (numbers, strings, booleans, None, lists, dicts) are returned: an
+    expression has no type to check against, so its parameter is checked by its rule only.
+    """
+    cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    for cell in cells:
+        if "parameters" not in (cell.get("metadata", {}).get("tags") or []):
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            raise RunError(f"the parameters cell of {path.name} does not parse: {exc}") from exc
+        defaults: dict[str, Any] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name):
+                try:
+                    defaults[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    pass
+        return defaults
+    return {}
+
+
+# --- parameter rules ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a parameter's value must satisfy beyond its type, and why."""
+
+    why: str
+    minimum: float | None = None
+    above: float | None = None  # strictly greater than
+    below: float | None = None  # strictly less than
+    nullable: bool = False  # None is meaningful (e.g. "the backbone's native size")
+    check: Callable[[Any], str | None] | None = None  # returns a problem, or None
+
+
+def _fractions_problem(value: Any) -> str | None:
+    from bloodlib.split import _check_fractions  # the split's own rule, in one place
+
+    try:
+        _check_fractions(tuple(value))
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _names_problem(value: Any) -> str | None:
+    if not value or not all(isinstance(v, str) and v for v in value):
+        return "expected a non-empty list of backbone names, e.g. [efficientnet_lite0]"
+    return None
+
+
+#: Ranges of the study's parameters, by name (whichever notebook declares them). Types come
+#: from each notebook's parameters cell; these rules add what a type cannot say.
+PARAMETER_RULES: dict[str, Rule] = {
+    "seed": Rule("NumPy and TensorFlow seeds are non-negative integers", minimum=0),
+    "epochs_head": Rule("a number of epochs (0 skips the head phase)", minimum=0),
+    "epochs_finetune": Rule("a number of epochs (0 skips fine-tuning)", minimum=0),
+    "batch_size": Rule("a batch holds at least one image", minimum=1),
+    "learning_rate_head": Rule("a learning rate must be positive", above=0),
+    "learning_rate_finetune": Rule("a learning rate must be positive", above=0),
+    "label_smoothing": Rule("a fraction of the target mass, 0 (off) up to below 1", 0, below=1),
+    "unfreeze_from_block": Rule("a block index (0 unfreezes the whole backbone)", minimum=0),
+    "image_size": Rule(
+        "pixels per side: ImageNet backbones need at least 32; null is each backbone's native",
+        minimum=32,
+        nullable=True,
+    ),
+    "max_train_images": Rule("a cap on training images; null uses all", minimum=1, nullable=True),
+    "n_boot": Rule("bootstrap resamples for confidence intervals", minimum=1),
+    "svm_cv": Rule("cross-validation needs at least two folds", minimum=2),
+    "split_fractions": Rule("(train, val, test) fractions of the data", check=_fractions_problem),
+    "backbones": Rule("backbones of bloodlib.backbones.REGISTRY", check=_names_problem),
+}
+
+#: Marks "the profile does not set this parameter" (None is a value a profile can give).
+_ABSENT: Any = object()
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES.update({list: "a list", dict: "a mapping"})
+
+
+def _type_name(kind: type) -> str:
+    return _TYPE_NAMES.get(kind, kind.__name__)
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:  # an integer is a fine float: -p learning_rate_head=1
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_parameter(
+    where: str,
+    key: str,
+    value: Any,
+    default: Any = None,
+    has_default: bool = False,
+    profile_value: Any = _ABSENT,
+) -> None:
+    """Raise :class:`ParameterError` unless ``value`` fits ``key``'s type and rule.
+
+    The expected type is that of the notebook's default; a ``None`` default takes the
+    profile's type, if it gives one. ``None`` is accepted where the default or the profile
+    is ``None`` or the rule says it is meaningful.
+    """
+    rule = PARAMETER_RULES.get(key)
+    name = f"{where}.{key}"
+    shown = f"{value!r}" if not isinstance(value, str) else f"'{value}'"
+    if value is None:
+        nullable = rule is not None and rule.nullable
+        if (has_default and default is None) or profile_value is None or nullable:
+            return
+        expected = default if has_default else profile_value
+        if expected is _ABSENT:
+            return  # nothing says what type this parameter has
+        raise ParameterError(
+            f"parameter {name} = null: expected {_type_name(type(expected))} "
+            f"(the default is {expected!r}); pass a value, e.g. -p {name}={expected}"
+        )
+    reference = default if has_default and default is not None else profile_value
+    if reference is _ABSENT:
+        reference = None
+    if reference is not None and not _type_ok(value, type(reference)):
+        raise ParameterError(
+            f"parameter {name} = {shown}: expected {_type_name(type(reference))} "
+            f"(like the default {reference!r}), got {_type_name(type(value))}. "
+            f"Fix the value, e.g. -p {name}={reference!r}"
+        )
+    if rule is None:
+        return
+    problem = rule.check(value) if rule.check else None
+    if problem is None and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            problem = "must be a finite number"
+        elif rule.minimum is not None and value < rule.minimum:
+            problem = f"must be >= {rule.minimum}"
+        elif rule.above is not None and value <= rule.above:
+            problem = f"must be > {rule.above}"
+        elif rule.below is not None and value >= rule.below:
+            problem = f"must be < {rule.below}"
+    if problem:
+        raise ParameterError(f"parameter {name} = {shown} {problem} ({rule.why})")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it names one folder directly inside the runs folder, else ParameterError."""
+    bad = (
+        not name
+        or name != name.strip()
+        or name.startswith(".")  # ".", ".." and hidden folders
+        or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/", "\0"))
+        or Path(name).is_absolute()
+    )
+    if bad:
+        raise ParameterError(
+            f"bad run name {name!r}: --name is one folder inside the runs folder (letters, "
+            "digits, '-', '_'; no '/', no '..', not hidden, not absolute), e.g. --name my-run. "
+            "Use --runs-root to put runs elsewhere."
+        )
+    return name
+
+
+def run_dir_for(runs_root: str | os.PathLike, name: str | None, profile: str) -> Path:
+    """The run folder ``runs_root/NAME`` (absolute), refusing names that would leave it."""
+    root = Path(runs_root).resolve()
+    run_dir = (root / check_run_name(name if name is not None else profile)).resolve()
+    if run_dir.parent != root:  # e.g. a symlink named like a run
+        raise ParameterError(f"run folder {run_dir} is not inside {root}; choose another --name")
+    return run_dir
+
+
 def plan_study(
     profile: str = "sample",
     data: str | os.PathLike | None = None,
@@ -243,8 +451,9 @@ def plan_study(
     for path in paths:
         declared, kernel = _declared(path)
         declared_anywhere.update(declared)
-        merged: dict[str, Any] = {}
-        for layer in (prof_flat, prof_nb.get(path.stem), file_flat, file_nb.get(path.stem)):
+        from_profile = {**prof_flat, **(prof_nb.get(path.stem) or {})}
+        merged: dict[str, Any] = dict(from_profile)
+        for layer in (file_flat, file_nb.get(path.stem)):
             merged.update(layer or {})
         merged.update(over_flat)
         merged.update(over_nb.get(path.stem, {}))
@@ -254,7 +463,18 @@ def plan_study(
         bad = user_keys[path.stem] - set(declared) - set(ALWAYS_PASSED)
         if bad:
             raise RunError(f"{path.stem} has no parameter(s) {sorted(bad)}; it declares {declared}")
-        plans.append(NotebookPlan(path.stem, path, declared, params, kernel))
+        defaults = notebook_defaults(path)
+        for key, value in params.items():
+            if key not in ALWAYS_PASSED:  # chosen by the runner, checked above
+                check_parameter(
+                    path.stem,
+                    key,
+                    value,
+                    defaults.get(key),
+                    key in defaults,
+                    from_profile.get(key, _ABSENT),
+                )
+        plans.append(NotebookPlan(path.stem, path, declared, params, kernel, defaults))
 
     # A typo in --params/-p would otherwise be dropped silently.
     unknown = user_keys[""] - declared_anywhere - set(ALWAYS_PASSED)
@@ -269,13 +489,54 @@ def plan_study(
 # --- execution ---------------------------------------------------------------------------
 
 
-def _hash(plan: NotebookPlan, upstream: str) -> str:
+def data_fingerprint(spec: str) -> str:
+    """A cheap digest of the data a run reads, to re-run notebook 01 when it changes.
+
+    A folder (the embedded sample included) is fingerprinted by its listing (relative paths,
+    sizes, modification times: what the manifest cache is keyed by), a zip by its size and
+    modification time; a download keyword by its URL (the download is checked against its
+    recorded hash when it is made). Nothing is read, downloaded or extracted.
+    """
+    from bloodlib import source
+
+    key = str(spec).strip().lower()
+    if key in source._SAMPLE_SPECS:
+        path = SAMPLE_DIR
+    elif key in source._DOWNLOAD_SPECS:
+        return f"download {os.environ.get(source.URL_ENV) or source.DEFAULT_URL}"
+    else:
+        path = Path(spec)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except OSError:  # a dangling link: still part of the listing
+                    st = None
+                rel = os.path.relpath(full, path)
+                h.update(f"{rel}\t{st and st.st_size}\t{st and st.st_mtime_ns}\n".encode())
+    else:
+        try:
+            st = path.stat()
+            h.update(f"file\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()
+
+
+def _hash(plan: NotebookPlan, upstream: str, context: Mapping[str, Any] | None = None) -> str:
+    """What a notebook's result depends on: its source, parameters, upstream and ``context``
+    (the library's code digest and the data fingerprint)."""
     params = {k: v for k, v in plan.parameters.items() if k not in NOT_HASHED}
     blob = json.dumps(
         {
             "source": hashlib.sha256(plan.path.read_bytes()).hexdigest(),
             "parameters": params,
             "upstream": upstream,
+            **({"context": dict(context)} if context else {}),
         },
         sort_keys=True,
         default=str,
@@ -283,19 +544,117 @@ def _hash(plan: NotebookPlan, upstream: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# --- one process per run folder -------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive lock on a run folder: ``run_dir/.lock`` holds PID, host and start time.
+
+    ``fcntl.flock`` does the locking, so the kernel releases it when its holder dies: a lock
+    file left by a killed run is simply taken over; its content only names the holder.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def holder(self) -> dict[str, Any]:
+        """The recorded holder (may be empty while it is being written)."""
+        for _ in range(20):  # the holder writes its line right after taking the lock
+            try:
+                text = self.path.read_text(encoding="utf-8")
+                if text.strip():
+                    return json.loads(text)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        return {}
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise :class:`RunLockedError` at once, naming the holder."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                who = self.holder()
+                raise RunLockedError(
+                    f"run folder {self.path.parent} is in use by PID {who.get('pid', '?')} "
+                    f"on {who.get('host', '?')} since {who.get('since', '?')}. Wait for that "
+                    "run to finish (or stop it), or choose another --name."
+                ) from None
+            # Someone may have replaced the file between our open and flock: lock the one
+            # that is there now.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)  # no stale holder named once released
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def clean_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove hidden temporary files that a killed run left behind (call under the lock).
+
+    Atomic writes (:func:`bloodlib.io.atomic_path`) write ``.NAME.XXXX`` beside their target
+    and rename it on success; a killed process never renames nor removes it.
+    """
+    removed = []
+    for folder in TEMP_FOLDERS:
+        where = run_dir / folder
+        if not where.is_dir():
+            continue
+        for path in where.iterdir():
+            if path.name.startswith(".") and path.name != LOCK_NAME and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 @contextmanager
 def _kernel_env() -> Iterator[None]:
-    """Let kernels import bloodlib from this checkout even without an editable install
-    (kernels inherit the environment of the process that starts them)."""
-    old = os.environ.get("PYTHONPATH")
+    """Let kernels import bloodlib from this checkout even without an editable install, and
+    run headless (kernels inherit the environment of the process that starts them)."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "BLOODLIB_HEADLESS")}
+    old = saved["PYTHONPATH"]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([old] if old else [])])
+    # Interactive widgets render a static view: nobody clicks in a papermill kernel.
+    os.environ["BLOODLIB_HEADLESS"] = "1"
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -440,11 +799,41 @@ def run_study(
     flat or shaped like a profile. Raises :class:`RunError` with a user-facing message.
     """
     notebooks_dir = Path(notebooks_dir).resolve()
-    run_dir = (Path(runs_root) / (name or profile)).resolve()
+    # Everything is checked before the first write: the name, the parameters, the weights.
+    run_dir = run_dir_for(runs_root, name, profile)
     plans = plan_study(profile, data, overrides, params_file, run_dir, notebooks_dir)
     check_weights(plans)
+    from bloodlib import provenance
 
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    # Part of every notebook's hash: a changed library or data source is not "unchanged".
+    context = {
+        "code": provenance.code_digest(),
+        "data": data_fingerprint(plans[0].parameters["data"]),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        clean_stale_temporaries(run_dir)
+        _run_locked(plans, run_dir, profile, kernel, force, notebooks_dir, progress, context)
+
+    table = results_table(run_dir)
+    if table:
+        _say("\n" + table)
+    _say(f"\nresults in {run_dir}")
+    return run_dir
+
+
+def _run_locked(
+    plans: list[NotebookPlan],
+    run_dir: Path,
+    profile: str,
+    kernel: str | None,
+    force: bool,
+    notebooks_dir: Path,
+    progress: bool,
+    context: Mapping[str, Any],
+) -> None:
+    """Run the planned notebooks in order, skipping unchanged ones; the caller holds the lock."""
+    (run_dir / "notebooks").mkdir(exist_ok=True)
     _say(f"run {run_dir} (profile {profile}, data {plans[0].parameters['data']})")
     results: list[NotebookResult] = []
     upstream, cascade, status = "", False, "failed"
@@ -452,7 +841,7 @@ def run_study(
     try:
         with _kernel_env():
             for i, plan in enumerate(plans, 1):
-                digest = _hash(plan, upstream)
+                digest = _hash(plan, upstream, context)
                 upstream = digest
                 output = run_dir / "notebooks" / plan.path.name
                 label = f"[{i}/{n}] {plan.name}"
@@ -480,6 +869,7 @@ def run_study(
                         "notebook": plan.name,
                         "hash": digest,
                         "parameters": plan.parameters,
+                        "context": dict(context),
                         "elapsed_s": round(elapsed, 1),
                         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     },
@@ -488,13 +878,7 @@ def run_study(
                 results.append(NotebookResult(plan.name, "ran", digest, elapsed, str(output)))
         status = "complete"
     finally:
-        _write_provenance(plans, run_dir, kernel, profile, results, status)
-
-    table = results_table(run_dir)
-    if table:
-        _say("\n" + table)
-    _say(f"\nresults in {run_dir}")
-    return run_dir
+        _write_provenance(plans, run_dir, kernel, profile, results, status, context)
 
 
 def _write_provenance(
@@ -504,6 +888,7 @@ def _write_provenance(
     profile: str,
     results: list[NotebookResult],
     status: str,
+    context: Mapping[str, Any],
 ) -> None:
     from bloodlib import provenance
 
@@ -514,6 +899,8 @@ def _write_provenance(
         kernel=kernels.pop() if len(kernels) == 1 else None,
         profile=profile,
         notebooks=[r.as_dict() for r in results],
+        code=context.get("code"),
     )
     record["status"] = status
+    record["data"]["fingerprint"] = context.get("data")
     write_json(run_dir / "provenance.json", record)

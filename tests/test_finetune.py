@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -138,10 +139,36 @@ def test_finished_run_returns_at_once(trained, data, monkeypatch):
     assert list(again.history["epoch"]) == [0, 1]
 
 
-def test_other_config_in_the_same_run_folder_raises(trained, data):
+def test_other_config_in_the_same_run_folder_trains_afresh(trained, data, tmp_path):
     _, run_dir, _, _ = trained
-    with pytest.raises(RuntimeError, match="another configuration"):
-        train(config(learning_rate_head=0.5), *data, run_dir, "tiny_ft", verbose=0)
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    train_dir = copy / "train" / "tiny_ft"
+    old_model = (copy / "models" / "tiny_ft.keras").read_bytes()
+
+    result = train(config(epochs_finetune=2), *data, copy, "tiny_ft", verbose=0)
+    assert not result.resumed  # not the finished model of the other configuration
+    assert result.model_path.read_bytes() != old_model
+    assert json.loads((train_dir / "config.json").read_text())["epochs_finetune"] == 2
+    assert read_sidecar(result.model_path)["config"]["epochs_finetune"] == 2
+    # One configuration per history: epochs 0, 1, 2 of this run only, each logged once.
+    assert list(pd.read_csv(train_dir / "history.csv")["epoch"]) == [0, 1, 2]
+    assert not list((copy / "train").glob(".*"))  # the discarded state is gone
+
+    # The same configuration again is reused as it is.
+    again = train(config(epochs_finetune=2), *data, copy, "tiny_ft", verbose=0)
+    assert again.resumed and again.model_path.read_bytes() == result.model_path.read_bytes()
+
+
+def test_interrupted_training_restores_the_precision_policy(data, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        raise KeyboardInterrupt  # as if the user stopped the cell mid-training
+
+    monkeypatch.setattr(finetune, "build_classifier", boom)
+    before = keras.mixed_precision.global_policy().name
+    with pytest.raises(KeyboardInterrupt):
+        train(config(precision="mixed_bfloat16"), *data, tmp_path, "tiny_ft", verbose=0)
+    assert keras.mixed_precision.global_policy().name == before == "float32"
 
 
 def _base(model):

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
 
-from bloodlib import runner
+from bloodlib import provenance, runner
 from bloodlib.runner import DataSpecError, RunError, plan_study, run_study
 
 pytestmark = pytest.mark.unit
@@ -32,6 +32,19 @@ def _run(notebooks: Path, runs_root: Path, **kwargs) -> Path:
 def _statuses(run_dir: Path) -> dict[str, str]:
     prov = json.loads((run_dir / "provenance.json").read_text())
     return {nb["name"]: nb["status"] for nb in prov["notebooks"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stable_context(tmp_path_factory: pytest.TempPathFactory):
+    """Pin the library's code digest and the sample's fingerprint: both are part of every
+    notebook's hash, and this checkout's code may change while the tests run."""
+    sample = tmp_path_factory.mktemp("sample")
+    (sample / "basophil").mkdir()
+    (sample / "basophil" / "a.jpg").write_bytes(b"stand-in")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(provenance, "code_digest", lambda *a: {"version": "test", "sha256": "pinned"})
+        mp.setattr(runner, "SAMPLE_DIR", sample)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +99,7 @@ def test_injects_only_declared_parameters(study):
     assert injected["03_fine_tuning"]["epochs_head"] == 6  # the sample profile's value
     assert injected["03_fine_tuning"]["backbones"] == ["efficientnet_lite0"]
     assert all(p["run_dir"] == str(run_dir) for p in injected.values())
+    assert not (run_dir / ".lock").read_text()  # released: no holder named
     assert json.loads((run_dir / "01_data_exploration.out.json").read_text())["data"] == "sample"
 
 
@@ -98,6 +112,8 @@ def test_writes_provenance_and_results_table(study):
     assert prov["kernel"]["name"] == KERNEL
     assert set(prov["parameters"]) == set(NAMES)
     assert prov["seeds"] == dict.fromkeys(NAMES, 42)
+    assert prov["code"] == {"version": "test", "sha256": "pinned"}
+    assert prov["data"]["fingerprint"] == runner.data_fingerprint("sample")
     assert "balanced_accuracy" in out and "0.9123" in out
 
 
@@ -243,6 +259,7 @@ def test_profiles_file_is_complete():
 
 def test_data_keywords_match_bloodlib_source(tmp_path):
     source = pytest.importorskip("bloodlib.source")
+    assert runner.DATA_KEYWORDS is source.KEYWORDS  # one constant, not a copy
     for word in runner.DATA_KEYWORDS:
         assert source._classify(word)[0] in {"sample", "download"}
     notebooks = write_study(tmp_path / "notebooks")
