@@ -1,0 +1,85 @@
+"""bloodlib.narrative: sentences computed from results agree with the results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bloodlib import CLASSES, narrative, projection
+
+pytestmark = pytest.mark.unit
+
+
+def test_balanced_classes_are_not_called_dominated():
+    text = narrative.class_balance({"basophil": 31, "eosinophil": 30, "ig": 30})
+    assert text.startswith("The classes are nearly balanced")
+    assert "from 30 (eosinophil and ig) to 31 (basophil)" in text
+    assert "dominate" not in text
+
+
+def test_imbalanced_classes_name_the_largest():
+    text = narrative.class_balance({"neutrophil": 300, "eosinophil": 100, "basophil": 50})
+    assert text.startswith("The classes are imbalanced")
+    assert "to 300 (neutrophil)" in text and "6.00 times" in text
+    assert "66.7 %" in text  # 300 of 450
+
+
+def test_exactly_balanced():
+    assert "exactly balanced: 5 usable images each" in narrative.class_balance({"a": 5, "b": 5})
+
+
+def test_quality_summary_counts_reasons():
+    text = narrative.quality_summary(10, {"ok": 7, "duplicate": 2, "hidden": 1})
+    assert text == "Of 10 files, 7 are usable and 3 are excluded (2 duplicate and 1 hidden)."
+    assert "no defect" in narrative.quality_summary(3, {"ok": 3})
+
+
+def test_split_summary_and_leaks():
+    split = pd.DataFrame(
+        {
+            "split": ["train", "train", "val", "test", "test"],
+            "group": ["a", "a", "b", "c", "d"],
+        }
+    )
+    text = narrative.split_summary(split)
+    assert "train 2 (40.0 %)" in text and "no group of copies spans two splits" in text
+    assert narrative.leaked_test_images(split) == 0
+    leaky = split.assign(group=["a", "c", "b", "c", "d"])
+    assert narrative.leaked_test_images(leaky) == 1
+    assert "1 groups of copies span two splits" in narrative.split_summary(leaky)
+
+
+def test_most_confused_reads_the_matrix_not_a_guess():
+    classes = ["basophil", "ig", "monocyte", "neutrophil"]
+    m = np.array([[5, 0, 0, 0], [2, 3, 1, 0], [0, 0, 6, 0], [0, 1, 0, 5]])
+    top = narrative.most_confused(m, classes, k=2)
+    # ig->monocyte and neutrophil->ig tie (1 of 6 each): the earlier true class comes first
+    assert top[["true", "predicted", "count"]].values.tolist() == [
+        ["ig", "basophil", 2],
+        ["ig", "monocyte", 1],
+    ]
+    text = narrative.confusion_sentence(m, classes, k=1)
+    assert "4 of 23 test cells are misclassified" in text
+    assert "**ig → basophil** (2 of 6 ig cells)" in text
+    assert "misclassified" not in narrative.confusion_sentence(np.eye(3, dtype=int) * 4, "abc")
+
+
+def test_per_class_extremes():
+    table = pd.DataFrame({"sensitivity": [1.0, 0.5, 1.0]}, index=["a", "b", "c"])
+    assert narrative.per_class_extremes(table) == (
+        "Highest sensitivity: a and c (100.0 %); lowest: b (50.0 %)."
+    )
+
+
+def test_projection_and_its_sentence():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (20, 5)), rng.normal(6, 1, (20, 5))])
+    p = projection.project(X, "pca", seed=0)
+    assert p.coords.shape == (40, 2)
+    assert p.explained[0] > 0.5  # the two blobs differ along one direction
+    assert "of the variance" in narrative.explained_variance(p.explained)
+    fig = projection.plot_projection(p, [CLASSES[0]] * 20 + [CLASSES[1]] * 20, "test")
+    assert len(fig.axes[0].collections) == 2
+    with pytest.raises(ValueError, match="pca"):
+        projection.project(X, "umap")
