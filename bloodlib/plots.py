@@ -878,3 +878,24 @@ def plot_cell_prediction(
         f"{model_name + ': ' if model_name else ''}{classes[order[0]]} ({proba[order[0]]:.2f})"
     )
     return fig
+
+
+def plot_bootstrap(
+    accuracies: Any, accuracy: float, ci95: Sequence[float], model_name: str = ""
+) -> Figure:
+    """Histogram of bootstrap accuracies with the observed accuracy and the 95% interval."""
+    boot = np.asarray(accuracies, dtype=np.float64)
+    lo, hi = float(ci95[0]), float(ci95[1])
+    with sns.axes_style(_STYLE):
+        fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+        # One bar per attainable accuracy (k/n) when there are few test cells.
+        values = np.unique(boot)
+        bins = values.size if values.size <= 60 else 40
+        ax.hist(boot, bins=bins, color="C0", alpha=0.75, label=f"{len(boot)} resampled test sets")
+        ax.axvspan(lo, hi, color="C1", alpha=0.15, label=f"95% interval {lo:.3f} to {hi:.3f}")
+        ax.axvline(accuracy, color="C3", lw=2, label=f"test accuracy {accuracy:.3f}")
+        ax.set_xlabel("accuracy on a resampled test set")
+        ax.set_ylabel("resamples")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_title(_model_title("bootstrap distribution of the test accuracy", model_name))
+    return fig

@@ -372,6 +372,35 @@ def tta_sentence(row: Mapping[str, Any]) -> str:
     return head + " The interval includes zero: these cells cannot tell the gain from chance."
 
 
+def ranking_sentence(entries: Sequence[Mapping[str, Any]], *, smoke_test: bool = False) -> str:
+    """Which model scored best, and whether its lead over the runner-up is more than noise.
+
+    Lead "within noise" means the runner-up's accuracy lies inside the leader's 95 %
+    bootstrap interval (a rough check; :func:`paired_comparison` is the careful one).
+    """
+    ranked = sorted(entries, key=lambda e: e["test_accuracy"], reverse=True)
+    if not ranked:
+        return "No model was scored."
+    best = ranked[0]
+    text = f"Highest test accuracy: **{best['name']}**, {_pct(best['test_accuracy'])}"
+    ci = best.get("accuracy_ci95")
+    if ci:
+        text += f" (95 % interval {_pct(ci[0])} to {_pct(ci[1])})"
+    text += f" on {best['n_test']} cells."
+    if len(ranked) > 1:
+        second = ranked[1]
+        gap = best["test_accuracy"] - second["test_accuracy"]
+        text += f" Next: {second['name']}, {_pct(second['test_accuracy'])} ({_points(-gap)})."
+        if ci and ci[0] <= second["test_accuracy"]:
+            text += " The runner-up lies inside the leader's interval: this ranking could flip on another test set."
+    if smoke_test:
+        text += (
+            " These are smoke-test numbers on the embedded sample; the full-data results are in "
+            "the README's Results section."
+        )
+    return text
+
+
 def recipe_differences(
     run_dir: str | Path, results: Sequence[Evaluation], data: Any, **extra: Any
 ) -> pd.DataFrame:

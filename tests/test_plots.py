@@ -359,3 +359,13 @@ def test_augmentations_and_learning_rate(tmp_path):
     assert ax.get_title() == "net: learning rate per optimizer step (6 steps)"
     vlines = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
     assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(1.0)
+
+
+def test_bootstrap_histogram():
+    boot = np.random.default_rng(0).binomial(48, 0.75, size=200) / 48
+    fig = plots.plot_bootstrap(boot, 0.75, (0.625, 0.875), model_name="net")
+    ax = fig.axes[0]
+    assert ax.get_title() == "net: bootstrap distribution of the test accuracy"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "95% interval 0.625 to 0.875" in legend and "test accuracy 0.750" in legend
+    assert sum(bar.get_height() for bar in ax.containers[0]) == 200

@@ -185,3 +185,13 @@ def test_calibration_bins_fit_the_test_set():
     assert evaluate.calibration_bins(48) == evaluate.MIN_BINS
     assert evaluate.calibration_bins(200) == 10
     assert evaluate.calibration_bins(10_000) == evaluate.MAX_BINS
+
+
+def test_ranking_sentence_flags_a_lead_within_noise():
+    a = {"name": "a", "test_accuracy": 0.8, "n_test": 48, "accuracy_ci95": [0.7, 0.9]}
+    b = {"name": "b", "test_accuracy": 0.75, "n_test": 48, "accuracy_ci95": [0.6, 0.85]}
+    text = scoring.ranking_sentence([b, a])
+    assert text.startswith("Highest test accuracy: **a**, 80.0 %") and "Next: b, 75.0 %" in text
+    assert "-5.0 points" in text and "could flip" in text and "smoke-test" not in text
+    sure = scoring.ranking_sentence([a, {**b, "test_accuracy": 0.5}], smoke_test=True)
+    assert "could flip" not in sure and "smoke-test numbers" in sure
