@@ -100,11 +100,40 @@ def cmd_classify(args: argparse.Namespace) -> int:
         args.folder,
         args.out,
         batch_size=args.batch_size,
+        workers=args.workers,
         engine=args.engine,
         tta=args.tta,
+        trust_pickle=args.trust_pickle,
     )
     print(result.report())
     return 0
+
+
+def cmd_convert_model(args: argparse.Namespace) -> int:
+    from bloodlib.saved import convert_pickle
+
+    new = convert_pickle(args.model, trust_pickle=args.trust_pickle)
+    print(f"converted {args.model} -> {new} (its sidecar now belongs to {new.name})")
+    print(f"the pickle is no longer needed: delete {args.model}")
+    return 0
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size or worker count of 0 is a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+#: Help text of --trust-pickle, shared by the commands that load models.
+TRUST_PICKLE_HELP = (
+    "allow an old pickled SVM (.joblib). DANGER: unpickling runs any code hidden in the "
+    "file; use only for a file you made yourself or fully trust"
+)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -217,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("model", help="a saved model (e.g. runs/sample/models/*.keras)")
     classify.add_argument("folder", help="folder of images (searched recursively)")
     classify.add_argument("--out", required=True, metavar="CSV", help="predictions CSV to write")
-    classify.add_argument("--batch-size", type=int, default=32)
+    classify.add_argument("--batch-size", type=_at_least_one, default=32, metavar="N")
+    classify.add_argument(
+        "--workers", type=_at_least_one, metavar="N", help="threads that inspect the files"
+    )
+    classify.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     classify.add_argument(
         "--engine",
         choices=("auto", "keras", "tflite"),
@@ -230,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tuned networks: average over the 8 flips and 90-degree rotations (8x slower)",
     )
     classify.set_defaults(func=cmd_classify)
+
+    convert = sub.add_parser(
+        "convert-model",
+        parents=[common],
+        help="re-save an old pickled SVM (.joblib) as .skops, which loads without running code",
+    )
+    convert.add_argument("model", help="the .joblib model (its .json sidecar beside it)")
+    convert.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    convert.set_defaults(func=cmd_convert_model)
 
     scan = sub.add_parser(
         "scan", parents=[common], help="scan a dataset: class counts and quality checks"

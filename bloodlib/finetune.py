@@ -23,7 +23,7 @@ import pandas as pd
 
 from bloodlib import CLASSES, backbones, config
 from bloodlib.io import atomic_path, read_json, sha256_file, write_json, write_with
-from bloodlib.saved import sidecar_path, write_sidecar
+from bloodlib.saved import save_classifier, sidecar_path
 
 #: What the best-weights checkpoint and early stopping watch: the model kept is the epoch with
 #: the highest validation accuracy (the first one, on ties), the number the study reports.
@@ -455,12 +455,11 @@ def _train_and_save(
 
 
 def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any) -> Path:
-    """Save a classifier in Keras format (atomically) with its JSON sidecar."""
+    """Save a classifier in Keras format (atomically) with its bound JSON sidecar."""
     model_path = Path(model_path)
-    with atomic_path(model_path, suffix=".keras") as tmp:
-        model.save(tmp)
     bb = backbones.get(cfg.backbone)
-    write_sidecar(
+    return save_classifier(
+        model,
         model_path,
         {
             "name": model_path.stem,
@@ -477,7 +476,6 @@ def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any)
             **extra,
         },
     )
-    return model_path
 
 
 def _fit(model, *args: Any, **kwargs: Any):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bloodlib.config import cache_dir
+from bloodlib.errors import BloodlibError
 from bloodlib.io import atomic_path
 
 ENGINES = ("auto", "keras", "tflite")
@@ -123,6 +124,8 @@ class TFLiteModel:
         inp = self._it.get_input_details()[0]
         self._in, self._out = inp["index"], self._it.get_output_details()[0]["index"]
         self.input_shape = tuple(int(s) for s in inp["shape"][1:])
+        #: Per image, e.g. ``(8,)``: what a caller checks against the classes it expects.
+        self.output_shape = tuple(int(s) for s in self._it.get_output_details()[0]["shape"][1:])
         self._it.resize_tensor_input(self._in, [self.batch_size, *self.input_shape])
         self._it.allocate_tensors()
 
@@ -178,6 +181,8 @@ def forward_fn(
                 path = cache_dir() / "tflite" / f"unnamed-{os.getpid()}-{id(model)}.tflite"
                 convert_to_tflite(get_model(), path)
             return TFLiteModel(path, batch_size=batch_size), "tflite"
+        except BloodlibError:  # the model itself is refused (unsafe, or not what its sidecar says)
+            raise
         except Exception as exc:  # noqa: BLE001 (any converter failure has the same remedy)
             if engine == "tflite":
                 raise RuntimeError(

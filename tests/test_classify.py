@@ -17,7 +17,7 @@ from tiny_models import write_cell
 from bloodlib import CLASSES, backbones, features, svm
 from bloodlib.classify import classify_folder
 from bloodlib.io import sha256_file as file_sha256
-from bloodlib.saved import load_classifier, write_sidecar
+from bloodlib.saved import SidecarError, load_classifier, save_classifier
 
 pytestmark = pytest.mark.unit
 
@@ -29,9 +29,8 @@ SIZE = tiny_models.SIZE
 def keras_model(tmp_path_factory) -> Path:
     """``models/m.keras`` + sidecar: a fixed-weight model whose answers are known in advance."""
     path = tmp_path_factory.mktemp("run") / "models" / "m.keras"
-    path.parent.mkdir()
-    tiny_models.vertex_classifier(SIZE).save(path)
-    write_sidecar(
+    return save_classifier(
+        tiny_models.vertex_classifier(SIZE),
         path,
         {
             "name": "m",
@@ -41,7 +40,6 @@ def keras_model(tmp_path_factory) -> Path:
             "image_size": SIZE,
         },
     )
-    return path
 
 
 @pytest.fixture
@@ -162,7 +160,7 @@ def test_missing_folder_or_sidecar(keras_model, tmp_path):
     orphan = tmp_path / "orphan.keras"
     orphan.write_bytes(keras_model.read_bytes())
     (tmp_path / "x").mkdir()
-    with pytest.raises(FileNotFoundError, match="sidecar"):
+    with pytest.raises(SidecarError, match="sidecar"):
         classify_folder(orphan, tmp_path / "x", progress=False)
 
 
@@ -207,9 +205,9 @@ def svm_model(tmp_path, monkeypatch) -> Path:
     )  # fmt: skip
     grid = [{"svc__kernel": ["linear"], "svc__C": [1.0]}]
     model = svm.fit_svm(fs.features, y, grid=grid, cv=3, n_jobs=1).model
-    path = tmp_path / "models" / "tiny_svm.joblib"
-    svm.save(model, path)
-    write_sidecar(
+    path = tmp_path / "models" / "tiny_svm.skops"
+    return save_classifier(
+        model,
         path,
         {
             "name": "tiny_svm",
@@ -220,7 +218,6 @@ def svm_model(tmp_path, monkeypatch) -> Path:
             "weights": None,
         },
     )
-    return path
 
 
 def test_svm_model_classifies_a_folder(svm_model, flat_folder, layout_folder, tmp_path):

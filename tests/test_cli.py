@@ -133,14 +133,19 @@ def test_scan_data_error_is_clean(monkeypatch, capsys):
 def test_classify_prints_report(monkeypatch, capsys):
     seen = {}
 
-    def classify_folder(model_path, folder, out_csv, batch_size=32, engine="auto", tta=False):
+    def classify_folder(
+        model_path, folder, out_csv, batch_size=32, workers=None, engine="auto", tta=False,
+        trust_pickle=False,
+    ):  # fmt: skip
         seen.update(
             model=model_path,
             folder=folder,
             out=out_csv,
             batch_size=batch_size,
+            workers=workers,
             engine=engine,
             tta=tta,
+            trust_pickle=trust_pickle,
         )
         return types.SimpleNamespace(report=lambda: "3 images classified")
 
@@ -154,11 +159,14 @@ def test_classify_prints_report(monkeypatch, capsys):
         "folder": "imgs",
         "out": "p.csv",
         "batch_size": 8,
+        "workers": None,
         "engine": "auto",
         "tta": False,
+        "trust_pickle": False,
     }
-    assert main([*argv, "--engine", "keras", "--tta"]) == 0
+    assert main([*argv, "--engine", "keras", "--tta", "--workers", "2", "--trust-pickle"]) == 0
     assert seen["engine"] == "keras" and seen["tta"] is True
+    assert seen["workers"] == 2 and seen["trust_pickle"] is True
     assert "3 images classified" in capsys.readouterr().out
 
 

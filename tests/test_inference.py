@@ -9,7 +9,7 @@ from tiny_models import write_cell
 
 from bloodlib import CLASSES, inference
 from bloodlib.classify import classify_folder
-from bloodlib.saved import load_classifier, write_sidecar
+from bloodlib.saved import load_classifier, save_classifier
 
 pytestmark = pytest.mark.unit
 
@@ -122,9 +122,8 @@ def test_tta_averages_the_model_over_the_eight_views(convnet):
 @pytest.fixture
 def saved_convnet(convnet, tmp_path):
     path = tmp_path / "models" / "c.keras"
-    path.parent.mkdir()
-    convnet.save(path)
-    write_sidecar(
+    return save_classifier(
+        convnet,
         path,
         {
             "name": "c",
@@ -134,7 +133,6 @@ def saved_convnet(convnet, tmp_path):
             "image_size": SIZE,
         },
     )
-    return path
 
 
 def test_classify_engines_agree_and_report_what_they_used(saved_convnet, tmp_path):

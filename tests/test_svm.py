@@ -108,9 +108,9 @@ def test_deterministic_for_a_seed(blobs):
 
 def test_save_load_round_trip(blobs, fitted, tmp_path):
     _, X_test, _, _ = blobs
-    path = tmp_path / "models" / "m.joblib"
+    path = tmp_path / "models" / "m.skops"
     assert svm.save(fitted.model, path) == path
-    assert os.listdir(path.parent) == ["m.joblib"]  # atomic: no temp file left
+    assert os.listdir(path.parent) == ["m.skops"]  # atomic: no temp file left
     loaded = svm.load(path)
     np.testing.assert_array_equal(loaded.predict(X_test), fitted.model.predict(X_test))
     np.testing.assert_allclose(loaded.predict_proba(X_test), fitted.model.predict_proba(X_test))
