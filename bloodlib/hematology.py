@@ -1,8 +1,9 @@
 """What a hematologist knows about the eight PBC classes, as data, with its sources.
 
 Notebook 01 renders these structures (a morphology table, one annotated figure per class,
-the hard pairs, the differential count); keeping the text here keeps it in one place,
-reviewable and testable (every class covered, every source cited).
+the hard pairs) beside its prose on the stain, the analyser and the differential count;
+keeping the table's text here keeps it in one place, reviewable and testable (every class
+covered, every source cited).
 
 Sizes are the usual textbook ranges for cells in a May-Grünwald-Giemsa-stained blood film;
 they vary between sources by a micrometre or two.
@@ -171,35 +172,6 @@ HARD_PAIRS: tuple[tuple[str, str, str], ...] = (
         "in water and can wash out during staining, and uneven staining darkens eosinophil "
         "granules, so in some films the two look alike.",
     ),
-)
-
-#: The differential count: how the leukocyte classes are reported (adult blood).
-DIFFERENTIAL_COUNT = (
-    "A differential count gives the share of each kind of white blood cell among at least "
-    "100 leukocytes counted in a stained film (or by an analyser), and from it, with the "
-    "total white cell count, the absolute count of each kind. A change in one class points "
-    "to a cause: more neutrophils to bacterial infection or inflammation, more eosinophils "
-    "to allergy or parasites, more lymphocytes to viral infection. In healthy adult blood "
-    "immature granulocytes are rare and erythroblasts absent; finding more than a few "
-    "suggests severe infection, bone-marrow stress or infiltration, or a myeloid disorder. Counting by eye "
-    "is slow and varies between observers, which is why analysers that pre-classify cells "
-    "(such as the CellaVision DM96) and classifiers like the ones in this study matter."
-)
-
-#: The stain and the analyser of the PBC images (Acevedo et al. 2020).
-STAIN = (
-    "May-Grünwald-Giemsa (MGG) is a Romanowsky stain: an acidic dye (eosin) stains basic "
-    "structures such as haemoglobin and eosinophil granules orange-pink, basic dyes "
-    "(methylene blue and its azure derivatives) stain acidic structures such as DNA and "
-    "RNA-rich cytoplasm blue to purple. Nuclei therefore look purple, young (RNA-rich) "
-    "cytoplasm blue, and each granule type has its own colour."
-)
-ANALYSER = (
-    "The CellaVision DM96 is an automated microscope: it scans a stained blood film, finds "
-    "the leukocytes (and other cells), photographs each one at high magnification and "
-    "pre-classifies it; a technologist or clinical pathologist confirms or corrects every "
-    "label. The PBC images are such photographs, 360 x 363 pixels, labelled by clinical "
-    "pathologists at the Hospital Clinic of Barcelona."
 )
 
 

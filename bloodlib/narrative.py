@@ -171,3 +171,38 @@ def explained_variance(ratios: Sequence[float]) -> str:
         f"({_pct(r[0])} and {_pct(r[1])}): the picture is a shadow of the full space, so "
         "classes that overlap here may still be separable there."
     )
+
+
+#: Pixels by which an image may differ from the most common size and still be called "within
+#: a few pixels" of it (PBC's odd images are 361-366 px against 360 x 363).
+NEAR_SIZE_PX = 8
+
+
+def image_sizes(table: pd.DataFrame) -> str:
+    """The most common image size among usable rows, and how the others compare with it."""
+    usable = table[table["status"] == "ok"] if "status" in table else table
+    sizes = usable.groupby(["width", "height"]).size().sort_values(ascending=False, kind="stable")
+    (w, h), n = sizes.index[0], int(sizes.iloc[0])
+    total = int(sizes.sum())
+    others = total - n
+    if others == 0:
+        return f"All {total} usable images are {int(w)} × {int(h)} px."
+    near = all(abs(a - w) <= NEAR_SIZE_PX and abs(b - h) <= NEAR_SIZE_PX for a, b in sizes.index)
+    how = "all within a few pixels of it" if near else "some far from it"
+    return (
+        f"{n} of {total} usable images are {int(w)} × {int(h)} px; the other {others} "
+        f"{'has' if others == 1 else 'have'} "
+        f"{len(sizes) - 1} other size{'' if len(sizes) == 2 else 's'}, {how}."
+    )
+
+
+def brightness_extremes(table: pd.DataFrame) -> str:
+    """The darkest and brightest classes on average (mean luma of the usable images)."""
+    usable = table[table["status"] == "ok"] if "status" in table else table
+    mean = usable.groupby("label")["brightness"].mean().round(1)
+    dark, bright = mean.idxmin(), mean.idxmax()
+    return (
+        f"On average the darkest images are {dark} ({mean[dark]:.1f} of 255) and the "
+        f"brightest {bright} ({mean[bright]:.1f}): colour and brightness alone carry some "
+        "class information, so colour augmentation must stay mild."
+    )

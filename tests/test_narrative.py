@@ -83,3 +83,22 @@ def test_projection_and_its_sentence():
     assert len(fig.axes[0].collections) == 2
     with pytest.raises(ValueError, match="pca"):
         projection.project(X, "umap")
+
+
+def test_image_sizes_and_brightness():
+    table = pd.DataFrame(
+        {
+            "status": ["ok", "ok", "ok", "duplicate"],
+            "width": [360, 360, 361, 999],
+            "height": [363, 363, 364, 999],
+            "label": ["a", "a", "b", "b"],
+            "brightness": [200.0, 190.0, 150.0, 255.0],
+        }
+    )
+    assert narrative.image_sizes(table) == (
+        "2 of 3 usable images are 360 × 363 px; the other 1 has 1 other size, "
+        "all within a few pixels of it."
+    )
+    assert narrative.image_sizes(table.iloc[:2]) == "All 2 usable images are 360 × 363 px."
+    text = narrative.brightness_extremes(table)
+    assert "darkest images are b (150.0 of 255)" in text and "brightest a (195.0)" in text
