@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-import pandas as pd
-import pytest
-import tiny_models
-from tiny_models import write_cell
+import matplotlib
 
-from bloodlib import CLASSES, backbones, cam
-from bloodlib.finetune import FinetuneConfig, build_classifier
+matplotlib.use("Agg")  # headless; the library itself never forces a backend
+
+import keras  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import tiny_models  # noqa: E402
+from tiny_models import write_cell  # noqa: E402
+
+from bloodlib import CLASSES, backbones, cam, plots  # noqa: E402
+from bloodlib.finetune import FinetuneConfig, build_classifier  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -201,6 +206,14 @@ def test_cam_examples_picks_right_and_wrong_cells(tiny_classifier, tmp_path):
     assert (out["correct"] == (out["label"] == out["predicted"])).all()
     assert np.allclose(out["probability"], 0.93)
     assert all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in out["cam"])
+    fig = plots.plot_cam_examples(out, "tiny_ft", cols=2)
+    assert "tiny_ft" in fig._suptitle.get_text() and len(fig.axes) == 3 * 4
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 2 * len(out)  # each cell as imaged and with its map
+    titles = [ax.get_title() for ax in drawn]
+    assert titles.count("Grad-CAM") == len(out)
+    assert f"{CLASSES[0]} →\n{CLASSES[3]} (0.93)" in titles
+    plt.close(fig)
     again = cam.cam_examples(tiny_classifier, frame, proba, CLASSES, image_size=32, per_class=1)
     assert again["path"].tolist() == out["path"].tolist()  # the seed fixes the draw
 
@@ -213,3 +226,10 @@ def test_overlay():
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[0, 0], out[-1, -1])  # hot corner differs from the cold one
     assert np.array_equal(cam.overlay(img, heat, alpha=0.0), img)
+
+
+def test_plot_cam_examples_keeps_a_fixed_grid_when_empty():
+    empty = pd.DataFrame(columns=["path", "label", "predicted", "probability", "correct", "cam"])
+    fig = plots.plot_cam_examples(empty, "m", slots=8)
+    assert len(fig.axes) == 16 and not any(ax.images for ax in fig.axes)
+    plt.close(fig)
