@@ -48,8 +48,10 @@ ALWAYS_PASSED = ("run_dir", "data")
 NOT_HASHED = ("run_dir",)
 #: The run folder's lock file: PID, host and start time of the process running it.
 LOCK_NAME = ".lock"
-#: Folders of a run where atomic writes leave hidden temporary files if the run is killed.
-TEMP_FOLDERS = (".", "notebooks", ".state", "models", "figures")
+#: Folders of a run (glob patterns, besides the run folder itself) where atomic writes leave
+#: hidden temporary files if the run is killed: notebooks, state, models, figures, training
+#: logs and their backups.
+TEMP_FOLDERS = ("notebooks", ".state", "models", "figures", "train/*", "train/*/backup_*")
 
 
 class RunError(BloodlibError):
@@ -627,8 +629,8 @@ def clean_stale_temporaries(run_dir: Path) -> list[Path]:
     and rename it on success; a killed process never renames nor removes it.
     """
     removed = []
-    for folder in TEMP_FOLDERS:
-        where = run_dir / folder
+    folders = {run_dir} | {where for pattern in TEMP_FOLDERS for where in run_dir.glob(pattern)}
+    for where in sorted(folders):
         if not where.is_dir():
             continue
         for path in where.iterdir():

@@ -357,8 +357,11 @@ def test_leftover_hidden_temporaries_are_cleaned_at_the_next_run(finished):
         run_dir / "notebooks" / ".03_fine_tuning.ipynb.k1ll3d.ipynb",
         run_dir / ".state" / ".02_feature_extraction_svm.json.x9.json",
         run_dir / ".provenance.json.a1.json",
+        run_dir / "train" / "ft" / ".history.csv.q2.csv",
+        run_dir / "train" / "ft" / "backup_phase2" / ".latest.weights.h5.z3.weights.h5",
     ]
     for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{partial")
     _run(notebooks, runs, data=data)
     assert not any(path.exists() for path in leftovers)

@@ -28,6 +28,7 @@ def test_collect_has_the_documented_keys(tmp_path):
     for key in (
         "timestamp",
         "bloodlib_version",
+        "code",
         "git",
         "python",
         "platform",
@@ -55,6 +56,30 @@ def test_collect_has_the_documented_keys(tmp_path):
     assert record["data"]["manifest_hash"] == "abc123"
     assert record["data"]["source"] == {"kind": "sample"}
     json.dumps(record)  # serialisable as is
+
+
+def test_collect_records_the_code_digest(tmp_path):
+    record = provenance.collect(PARAMS, tmp_path)
+    assert record["code"] == provenance.code_digest()
+    assert record["code"]["version"] == record["bloodlib_version"]
+    assert len(record["code"]["sha256"]) == 64
+    given = {"version": "0", "sha256": "x"}
+    assert provenance.collect(PARAMS, tmp_path, code=given)["code"] == given
+
+
+def test_code_digest_covers_modules_and_profiles(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "profiles.yml").write_text("sample: {}\n")
+    (tmp_path / "notes.txt").write_text("not code\n")
+    first = provenance.code_digest(tmp_path)["sha256"]
+    (tmp_path / "notes.txt").write_text("still not code\n")
+    assert provenance.code_digest(tmp_path)["sha256"] == first
+    for path in (tmp_path / "sub" / "b.py", tmp_path / "profiles.yml"):
+        before = provenance.code_digest(tmp_path)["sha256"]
+        path.write_text(path.read_text() + "# edited\n")
+        assert provenance.code_digest(tmp_path)["sha256"] != before, path.name
 
 
 def test_collect_without_data_json_or_git(tmp_path, monkeypatch):
