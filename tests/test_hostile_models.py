@@ -206,6 +206,15 @@ def test_format_is_sniffed_from_bytes(keras_model, tmp_path, pipeline):
     write_raw_sidecar(disguised, {**INFO, "method": "svm"})
     with pytest.raises(UnsafeModelError, match="named .skops"):
         load_classifier(disguised)
+    # The format decides the loader; a sidecar naming the other method is refused.
+    mismatched = tmp_path / "k.keras"
+    shutil.copy(keras_model, mismatched)
+    write_raw_sidecar(mismatched, {**INFO, "method": "svm"})
+    with pytest.raises(UnsafeModelError, match="sidecar says method 'svm'"):
+        load_classifier(mismatched)
+    write_raw_sidecar(tmp_path / "s.skops", INFO)  # method finetune beside an SVM
+    with pytest.raises(UnsafeModelError, match="sidecar says method 'finetune'"):
+        load_classifier(tmp_path / "s.skops")
 
 
 # --- finding 2: --out never clobbers an input --------------------------------------------
@@ -408,3 +417,26 @@ def test_capitalised_class_folders_are_scored(model_copy, tmp_path):
     # The folder that names no class is reported, not silently dropped.
     assert result.unscored == {"unsorted": 1}
     assert "NOT scored" in result.report() and "unsorted (1)" in result.report()
+
+
+def test_cli_process_refuses_a_pickle_without_traceback(tmp_path):
+    """The reported reproduction, as a user runs it: a separate ``python -m bloodlib``."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pwned"
+    model = tmp_path / "shared.joblib"
+    model.write_bytes(pickle.dumps(Payload(marker), protocol=4))
+    write_raw_sidecar(model, {**INFO, "method": "svm"})
+    (tmp_path / "cells").mkdir()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bloodlib", "classify", str(model), str(tmp_path / "cells"),
+         "--out", str(tmp_path / "p.csv")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "arbitrary code" in " ".join(proc.stderr.split())
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
