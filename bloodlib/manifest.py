@@ -22,6 +22,7 @@ escaped spelling so that tables and CSVs stay writable.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -61,6 +62,10 @@ MAX_PIXELS = 50_000_000
 #: (BMP, TIFF) is 150 MB; a bigger file is no image we would decode, and hashing a
 #: multi-gigabyte file (a zip bomb's output) only costs time.
 MAX_FILE_BYTES = 256 * 2**20
+# Files up to this size are read in one call (faster for the ~15 kB PBC JPEGs than buffered
+# reads from the file); larger ones are hashed and decoded from the file, in chunks, so that
+# parallel scan threads never hold many large files in memory.
+_READ_WHOLE_BYTES = 16 * 2**20
 
 IMAGE_EXTENSIONS: dict[str, str] = {
     ".jpg": "JPEG",
@@ -469,13 +474,19 @@ def inspect_file(root: Path, relpath: str, *, max_pixels: int | None = None) -> 
                     )
                 )
                 return _finish(row, defects)
-            # In chunks: the file's bytes are never all in memory at once.
-            row["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
-            f.seek(0)
+            if size <= _READ_WHOLE_BYTES:  # one read serves the hash and the decoder
+                data = f.read(_READ_WHOLE_BYTES + 1)
+                row["bytes"] = len(data)  # what was read, should the file have changed
+                row["sha256"] = hashlib.sha256(data).hexdigest()
+                source: BinaryIO = io.BytesIO(data)
+            else:  # in chunks: a large file is never all in memory at once
+                row["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+                f.seek(0)
+                source = f
         except OSError as exc:
             defects.append(("unreadable", f"cannot read: {exc.strerror or exc}"))
             return _finish(row, defects)
-        _inspect_image(f, row, defects, ext, limit)
+        _inspect_image(source, row, defects, ext, limit)
     return _finish(row, defects)
 
 

@@ -226,3 +226,12 @@ def test_sniff_names_common_junk():
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         scan(tmp_path / "nope", progress=False)
+
+
+def test_large_files_are_read_in_chunks_with_the_same_row(defect_tree, monkeypatch):
+    """Above _READ_WHOLE_BYTES a file is hashed and decoded from disk; the rows do not change."""
+    rels = sorted(defect_tree.expected)
+    whole = [manifest.inspect_file(defect_tree.root, r) for r in rels]
+    monkeypatch.setattr(manifest, "_READ_WHOLE_BYTES", 0)
+    streamed = [manifest.inspect_file(defect_tree.root, r) for r in rels]
+    pd.testing.assert_frame_equal(pd.DataFrame(whole), pd.DataFrame(streamed))
