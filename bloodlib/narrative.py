@@ -206,3 +206,32 @@ def brightness_extremes(table: pd.DataFrame) -> str:
         f"brightest {bright} ({mean[bright]:.1f}): colour and brightness alone carry some "
         "class information, so colour augmentation must stay mild."
     )
+
+
+def _setting(row: Mapping[str, Any]) -> str:
+    parts = [f"{row['kernel']} kernel", f"C = {row['C']:g}"]
+    gamma = row.get("gamma")
+    if isinstance(gamma, str) or (gamma is not None and not pd.isna(gamma)):
+        parts.append(f"gamma = {gamma}")
+    return ", ".join(parts)
+
+
+def cv_sentence(table: pd.DataFrame, folds: int) -> str:
+    """The chosen SVM setting and its margin over the runner-up, from a ranked CV table
+    (columns ``kernel``, ``C``, optional ``gamma``, ``cv_accuracy``, ``cv_std``)."""
+    best = table.iloc[0]
+    text = (
+        f"Cross-validation chose the **{_setting(best)}**: mean accuracy "
+        f"{_pct(best['cv_accuracy'])} over {folds} folds of the training split "
+        f"(± {_pct(best['cv_std'])} between folds)."
+    )
+    if len(table) > 1:
+        second = table.iloc[1]
+        gap = best["cv_accuracy"] - second["cv_accuracy"]
+        text += f" The runner-up ({_setting(second)}) is {100 * gap:.1f} points behind"
+        text += (
+            ", less than the spread between folds: the choice between them is close to a coin toss."
+            if gap < best["cv_std"]
+            else "."
+        )
+    return text

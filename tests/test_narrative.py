@@ -102,3 +102,22 @@ def test_image_sizes_and_brightness():
     assert narrative.image_sizes(table.iloc[:2]) == "All 2 usable images are 360 × 363 px."
     text = narrative.brightness_extremes(table)
     assert "darkest images are b (150.0 of 255)" in text and "brightest a (195.0)" in text
+
+
+def test_cv_sentence_reads_the_ranked_table():
+    table = pd.DataFrame(
+        {
+            "kernel": ["linear", "rbf"],
+            "C": [0.003, 10.0],
+            "gamma": [np.nan, "scale"],
+            "cv_accuracy": [0.80, 0.79],
+            "cv_std": [0.02, 0.03],
+        }
+    )
+    text = narrative.cv_sentence(table, folds=3)
+    assert text.startswith("Cross-validation chose the **linear kernel, C = 0.003**")
+    assert "80.0 % over 3 folds" in text
+    assert "(rbf kernel, C = 10, gamma = scale) is 1.0 points behind" in text
+    assert "coin toss" in text
+    clear = table.assign(cv_accuracy=[0.9, 0.7])
+    assert "coin toss" not in narrative.cv_sentence(clear, folds=3)
