@@ -129,7 +129,7 @@ def _logits(model: Any) -> tuple[Any, Callable[[Any], Any] | None]:
 
     A softmax output is undone: a ``Softmax``/``Activation`` layer is skipped, and a
     layer with ``activation="softmax"`` (the bloodlib head) is replaced by a linear copy
-    with the same weights. Any other output is taken as the scores.
+    given the same weights at every call. Any other output is taken as the scores.
     """
     import keras
 
@@ -144,8 +144,13 @@ def _logits(model: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     config["activation"] = "linear"
     linear = last.__class__.from_config(config)
     linear.build(last.input.shape)
-    linear.set_weights(last.get_weights())
-    return last.input, linear
+
+    def scores(x: Any) -> Any:
+        # Copied at every call: the split is cached, and the model may have trained since.
+        linear.set_weights(last.get_weights())
+        return linear(x)
+
+    return last.input, scores
 
 
 def _chain(parts: Sequence[Callable[[Any], Any] | None]) -> Callable[[Any], Any]:

@@ -126,6 +126,15 @@ def test_default_class_is_the_predicted_one(colour_model):
     assert quadrant_share(default[1], "top-left") > 0.8
 
 
+def test_maps_follow_weights_changed_after_a_first_call():
+    model = colour_classifier()
+    img = picture("top-left", green="bottom-right")[None]
+    assert quadrant_share(cam.grad_cam(model, img, 1)[0], "top-left") > 0.8
+    kernel, bias = model.get_layer("head").get_weights()
+    model.get_layer("head").set_weights([kernel[:, ::-1], bias])  # class 1 now reads green
+    assert quadrant_share(cam.grad_cam(model, img, 1)[0], "bottom-right") > 0.8
+
+
 def test_no_evidence_gives_an_empty_map(colour_model):
     heat = cam.grad_cam(colour_model, picture("top-left")[None], class_index=0)[0]
     assert heat.max() == 0.0  # nothing green anywhere: ReLU keeps no location
