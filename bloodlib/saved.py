@@ -276,6 +276,24 @@ def check_outputs(model: Any, method: str, n_classes: int, where: str | Path) ->
         )
 
 
+def _check_svm_features(model: Any, backbone: str, where: str | Path) -> None:
+    """An SVM reads the features of its sidecar's backbone: it must be known and fit the SVM."""
+    from bloodlib import backbones
+
+    bb = backbones.REGISTRY.get(backbone)
+    if bb is None:
+        raise SidecarError(
+            f"{where}: the sidecar's backbone {backbone!r} is not one bloodlib knows "
+            f"({', '.join(sorted(backbones.REGISTRY))}); an SVM needs it to compute its features"
+        )
+    n = getattr(model, "n_features_in_", None)
+    if n is not None and int(n) != bb.feature_dim:
+        raise SidecarError(
+            f"{where}: the SVM reads {n} features, but {backbone} gives {bb.feature_dim}; "
+            "the sidecar names another backbone than the one this SVM was trained on"
+        )
+
+
 # --- loading -----------------------------------------------------------------------------
 
 
@@ -406,6 +424,8 @@ class Classifier:
                     svm.load_pickle(self.path) if self.format == "pickle" else svm.load(self.path)
                 )
             check_outputs(model, self.info["method"], len(self.classes), self.path)
+            if self.info["method"] == "svm":
+                _check_svm_features(model, self.info["backbone"], self.path)
             self._model = model
         return self._model
 

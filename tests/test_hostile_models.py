@@ -46,6 +46,15 @@ def _touch_marker(x):  # referenced from a skops file: it must never be resolved
     return x
 
 
+@pytest.fixture(autouse=True)
+def tiny_backbone(monkeypatch):
+    """``tiny``: the sidecars' backbone, with the 3 features the test SVM is trained on."""
+    from bloodlib import backbones
+
+    bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
+    monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
+
+
 def write_raw_sidecar(model_path: Path, info) -> Path:
     """A sidecar as a user or an older bloodlib might have written it: no checks, no hash."""
     path = sidecar_path(model_path)
@@ -440,3 +449,16 @@ def test_cli_process_refuses_a_pickle_without_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "arbitrary code" in " ".join(proc.stderr.split())
     assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_svm_sidecar_must_name_the_backbone_of_its_features(tmp_path, pipeline):
+    model = svm.save(pipeline, tmp_path / "s.skops")  # trained on 3 features
+    write_raw_sidecar(model, {**INFO, "method": "svm"})
+    with pytest.warns(UserWarning):
+        assert load_classifier(model).model is not None
+    for backbone, problem in [("efficientnet_lite0", "reads 3 features"), ("nonet", "not one")]:
+        write_raw_sidecar(model, {**INFO, "method": "svm", "backbone": backbone})
+        with pytest.warns(UserWarning):
+            clf = load_classifier(model)
+        with pytest.raises(SidecarError, match=problem):
+            clf.prepare()
