@@ -206,6 +206,16 @@ def test_the_pixel_limit_is_part_of_the_cache_key(clean_tree):
     assert again.table.set_index("relpath").loc["basophil/BA_big.png", "status"] == "too_large"
 
 
+def test_a_socket_is_reported_not_opened(tmp_path):
+    socket = pytest.importorskip("socket")
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("no Unix sockets on this platform")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.jpg"))
+        row = inspect_file(tmp_path, "s.jpg")
+    assert row["status"] == "not_regular" and "socket" in row["reason"]
+
+
 def test_a_huge_file_is_not_read(tmp_path, monkeypatch):
     (tmp_path / "basophil").mkdir()
     (tmp_path / "basophil" / "BA_0.jpg").write_bytes(_jpeg(0, 0))
