@@ -227,7 +227,7 @@ def plot_class_card(table: pd.DataFrame, name: str, n: int = 3, seed: int = DEFA
                 ax.imshow(im.convert("RGB"))
     text_ax = axes[n]
     text_ax.axis("off")
-    lines = [f"size {cell.size_um} µm", *cell.labels]
+    lines = [f"size (µm): {cell.size_um}", *cell.labels]
     text_ax.text(
         0.0, 0.95, "\n".join(f"• {line}" for line in lines), va="top", ha="left", fontsize=10,
         transform=text_ax.transAxes, wrap=True,

@@ -22,6 +22,11 @@ def _pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f} %"
 
 
+def _names(items: Sequence[str], most: int = 3) -> str:
+    """A few names joined, or "N classes" when listing them would drown the sentence."""
+    return _join(items) if len(items) <= most else f"{len(items)} classes"
+
+
 def _join(items: Sequence[str]) -> str:
     items = list(items)
     if len(items) <= 1:
@@ -46,7 +51,7 @@ def class_balance(counts: Mapping[str, int] | pd.Series) -> str:
             f"({total} in all)."
         )
     where = (
-        f"from {bottom} ({_join(smallest)}) to {top} ({_join(largest)}) usable images per class, "
+        f"from {bottom} ({_names(smallest)}) to {top} ({_names(largest)}) usable images per class, "
         f"{total} in all; the largest class is {ratio:.2f} times the smallest"
     )
     if ratio <= BALANCED_RATIO:
@@ -88,12 +93,15 @@ def split_summary(split: pd.DataFrame) -> str:
     spans = split.groupby("group")["split"].nunique() if "group" in split else pd.Series([])
     shared = int((spans > 1).sum())
     copies = int((split.groupby("group").size() > 1).sum()) if "group" in split else 0
-    leak = (
-        f"no group of copies spans two splits ({copies} group"
-        f"{'' if copies == 1 else 's'} of copies kept together)"
-        if shared == 0
-        else f"{shared} groups of copies span two splits: the test score would be inflated"
-    )
+    if shared:
+        leak = f"{shared} groups of copies span two splits: the test score would be inflated"
+    elif copies:
+        leak = (
+            f"each of the {copies} group{'' if copies == 1 else 's'} of near copies sits in "
+            "one split, so no test image has a twin in training"
+        )
+    else:
+        leak = "no usable image has a near copy here, so grouping had nothing to keep together"
     return f"{total} images: {_join(parts)}; {leak}."
 
 
@@ -217,21 +225,30 @@ def _setting(row: Mapping[str, Any]) -> str:
 
 
 def cv_sentence(table: pd.DataFrame, folds: int) -> str:
-    """The chosen SVM setting and its margin over the runner-up, from a ranked CV table
-    (columns ``kernel``, ``C``, optional ``gamma``, ``cv_accuracy``, ``cv_std``)."""
-    best = table.iloc[0]
+    """The chosen SVM setting and its margin over the next best, from a CV table ranked best
+    first (columns ``kernel``, ``C``, optional ``gamma`` and ``chosen``, ``cv_accuracy``,
+    ``cv_std``). Settings that tie with the chosen one are counted, not hidden."""
+    chosen = table[table["chosen"]].iloc[0] if "chosen" in table else table.iloc[0]
+    others = table.drop(index=chosen.name)
     text = (
-        f"Cross-validation chose the **{_setting(best)}**: mean accuracy "
-        f"{_pct(best['cv_accuracy'])} over {folds} folds of the training split "
-        f"(± {_pct(best['cv_std'])} between folds)."
+        f"Cross-validation chose the **{_setting(chosen)}**: mean accuracy "
+        f"{_pct(chosen['cv_accuracy'])} over {folds} folds of the training split "
+        f"(± {_pct(chosen['cv_std'])} between folds)."
     )
-    if len(table) > 1:
-        second = table.iloc[1]
-        gap = best["cv_accuracy"] - second["cv_accuracy"]
-        text += f" The runner-up ({_setting(second)}) is {100 * gap:.1f} points behind"
-        text += (
-            ", less than the spread between folds: the choice between them is close to a coin toss."
-            if gap < best["cv_std"]
-            else "."
+    if others.empty:
+        return text
+    ties = others[np.isclose(others["cv_accuracy"], chosen["cv_accuracy"], rtol=0, atol=1e-12)]
+    if len(ties):
+        return text + (
+            f" {len(ties)} other setting{' ties' if len(ties) == 1 else 's tie'} with it "
+            f"({'; '.join(_setting(r) for _, r in ties.iterrows())}); the search keeps the "
+            "first in grid order. The data cannot tell them apart."
         )
-    return text
+    second = others.iloc[0]
+    gap = chosen["cv_accuracy"] - second["cv_accuracy"]
+    text += f" The next best ({_setting(second)}) is {100 * gap:.1f} points behind"
+    return text + (
+        ", less than the spread between folds: the choice between them is close to a coin toss."
+        if gap < chosen["cv_std"]
+        else "."
+    )

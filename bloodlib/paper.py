@@ -165,7 +165,7 @@ def differences(design: str, params: Mapping[str, Any]) -> pd.DataFrame:
         rows += [
             (
                 "classifier",
-                "SVM on the features (kernel and C: " + UNKNOWN + ")",
+                "SVM on the features; kernel and C " + UNKNOWN,
                 "SVM, kernel and C chosen by "
                 + (f"{int(cv)}-fold " if cv else "")
                 + "cross-validation on the training split",

@@ -19,7 +19,8 @@ class Projection:
 
 
 def project(X: np.ndarray, method: str = "pca", seed: int = DEFAULT_SEED) -> Projection:
-    """Project ``X`` (n, d) to 2-D after standardising it (as the SVM sees it).
+    """Project ``X`` (n, d) to 2-D after the SVM's own scaling (signed square root, then
+    standardisation), so the picture shows the space the SVM works in.
 
     ``pca``: the two directions of largest variance (linear, fast, axes interpretable).
     ``tsne``: a non-linear map that keeps neighbours together (slower; distances between
@@ -28,7 +29,9 @@ def project(X: np.ndarray, method: str = "pca", seed: int = DEFAULT_SEED) -> Pro
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
+    from bloodlib.svm import signed_sqrt
+
+    Z = StandardScaler().fit_transform(signed_sqrt(np.asarray(X, dtype=np.float64)))
     if method == "pca":
         pca = PCA(n_components=2, random_state=seed).fit(Z)
         coords = pca.transform(Z)

@@ -43,7 +43,10 @@ def test_split_summary_and_leaks():
         }
     )
     text = narrative.split_summary(split)
-    assert "train 2 (40.0 %)" in text and "no group of copies spans two splits" in text
+    assert (
+        "train 2 (40.0 %)" in text
+        and "each of the 1 group of near copies sits in one split" in text
+    )
     assert narrative.leaked_test_images(split) == 0
     leaky = split.assign(group=["a", "c", "b", "c", "d"])
     assert narrative.leaked_test_images(leaky) == 1
@@ -121,3 +124,25 @@ def test_cv_sentence_reads_the_ranked_table():
     assert "coin toss" in text
     clear = table.assign(cv_accuracy=[0.9, 0.7])
     assert "coin toss" not in narrative.cv_sentence(clear, folds=3)
+
+
+def test_cv_sentence_counts_ties_with_the_chosen_setting():
+    table = pd.DataFrame(
+        {
+            "kernel": ["linear", "linear", "rbf"],
+            "C": [0.01, 0.003, 1.0],
+            "gamma": [np.nan, np.nan, "scale"],
+            "cv_accuracy": [0.85, 0.85, 0.8],
+            "cv_std": [0.01, 0.02, 0.01],
+            "chosen": [False, True, False],
+        }
+    )
+    text = narrative.cv_sentence(table, folds=3)
+    assert text.startswith("Cross-validation chose the **linear kernel, C = 0.003**")
+    assert "1 other setting ties with it (linear kernel, C = 0.01)" in text
+
+
+def test_many_tied_classes_are_counted_not_listed():
+    counts = {c: 125 for c in CLASSES[1:]} | {"basophil": 126}
+    text = narrative.class_balance(counts)
+    assert "from 125 (7 classes) to 126 (basophil)" in text

@@ -73,3 +73,4 @@ def test_cv_table_is_readable_and_ranked(result):
     assert len(table) == 3  # one row per grid point
     assert table["cv_accuracy"].is_monotonic_decreasing
     assert table["cv_accuracy"].iloc[0] == pytest.approx(result.cv_accuracy)
+    assert table["chosen"].sum() == 1 and table["chosen"].iloc[0]
