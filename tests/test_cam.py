@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless; the library itself never forces a backend
@@ -17,7 +20,7 @@ from tiny_models import write_cell  # noqa: E402
 from bloodlib import CLASSES, backbones, cam, plots  # noqa: E402
 from bloodlib.finetune import FinetuneConfig, build_classifier  # noqa: E402
 
-pytestmark = pytest.mark.unit
+# Every test is `unit` (synthetic, fast) except the one on the real dev images (`data`).
 
 SIZE = 32
 STRIDE = 4  # 32 px input -> an 8 x 8 feature map
@@ -87,6 +90,7 @@ def colour_model(tmp_path_factory) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
+@pytest.mark.unit
 def test_the_nested_feature_map_is_the_graph_disconnected_trap(colour_model):
     """The naive gradient model fails: the map is a tensor of the nested model's graph."""
     inner = colour_model.get_layer("f").get_layer("detector").get_layer("evidence")
@@ -94,6 +98,7 @@ def test_the_nested_feature_map_is_the_graph_disconnected_trap(colour_model):
         keras.Model(colour_model.inputs, [inner.output, colour_model.outputs[0]])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("quadrant", list(QUADRANTS))
 def test_map_peaks_where_the_evidence_is(colour_model, quadrant):
     heat = cam.grad_cam(colour_model, picture(quadrant)[None], class_index=1)[0]
@@ -105,6 +110,7 @@ def test_map_peaks_where_the_evidence_is(colour_model, quadrant):
     assert quadrant_share(heat, quadrant) > 0.8
 
 
+@pytest.mark.unit
 def test_each_class_points_at_its_own_evidence(colour_model):
     """Red top-left, green bottom-right: class 1 looks top-left, class 0 bottom-right."""
     img = picture("top-left", green="bottom-right")[None]
@@ -114,6 +120,7 @@ def test_each_class_points_at_its_own_evidence(colour_model):
     assert quadrant_share(green_map, "bottom-right") > 0.8
 
 
+@pytest.mark.unit
 def test_default_class_is_the_predicted_one(colour_model):
     # A saturated softmax (p ~ 1) still gives a map: the score is the logit.
     images = np.stack([picture("top-right"), picture("bottom-left", green="top-left")])
@@ -126,6 +133,7 @@ def test_default_class_is_the_predicted_one(colour_model):
     assert quadrant_share(default[1], "top-left") > 0.8
 
 
+@pytest.mark.unit
 def test_maps_follow_weights_changed_after_a_first_call():
     model = colour_classifier()
     img = picture("top-left", green="bottom-right")[None]
@@ -135,16 +143,19 @@ def test_maps_follow_weights_changed_after_a_first_call():
     assert quadrant_share(cam.grad_cam(model, img, 1)[0], "bottom-right") > 0.8
 
 
+@pytest.mark.unit
 def test_no_evidence_gives_an_empty_map(colour_model):
     heat = cam.grad_cam(colour_model, picture("top-left")[None], class_index=0)[0]
     assert heat.max() == 0.0  # nothing green anywhere: ReLU keeps no location
 
 
+@pytest.mark.unit
 def test_a_named_layer_inside_the_nested_backbone(colour_model):
     heat = cam.grad_cam(colour_model, picture("bottom-right")[None], 1, layer="block0_conv")[0]
     assert quadrant_share(heat, "bottom-right") > 0.8
 
 
+@pytest.mark.unit
 def test_bad_requests_name_the_fix(colour_model):
     img = picture("top-left")
     with pytest.raises(cam.CamError, match="images\\[None\\]"):
@@ -181,6 +192,7 @@ def tiny_images(n: int = 3) -> np.ndarray:
     )
 
 
+@pytest.mark.unit
 def test_saved_build_classifier_structure(tiny_classifier):
     images = tiny_images()
     heat = cam.grad_cam(tiny_classifier, images)
@@ -191,6 +203,7 @@ def test_saved_build_classifier_structure(tiny_classifier):
     assert any(not np.allclose(maps[0], other, atol=1e-3) for other in maps[1:])
 
 
+@pytest.mark.unit
 def test_cam_examples_picks_right_and_wrong_cells(tiny_classifier, tmp_path):
     rows = []
     for c, cls in enumerate(CLASSES[:3]):
@@ -227,6 +240,7 @@ def test_cam_examples_picks_right_and_wrong_cells(tiny_classifier, tmp_path):
     assert again["path"].tolist() == out["path"].tolist()  # the seed fixes the draw
 
 
+@pytest.mark.unit
 def test_overlay():
     img = np.full((20, 30, 3), 100, np.uint8)
     heat = np.zeros((5, 5), np.float32)
@@ -237,8 +251,30 @@ def test_overlay():
     assert np.array_equal(cam.overlay(img, heat, alpha=0.0), img)
 
 
+@pytest.mark.unit
 def test_plot_cam_examples_keeps_a_fixed_grid_when_empty():
     empty = pd.DataFrame(columns=["path", "label", "predicted", "probability", "correct", "cam"])
     fig = plots.plot_cam_examples(empty, "m", slots=8)
     assert len(fig.axes) == 16 and not any(ax.images for ax in fig.axes)
     plt.close(fig)
+
+
+DEV_DIR = Path(__file__).resolve().parents[2] / "shared/data/pbc-dev/PBC_dataset_normal_DIB"
+
+
+@pytest.mark.data
+def test_real_lite0_classifier_on_real_cells(tmp_path):
+    """The real structure (Lite0 with its residual blocks, nested twice), saved and loaded."""
+    root = Path(os.environ.get("BLOODLIB_DEV_DATA") or DEV_DIR)
+    if not root.is_dir():
+        pytest.skip(f"dev data absent: neither {DEV_DIR} nor $BLOODLIB_DEV_DATA is a folder")
+    from bloodlib.pipeline import load_images
+
+    paths = [str(sorted((root / cls).glob("*.jpg"))[0]) for cls in CLASSES[:4]]
+    path = tmp_path / "lite0.keras"
+    build_classifier(FinetuneConfig()).save(path)
+    model = keras.models.load_model(path, compile=False)
+    heat = cam.grad_cam(model, load_images(paths, 224))
+    assert cam._split(model, None).layer_name == "top_activation"
+    assert heat.shape == (4, 224, 224) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
