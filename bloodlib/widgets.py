@@ -253,6 +253,8 @@ def classify_cell(
                 target = Path(tmp) / f"upload{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
                 target.write_bytes(bytes(item["content"]))
                 show(target, item["name"])
+        if change["new"]:
+            upload.value = ()  # so that the same file uploaded again counts as new
 
     box.observe(on_path, names="value")
     upload.observe(on_upload, names="value")
