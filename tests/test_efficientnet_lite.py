@@ -124,6 +124,14 @@ def photos(size: int) -> np.ndarray:
     ).astype(np.float32)
 
 
+def require(package: torch_port.WeightsPackage) -> None:
+    """Skip unless the weights package is installed."""
+    try:
+        package.locate()
+    except torch_port.WeightsPackageError:
+        pytest.skip(f"needs {package.pip_command}")
+
+
 def assert_cat_and_espresso(probs: np.ndarray, min_prob: float) -> None:
     """Row 0 is a cat, row 1 an espresso, each with at least ``min_prob``."""
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
@@ -133,27 +141,29 @@ def assert_cat_and_espresso(probs: np.ndarray, min_prob: float) -> None:
     assert probs[1, ESPRESSO] > min_prob
 
 
-# Measured at the native size with the plain resize above (cat classes, espresso):
-# Lite0 0.96, 0.91; Lite1 0.90, 0.69; Lite2 0.85, 0.86. A broken port (wrong padding,
-# stride or layout) scatters the probability mass far below these.
+# Scored at 224 px for every variant: these two squashed photos lose confidence as the
+# size grows for Lite0 as much as for the others (Lite0: cat classes 0.96 at 224, 0.63 at
+# 260), a property of the photos, not of the port. Measured at 224 (cat classes, espresso):
+# Lite0 0.96, 0.91; Lite1 0.98, 0.89; Lite2 1.00, 0.99.
 @pytest.mark.parametrize(
-    "variant, params, min_prob",
+    "variant, params",
     [
-        ("efficientnet_lite0", 4_694_024, 0.8),
-        ("efficientnet_lite1", 5_470_344, 0.6),
-        ("efficientnet_lite2", 6_150_168, 0.75),
+        ("efficientnet_lite0", 4_694_024),
+        ("efficientnet_lite1", 5_470_344),
+        ("efficientnet_lite2", 6_150_168),
     ],
 )
 def test_imagenet_port_classifies_and_caches(
-    monkeypatch: pytest.MonkeyPatch, variant: str, params: int, min_prob: float
+    monkeypatch: pytest.MonkeyPatch, variant: str, params: int
 ) -> None:
     v = VARIANTS[variant]
-    pytest.importorskip(v.weights.path.split("/")[0])
+    require(v.weights)
     pytest.importorskip("skimage")
-    x = preprocess_input(photos(v.input_size))
+    shape = (224, 224, 3)
+    x = preprocess_input(photos(shape[0]))
 
     # First build converts the .pth (through a full model, copied by layer name).
-    features = build_efficientnet_lite(variant, include_top=False, weights="imagenet", pooling=None)
+    features = build_efficientnet_lite(variant, shape, False, "imagenet", pooling=None)
     assert imagenet_port(variant).cache_path().is_file()
 
     # Later builds must come from the Keras cache, never the .pth.
@@ -161,9 +171,9 @@ def test_imagenet_port_classifies_and_caches(
         raise AssertionError("the cached Keras weights should have been used")
 
     monkeypatch.setattr(torch_port, "load_state_dict", no_pth)
-    model = build_efficientnet_lite(variant, include_top=True, weights="imagenet")
+    model = build_efficientnet_lite(variant, shape, include_top=True, weights="imagenet")
     assert model.count_params() == params  # backbone + 1.28M dense head
-    assert_cat_and_espresso(_run(model, x), min_prob)
+    assert_cat_and_espresso(_run(model, x), 0.85)
 
     # Converted-headless and cached-full models agree on the backbone.
     reference = keras.Model(model.input, model.get_layer("top_activation").output)

