@@ -224,6 +224,11 @@ def _setting(row: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+#: CV accuracies closer than this (a tenth of a point, the precision the sentences print)
+#: are called a tie: a difference the reader cannot even see is no reason to prefer a setting.
+CV_TIE = 0.001
+
+
 def cv_sentence(table: pd.DataFrame, folds: int) -> str:
     """The chosen SVM setting and its margin over the next best, from a CV table ranked best
     first (columns ``kernel``, ``C``, optional ``gamma`` and ``chosen``, ``cv_accuracy``,
@@ -237,12 +242,12 @@ def cv_sentence(table: pd.DataFrame, folds: int) -> str:
     )
     if others.empty:
         return text
-    ties = others[np.isclose(others["cv_accuracy"], chosen["cv_accuracy"], rtol=0, atol=1e-12)]
+    ties = others[(chosen["cv_accuracy"] - others["cv_accuracy"]).abs() < CV_TIE]
     if len(ties):
         return text + (
-            f" {len(ties)} other setting{' ties' if len(ties) == 1 else 's tie'} with it "
-            f"({'; '.join(_setting(r) for _, r in ties.iterrows())}); the search keeps the "
-            "first in grid order. The data cannot tell them apart."
+            f" {len(ties)} other setting{' is' if len(ties) == 1 else 's are'} within "
+            f"{100 * CV_TIE:.1f} points of it ({'; '.join(_setting(r) for _, r in ties.iterrows())}):"
+            " the training data cannot tell them apart."
         )
     second = others.iloc[0]
     gap = chosen["cv_accuracy"] - second["cv_accuracy"]

@@ -139,7 +139,9 @@ def test_cv_sentence_counts_ties_with_the_chosen_setting():
     )
     text = narrative.cv_sentence(table, folds=3)
     assert text.startswith("Cross-validation chose the **linear kernel, C = 0.003**")
-    assert "1 other setting ties with it (linear kernel, C = 0.01)" in text
+    assert "1 other setting is within 0.1 points of it (linear kernel, C = 0.01)" in text
+    near = table.assign(cv_accuracy=[0.8500004, 0.85, 0.8])
+    assert "1 other setting is within 0.1 points" in narrative.cv_sentence(near, folds=3)
 
 
 def test_many_tied_classes_are_counted_not_listed():
