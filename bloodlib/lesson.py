@@ -38,8 +38,8 @@ def _shape(layer: Any) -> str:
 def layer_table(model: Any) -> pd.DataFrame:
     """The classifier layer by layer: the outer model, and the backbone sub-model's parts indented.
 
-    Columns: layer, type, output shape, weights (parameters), trainable (parameters that the
-    optimizer would update now).
+    Columns: layer, type, output shape, weights (parameters). What each training phase
+    updates is :func:`trainable_by_phase`'s table.
     """
     rows = []
 
@@ -50,7 +50,6 @@ def layer_table(model: Any) -> pd.DataFrame:
                 "type": type(layer).__name__,
                 "output shape": _shape(layer),
                 "weights": _params(layer.weights),
-                "trainable": _params(layer.trainable_weights),
             }
         )
 
