@@ -95,6 +95,14 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from bloodlib.classify import classify_folder
 
+    # The options for another lab's cells are passed only when given, so the call with
+    # none of them stays the one it has always been.
+    lab = {
+        "classes": args.classes,
+        "reject_below": args.reject_below,
+        "normalize": args.normalize,
+        "rescale_cell": args.rescale_cell or None,
+    }
     result = classify_folder(
         args.model,
         args.folder,
@@ -104,9 +112,43 @@ def cmd_classify(args: argparse.Namespace) -> int:
         engine=args.engine,
         tta=args.tta,
         trust_pickle=args.trust_pickle,
+        **{k: v for k, v in lab.items() if v is not None},
     )
     print(result.report())
     return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from bloodlib.adapt import adapt
+
+    # Unset options take adapt()'s defaults, so each default is stated once, there.
+    given = {
+        "shots": args.shots,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "train": args.train,
+        "learning_rate": args.learning_rate,
+    }
+    result = adapt(
+        args.model,
+        args.folder,
+        args.out,
+        verbose=2 if args.verbose else 0,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    print(result.report())
+    return 0
+
+
+def _probability(text: str) -> float:
+    """argparse type: a number in 0..1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a probability in 0..1")
+    return value
 
 
 def cmd_convert_model(args: argparse.Namespace) -> int:
@@ -270,7 +312,63 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fine-tuned networks: average over the 8 flips and 90-degree rotations (8x slower)",
     )
+    lab = classify.add_argument_group("another lab's cells")
+    lab.add_argument(
+        "--classes",
+        metavar="A,B,C",
+        help="predict only these classes (comma-separated, any case), e.g. the white cells a "
+        "lab counts; probabilities are renormalised over them and metrics scored among them",
+    )
+    lab.add_argument(
+        "--reject-below",
+        type=_probability,
+        metavar="P",
+        help="mark cells whose probability is below P 'uncertain' (default: the threshold "
+        "stored in the model's sidecar, if any; 0 turns rejection off)",
+    )
+    lab.add_argument(
+        "--normalize",
+        choices=("none", "reinhard"),
+        help="fine-tuned networks: move colours to PBC's (Reinhard: mean and spread per "
+        "CIELAB channel) before the model",
+    )
+    lab.add_argument(
+        "--rescale-cell",
+        action="store_true",
+        help="fine-tuned networks: zoom every image by one factor so the folder's cells "
+        "(their stained nuclei) match PBC's size in the frame",
+    )
     classify.set_defaults(func=cmd_classify)
+
+    adapt = sub.add_parser(
+        "adapt",
+        parents=[common],
+        help="fine-tune a saved network on a few labelled cells of a new lab",
+        description="Train a fine-tuned .keras model's head (and with --train bn its "
+        "BatchNorm layers) on K labelled cells per class of FOLDER (one sub-folder per class, "
+        "any subset of the classes); the other cells are held out and scored before and after. "
+        "Writes NEW_MODEL with a sidecar recording the base model and the cells used.",
+    )
+    adapt.add_argument("model", help="a fine-tuned model (e.g. runs/NAME/models/*.keras)")
+    adapt.add_argument("folder", help="labelled cells of the new lab, one sub-folder per class")
+    adapt.add_argument("--out", required=True, metavar="NEW_MODEL.keras", help="model to write")
+    adapt.add_argument(
+        "--shots", type=_at_least_one, metavar="K", help="labelled cells per class used (default 5)"
+    )
+    adapt.add_argument(
+        "--epochs", type=_at_least_one, metavar="E", help="passes over those cells (default 10)"
+    )
+    adapt.add_argument("--seed", type=int, metavar="S", help="seed of the draw and the training")
+    adapt.add_argument(
+        "--train",
+        choices=("head", "bn"),
+        help="what learns: the head (default), or the head and the BatchNorm layers",
+    )
+    adapt.add_argument(
+        "--learning-rate", type=float, metavar="LR", help="Adam's learning rate (default 0.001)"
+    )
+    adapt.add_argument("--verbose", action="store_true", help="print Keras' progress per epoch")
+    adapt.set_defaults(func=cmd_adapt)
 
     convert = sub.add_parser(
         "convert-model",

@@ -4,11 +4,18 @@ Every file gets a row: a prediction with its probability and top 3, or the
 reason it was skipped. On a folder in the class layout (one sub-folder per
 class) the folder names are taken as labels and the run also reports
 accuracy, balanced accuracy and per-class metrics.
+
+For another lab's cells (see ``bloodlib.reject`` and ``bloodlib.stain``): predictions
+can be restricted to the classes the lab has (``classes``), cells whose probability
+falls below a threshold are marked ``uncertain`` (``reject_below``, or the sidecar's
+``reject_threshold``), and images can be moved towards PBC's colours and scale first
+(``normalize="reinhard"``, ``rescale_cell=True``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bloodlib import manifest
+from bloodlib import manifest, reject
 from bloodlib.errors import OutputPathError
 from bloodlib.io import write_with
 from bloodlib.saved import load_classifier, sidecar_path
@@ -38,6 +45,16 @@ class ClassifyResult:
     #: Classified images not scored against folder labels, per folder (``.`` = top level),
     #: when other folders did name the model's classes.
     unscored: dict[str, int] = field(default_factory=dict)
+    #: The classes predictions were restricted to (None: all the model's classes).
+    classes_allowed: list[str] | None = None
+    #: Threshold below which a cell is ``uncertain`` (None: every cell is answered).
+    reject_threshold: float | None = None
+    temperature: float = 1.0
+    normalize: str = "none"
+    zoom: float | None = None  # the lab-wide zoom of --rescale-cell
+    n_uncertain: int = 0
+    #: Labelled cells left out of the metrics because --classes excludes their class.
+    excluded: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> str:
         n = len(self.table) - len(self.skipped)
@@ -49,6 +66,19 @@ class ClassifyResult:
         ]
         if self.out_csv:
             lines.append(f"predictions written to {self.out_csv}")
+        if self.classes_allowed is not None:
+            lines.append(f"predictions restricted to: {', '.join(self.classes_allowed)}")
+        if self.normalize != "none" or self.zoom is not None:
+            parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
+            if self.zoom is not None:
+                parts.append(f"zoom x{self.zoom:.2f} (cells to PBC's size)")
+            lines.append("normalised before the model: " + ", ".join(parts))
+        if self.reject_threshold is not None:
+            lines.append(
+                f"uncertain (probability below {self.reject_threshold:.3f}"
+                + (f", temperature {self.temperature:.3g}" if self.temperature != 1.0 else "")
+                + f"): {self.n_uncertain} cell(s), marked 'uncertain' in the CSV"
+            )
         if len(self.skipped):
             lines.append(f"skipped {len(self.skipped)} file(s):")
             lines += [f"  {r.relpath}: {r.reason}" for r in self.skipped.itertuples()]
@@ -61,8 +91,16 @@ class ClassifyResult:
             m = self.metrics
             lines.append(
                 f"against folder labels: accuracy {m['accuracy']:.4f}, "
-                f"balanced accuracy {m['balanced_accuracy']:.4f} (n={m['n']})"
+                f"balanced accuracy {m['balanced_accuracy']:.4f} (n={m['n']}"
+                + (", among the allowed classes" if self.classes_allowed is not None else "")
+                + ")"
             )
+            if m.get("reject_threshold") is not None:
+                acc = m["accepted_accuracy"]
+                lines.append(
+                    f"accepted cells: coverage {m['coverage']:.4f} ({m['n_accepted']} of "
+                    f"{m['n']}), accuracy {'n/a' if acc is None else f'{acc:.4f}'}"
+                )
             from bloodlib.evaluate import per_class_table
 
             lines.append(per_class_table(m).round(4).to_string())
@@ -71,6 +109,11 @@ class ClassifyResult:
                 f"NOT scored against folder labels: {sum(self.unscored.values())} image(s) in "
                 "folders that name none of the model's classes: "
                 + ", ".join(f"{k} ({v})" for k, v in self.unscored.items())
+            )
+        if self.excluded:
+            lines.append(
+                f"NOT scored: {sum(self.excluded.values())} labelled image(s) of classes "
+                "outside --classes: " + ", ".join(f"{k} ({v})" for k, v in self.excluded.items())
             )
         return "\n".join(lines)
 
@@ -128,6 +171,10 @@ def classify_folder(
     engine: str = "auto",
     tta: bool = False,
     trust_pickle: bool = False,
+    classes: str | Sequence[str] | None = None,
+    reject_below: float | None = None,
+    normalize: str | None = None,
+    rescale_cell: bool = False,
 ) -> ClassifyResult:
     """Predict every image under ``folder``; unreadable files are reported, never fatal.
 
@@ -135,6 +182,15 @@ def classify_folder(
     and rotations) apply to fine-tuned networks: see ``bloodlib.inference``. The output
     path, the model and its sidecar are all checked before any file is read;
     ``trust_pickle`` allows an old pickled SVM, which can run code (see ``bloodlib.saved``).
+
+    ``classes`` (``"a,b,c"`` or a list, any case) restricts the predicted class and its
+    probability to those classes, renormalised; the CSV's ``p_<class>`` columns keep the
+    model's own probabilities for every class, and metrics are scored among the allowed
+    classes. ``reject_below`` marks cells whose (temperature-scaled, restricted)
+    probability is below it ``uncertain``, with their prediction still shown; None takes
+    the sidecar's ``reject_threshold`` if a study recorded one, 0 turns rejection off.
+    ``normalize`` (``reinhard``) and ``rescale_cell`` move the images towards PBC's
+    colours and cell size first (fine-tuned networks only; see ``bloodlib.stain``).
     """
     import time
 
@@ -146,11 +202,21 @@ def classify_folder(
         raise ValueError(f"batch_size ({batch_size}) and workers ({workers}) must be at least 1")
     if out_csv:
         out_csv = check_output_path(out_csv, folder, model_path)
+    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
+        raise ValueError(f"reject_below is {reject_below}: give a probability in 0..1")
+    from bloodlib import stain
+
+    normalize = stain.check_normalize(normalize)
     clf = load_classifier(model_path, trust_pickle=trust_pickle)
-    if tta and clf.info["method"] == "svm":
+    if (tta or normalize != "none" or rescale_cell) and clf.info["method"] == "svm":
         raise ValueError(
-            f"{Path(model_path).name} is an SVM: test-time augmentation applies to fine-tuned networks"
+            f"{Path(model_path).name} is an SVM: test-time augmentation and colour/scale "
+            "normalisation apply to fine-tuned networks"
         )
+    allowed = None if classes is None else reject.parse_classes(classes, clf.classes)
+    temperature = float(clf.info.get("temperature") or 1.0)
+    threshold = clf.info.get("reject_threshold") if reject_below is None else reject_below
+    threshold = None if not threshold else float(threshold)  # 0: every cell answered
     clf.prepare(engine, batch_size)  # a model that does not match its sidecar fails here
     relpaths = _list(folder)
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
@@ -165,11 +231,17 @@ def classify_folder(
     skipped = files[~ok][["relpath", "status", "reason"]].reset_index(drop=True)
 
     classes = clf.classes
+    answers = allowed or classes  # the classes a prediction may name, in model order
     table = files[["relpath"]].copy()
     table["status"] = np.where(ok, "classified", "skipped")
     table["reason"] = np.where(ok, "", files["reason"])
     for col in ("predicted", "probability", "top3"):
         table[col] = None
+    zoom = None
+    if rescale_cell and len(good):
+        zoom = _lab_zoom(good["path"].tolist(), clf.image_size, normalize)
+    transform = stain.make_transform(normalize, zoom)
+    n_uncertain = 0
     if len(good):
         proba = clf.predict_proba(
             good["path"].tolist(),
@@ -178,39 +250,59 @@ def classify_folder(
             progress=progress,
             engine=engine,
             tta=tta,
+            transform=transform,
         )
-        order = np.argsort(-proba, axis=1)
-        pred = [classes[i] for i in order[:, 0]]
+        shown = reject.restrict(proba, classes, allowed, temperature)
+        order = np.argsort(-shown, axis=1)
+        pred = [answers[i] for i in order[:, 0]]
         top3 = [
-            "; ".join(f"{classes[j]}:{proba[i, j]:.3f}" for j in order[i, :3])
+            "; ".join(f"{answers[j]}:{shown[i, j]:.3f}" for j in order[i, :3])
             for i in range(len(good))
         ]
         idx = np.flatnonzero(ok.to_numpy())
+        conf = reject.confidence(shown)
         table.loc[idx, "predicted"] = pred
-        table.loc[idx, "probability"] = np.round(proba.max(axis=1), 6)
+        table.loc[idx, "probability"] = np.round(conf, 6)
         table.loc[idx, "top3"] = top3
-        for j, c in enumerate(classes):
+        if threshold is not None:
+            low = conf < threshold
+            n_uncertain = int(low.sum())
+            table.loc[idx[low], "status"] = "uncertain"
+            table.loc[idx[low], "reason"] = [
+                f"probability {c:.3f} below the threshold {threshold:.3f}" for c in conf[low]
+            ]
+        for j, c in enumerate(classes):  # the model's own probabilities, every class
             table.loc[idx, f"p_{c}"] = np.round(proba[:, j], 6)
-    counts = table["predicted"].value_counts().reindex(classes, fill_value=0)
+    answered = table["predicted"].where(table["status"] == "classified")
+    counts = answered.value_counts().reindex(answers, fill_value=0)
     differential = pd.DataFrame(
         {"count": counts, "percent": 100 * counts / max(1, int(counts.sum()))}
     )
 
-    metrics, unscored = None, {}
+    if n_uncertain:  # counted apart: a differential of confident answers, and the rest
+        differential.loc["uncertain"] = [n_uncertain, 100 * n_uncertain / max(1, len(good))]
+
+    metrics, unscored, excluded = None, {}, {}
     # Class layout: the top folder names the label, matched to the model's classes without
     # regard to case (``Basophil/`` is basophil), as the manifest does.
     parts = good["relpath"].str.split("/")
     folders = parts.str[0].where(parts.str.len() > 1, ".")
     labels = folders.str.lower().map({c.lower(): c for c in classes})
-    scored = labels.notna().to_numpy()
+    labelled = labels.notna().to_numpy()
+    scored = labelled & labels.isin(answers).to_numpy()
+    if labelled.any():
+        idx = np.flatnonzero(ok.to_numpy())
+        table.loc[idx[labelled], "label"] = labels[labelled].to_numpy()
+        unscored = folders[~labelled].value_counts().sort_index().to_dict()
+        excluded = labels[labelled & ~scored].value_counts().sort_index().to_dict()
     if scored.any():
         from bloodlib.evaluate import evaluate
 
-        idx = np.flatnonzero(ok.to_numpy())
-        table.loc[idx[scored], "label"] = labels[scored].to_numpy()
-        y = labels[scored].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        metrics = evaluate(y, proba[scored], classes, n_boot=200)
-        unscored = folders[~scored].value_counts().sort_index().to_dict()
+        y = labels[scored].map({c: i for i, c in enumerate(answers)}).to_numpy()
+        metrics = evaluate(y, shown[scored], answers, n_boot=200)
+        metrics.update(reject.accepted_metrics(shown[scored], y, threshold))
+        metrics["temperature"] = temperature
+        metrics["classes_allowed"] = allowed
 
     out = None
     if out_csv:
@@ -225,4 +317,21 @@ def classify_folder(
         clf.engine,
         tta,
         unscored,
+        classes_allowed=allowed,
+        reject_threshold=threshold,
+        temperature=temperature,
+        normalize=normalize,
+        zoom=zoom,
+        n_uncertain=n_uncertain,
+        excluded=excluded,
     )
+
+
+def _lab_zoom(paths: list[str], image_size: int, normalize: str) -> float:
+    """``--rescale-cell``'s one zoom for the folder, from up to ``stain.ZOOM_SAMPLE`` cells."""
+    from bloodlib import stain
+    from bloodlib.pipeline import load_images
+
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(stain.ZOOM_SAMPLE, len(paths))).round())
+    images = load_images([paths[int(i)] for i in pick], image_size)
+    return stain.lab_zoom(list(images), normalize)

@@ -21,6 +21,7 @@ import json
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,34 @@ def validate_sidecar(info: Any, path: str | Path = "sidecar") -> dict[str, Any]:
             raise _fail(path, f"'{key}' is not a SHA-256 hex digest")
     if "name" in info and not isinstance(info["name"], str):
         raise _fail(path, "'name' is not a string")
+    # Optional fields of the rejection rule (bloodlib.reject), recorded by a study.
+    t = info.get("temperature")
+    if t is not None and not (_is_number(t) and t > 0):
+        raise _fail(path, f"'temperature' is {t!r}, not a positive number")
+    r = info.get("reject_threshold")
+    if r is not None and not (_is_number(r) and 0 <= r <= 1):
+        raise _fail(path, f"'reject_threshold' is {r!r}, not a probability in 0..1")
+    return info
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def update_sidecar(model_path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Add or replace unbound sidecar fields (``temperature``, ``reject_threshold``, ...).
+
+    For what a study learns after saving a model. The fields that give the outputs their
+    meaning (:data:`BOUND_KEYS`) and the hashes cannot change here: re-save the model.
+    The sidecar must still belong to its model; it is rewritten atomically.
+    """
+    forbidden = set(fields) & {*BOUND_KEYS, "model_sha256", "binding_sha256"}
+    if forbidden:
+        raise ValueError(f"{', '.join(sorted(forbidden))} cannot be updated: re-save the model")
+    clf = load_classifier(model_path)
+    info = json.loads(json.dumps({**clf.info, **fields}, default=_plain))
+    validate_sidecar(info, sidecar_path(model_path))
+    write_json(sidecar_path(model_path), info)
     return info
 
 
@@ -357,17 +386,20 @@ class Classifier:
         progress: bool = True,
         engine: str = "auto",
         tta: bool = False,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> np.ndarray:
         """Class probabilities, one row per path, in order.
 
-        ``engine`` and ``tta`` apply to fine-tuned networks (see ``bloodlib.inference``);
-        an SVM always predicts from cached backbone features.
+        ``engine``, ``tta`` and ``transform`` (a function of each decoded batch, float32
+        0..255 at the model's size, applied before the model: ``bloodlib.stain``) apply to
+        fine-tuned networks (see ``bloodlib.inference``); an SVM always predicts from
+        cached backbone features.
         """
         if self.info["method"] == "svm":
-            if tta:
+            if tta or transform is not None:
                 raise ValueError(
-                    f"{self.path.name}: test-time augmentation applies to fine-tuned networks, "
-                    "not to an SVM on cached features"
+                    f"{self.path.name}: test-time augmentation and colour/scale normalisation "
+                    "apply to fine-tuned networks, not to an SVM on cached features"
                 )
             from bloodlib import features
 
@@ -396,6 +428,8 @@ class Classifier:
             batches = make_dataset(
                 paths, image_size=self.image_size, batch_size=batch_size
             ).as_numpy_iterator()
+        if transform is not None:
+            batches = map(transform, batches)
         return inference.predict_batches(
             forward, batches, tta=tta, total=len(paths), progress=progress
         )

@@ -1,0 +1,305 @@
+"""Adapt a saved fine-tuned network to a new lab with a few labelled cells per class.
+
+``python -m bloodlib adapt MODEL FOLDER --out NEW --shots K``: the folder is in the class
+layout (any subset of the eight classes, folder names in any case). ``K`` cells per class,
+drawn with the seed, train the network's head (``train="head"``), or the head and every
+BatchNormalization layer (``train="bn"``: its scale, offset and running statistics, which
+carry much of a lab's colour and contrast); the other cells are held out, and the
+accuracy on them is reported before and after. Training uses the study's augmentation
+(``pipeline.augment_cell``). The new model is written with ``saved.save_classifier`` and
+its sidecar records where it came from: the base model's hash, the cells used (relpaths
+and content hashes), the shots and the classes present.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bloodlib import CLASSES, manifest, reject
+from bloodlib.config import DEFAULT_SEED
+from bloodlib.errors import BloodlibError, OutputPathError
+from bloodlib.saved import load_classifier, save_classifier, sidecar_path
+
+#: What ``train`` may name: the layers that learn while adapting.
+TRAIN_MODES = ("head", "bn")
+
+#: Defaults sized for "about a minute on CPU" with 5 shots x 5 classes on EfficientNet-Lite0.
+DEFAULT_SHOTS = 5
+DEFAULT_EPOCHS = 10
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_BATCH_SIZE = 16
+
+#: Sidecar fields of the base model that do not carry over: its temperature and rejection
+#: threshold were fitted on its own outputs, its metrics measured on PBC.
+NOT_INHERITED = ("temperature", "reject_threshold", "metrics", "name")
+
+
+class AdaptError(BloodlibError):
+    """A labelled folder or a request that adapting cannot work with."""
+
+
+@dataclass
+class AdaptResult:
+    model_path: Path
+    classes_present: list[str]
+    support: pd.DataFrame  # the cells used for adapting: relpath, label, sha256
+    held_out: pd.DataFrame  # the other cells, with predictions before and after
+    before: dict[str, Any] | None  # accuracy on held-out cells (None: none held out)
+    after: dict[str, Any] | None
+    seconds: float
+    ignored: dict[str, int] = field(default_factory=dict)  # folders naming no class
+
+    def report(self) -> str:
+        k = self.support["label"].value_counts().reindex(self.classes_present, fill_value=0)
+        lines = [
+            f"adapted on {len(self.support)} cells ("
+            + ", ".join(f"{c} {n}" for c, n in k.items())
+            + f") in {self.seconds:.1f} s; model written to {self.model_path}",
+            f"held out: {len(self.held_out)} cells",
+        ]
+        if self.ignored:
+            lines.append(
+                "ignored (folders that name no class): "
+                + ", ".join(f"{f} ({n})" for f, n in self.ignored.items())
+            )
+        if self.before and self.after:
+            for key, what in (
+                ("accuracy", "all classes"),
+                ("accuracy_present", "among the classes present"),
+                ("balanced_accuracy_present", "balanced, classes present"),
+            ):
+                lines.append(
+                    f"held-out accuracy ({what}): before {self.before[key]:.4f}, "
+                    f"after {self.after[key]:.4f}"
+                )
+        else:
+            lines.append("no held-out cells: accuracy not measured (use fewer --shots)")
+        return "\n".join(lines)
+
+
+def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Usable cells of a class-layout folder (relpath, path, label, sha256), and ignored folders.
+
+    Raises :class:`AdaptError` when no folder names a class, or when a class folder holds
+    no usable cell (every file defective), naming the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdaptError(f"not a folder: {folder}")
+    rows = [manifest.inspect_file(folder, rel) for rel, _, _ in manifest.list_files(folder)]
+    files = pd.DataFrame(rows, columns=["relpath", "path", "label", "status", "reason", "sha256"])
+    parts = files["relpath"].str.split("/")
+    files["folder"] = parts.str[0].where(parts.str.len() > 1, ".")
+    classed = files["folder"].str.lower().isin(CLASSES)
+    ignored = files.loc[~classed, "folder"].value_counts().sort_index().to_dict()
+    if not classed.any():
+        raise AdaptError(
+            f"{folder} has no class folder: put each lab's cells in a sub-folder named for "
+            f"its class ({', '.join(CLASSES)}; any case)"
+        )
+    hidden = files["relpath"].str.split("/").apply(lambda ps: any(p.startswith(".") for p in ps))
+    good = files[classed & (files["status"] == "ok") & ~hidden]
+    empty = sorted(set(files.loc[classed, "folder"]) - set(good["folder"]))
+    if empty:
+        raise AdaptError(
+            f"class folder(s) {', '.join(empty)} in {folder} hold no usable cell image "
+            "(empty, or every file unreadable): add labelled cells there or remove the folder; "
+            "`python -m bloodlib scan --data FOLDER` lists what is wrong with each file"
+        )
+    good = good[["relpath", "path", "label", "sha256"]].sort_values("relpath")
+    return good.reset_index(drop=True), ignored
+
+
+def choose_support(
+    cells: pd.DataFrame, shots: int, seed: int = DEFAULT_SEED
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``shots`` cells per class drawn with ``seed`` (all of a class that has no more), and the rest."""
+    if shots < 1:
+        raise ValueError(f"shots is {shots}: give at least 1 cell per class")
+    rng = np.random.default_rng(seed)
+    pick: list[int] = []
+    for _, rows in cells.groupby("label", sort=True):
+        idx = rows.index.to_numpy()  # in relpath order: the draw depends only on the seed
+        pick += rng.permutation(idx)[:shots].tolist()
+    mask = cells.index.isin(pick)
+    return cells[mask].reset_index(drop=True), cells[~mask].reset_index(drop=True)
+
+
+def check_out_path(out: str | Path, model_path: str | Path, folder: str | Path) -> Path:
+    """Refuse an ``--out`` that would overwrite the input model (or its sidecar), or write into the folder."""
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise OutputPathError(f"--out {out}: an adapted network is saved as a .keras file")
+    target = out.resolve()
+    model = Path(model_path).resolve()
+    if target in {model, sidecar_path(model)} or sidecar_path(target) == sidecar_path(model):
+        raise OutputPathError(
+            f"--out {out} would overwrite the input model {Path(model_path).name} or its "
+            "sidecar: give the adapted model a new name"
+        )
+    root = Path(folder).resolve()
+    if root == target or root in target.parents:
+        raise OutputPathError(
+            f"--out {out} is inside the labelled folder {folder}: write the model elsewhere"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _set_trainable(model: Any, train: str) -> int:
+    """Only the head (the last Dense layer), and in ``bn`` mode the BatchNorm layers, learn."""
+    import keras
+
+    def leaves(layer: Any) -> list[Any]:
+        subs = getattr(layer, "layers", None)
+        return [leaf for s in subs for leaf in leaves(s)] if subs else [layer]
+
+    model.trainable = True  # parents must be trainable for a leaf's weights to count
+    every = leaves(model)
+    dense = [layer for layer in every if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise AdaptError("the model has no Dense head to adapt: is it a bloodlib network?")
+    head = next((d for d in dense if d.name == "head"), dense[-1])
+    for layer in every:
+        layer.trainable = layer is head or (
+            train == "bn" and isinstance(layer, keras.layers.BatchNormalization)
+        )
+    return len(model.trainable_weights)
+
+
+def _predict(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    from bloodlib import inference
+    from bloodlib.pipeline import make_dataset
+
+    ds = make_dataset(paths, image_size=image_size, batch_size=batch_size)
+    return inference.predict_batches(
+        inference.keras_forward(model), ds.as_numpy_iterator(), progress=False
+    )
+
+
+def _scores(proba: np.ndarray, labels: pd.Series, classes: list[str], present: list[str]) -> dict:
+    """Accuracy over every class, and among the classes present (plain and balanced)."""
+    y_all = labels.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y_present = labels.map({c: i for i, c in enumerate(present)}).to_numpy()
+    pred = reject.restrict(proba, classes, present).argmax(axis=1)
+    recalls = [np.mean(pred[y_present == i] == i) for i in np.unique(y_present)]
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(np.mean(proba.argmax(axis=1) == y_all)),
+        "accuracy_present": float(np.mean(pred == y_present)),
+        "balanced_accuracy_present": float(np.mean(recalls)),
+    }
+
+
+def adapt(
+    model_path: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    *,
+    shots: int = DEFAULT_SHOTS,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    train: str = "head",
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    verbose: int = 0,
+) -> AdaptResult:
+    """Fine-tune ``model_path`` on ``shots`` labelled cells per class of ``folder``; save to ``out``.
+
+    Everything is checked before training: the output path (never the input model),
+    the model (a fine-tuned network bound to its sidecar), the folder (every class folder
+    has a usable cell). Accuracy on the held-out cells is measured before and after with
+    the same Keras forward pass.
+    """
+    import keras
+
+    from bloodlib import config
+    from bloodlib.pipeline import make_dataset
+
+    start = time.perf_counter()
+    if train not in TRAIN_MODES:
+        raise ValueError(f"train must be one of {TRAIN_MODES}, not {train!r}")
+    if epochs < 1 or batch_size < 1 or shots < 1:
+        raise ValueError("shots, epochs and batch_size must be at least 1")
+    out = check_out_path(out, model_path, folder)
+    clf = load_classifier(model_path)
+    if clf.info["method"] != "finetune":
+        raise AdaptError(
+            f"{Path(model_path).name} is an SVM: adapt fine-tunes a network (a .keras model)"
+        )
+    cells, ignored = labelled_cells(folder)
+    support, held = choose_support(cells, shots, seed)
+    classes = clf.classes
+    present = [c for c in classes if c in set(cells["label"])]
+    model = clf.model
+    size = clf.image_size
+
+    before = after = None
+    if len(held):
+        p0 = _predict(model, held["path"].tolist(), size, batch_size)
+        before = _scores(p0, held["label"], classes, present)
+
+    config.set_seeds(seed)
+    n_train = _set_trainable(model, train)
+    base_cfg = clf.info.get("config") or {}
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(
+            label_smoothing=float(base_cfg.get("label_smoothing", 0.1))
+        ),
+    )
+    import tensorflow as tf
+
+    y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    ds = make_dataset(
+        support["path"].tolist(),
+        y,
+        image_size=size,
+        batch_size=min(batch_size, len(support)),
+        shuffle=True,
+        augment=True,
+        seed=seed,
+        cache=True,
+    ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
+    model.fit(ds, epochs=epochs, verbose=verbose)
+
+    if len(held):
+        p1 = _predict(model, held["path"].tolist(), size, batch_size)
+        after = _scores(p1, held["label"], classes, present)
+        held = held.assign(
+            before=[classes[i] for i in p0.argmax(axis=1)],
+            after=[classes[i] for i in p1.argmax(axis=1)],
+        )
+    seconds = time.perf_counter() - start
+
+    info = {k: v for k, v in clf.info.items() if k not in NOT_INHERITED}
+    info.update(
+        name=out.stem,
+        base_model=Path(model_path).name,
+        base_model_sha256=clf.sha256,
+        adapted_on=[
+            {"relpath": r.relpath, "sha256": r.sha256, "label": r.label}
+            for r in support.itertuples()
+        ],
+        held_out=held["relpath"].tolist(),
+        shots=int(shots),
+        classes_present=present,
+        adapt={
+            "epochs": int(epochs),
+            "seed": int(seed),
+            "train": train,
+            "trainable_weights": int(n_train),
+            "learning_rate": float(learning_rate),
+            "batch_size": int(batch_size),
+            "seconds": round(seconds, 1),
+        },
+        metrics={"held_out_before": before, "held_out_after": after},
+    )
+    save_classifier(model, out, info)
+    return AdaptResult(out, present, support, held, before, after, seconds, ignored)

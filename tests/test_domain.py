@@ -1,0 +1,297 @@
+"""Another lab's cells: allowed classes, the uncertain marking, colour and scale normalisation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tiny_models
+from PIL import Image
+from tiny_models import write_cell
+
+from bloodlib import CLASSES, reject, stain
+from bloodlib.__main__ import main
+from bloodlib.classify import classify_folder
+from bloodlib.config import SAMPLE_DIR
+from bloodlib.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
+
+SIZE = tiny_models.SIZE
+TECOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-dev" / "tecom"
+
+
+def sample_cells(n: int, size: int = 224) -> list[np.ndarray]:
+    """``n`` embedded-sample cells (first of each class in turn), RGB float 0..255."""
+    per_class = [
+        sorted(p for p in (SAMPLE_DIR / c).glob("*.jpg") if not p.name.startswith("."))
+        for c in CLASSES
+    ]
+    paths = [files[i] for i in range(n) for files in per_class if i < len(files)][:n]
+    if len(paths) < n:
+        pytest.skip("the embedded sample is missing")
+    return [
+        np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32) for p in paths
+    ]
+
+
+def other_lab(image: np.ndarray) -> np.ndarray:
+    """A synthetic stain and camera shift: yellow background, washed-out, warmer cast."""
+    x = np.asarray(image, np.float32) / 255.0
+    x = 0.55 * x + 0.45 * x**0.6  # a brighter, flatter camera curve
+    x = x * np.array([1.05, 1.0, 0.72]) + np.array([0.02, 0.03, 0.0])  # yellow cast
+    return np.clip(x * 255.0, 0, 255).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def keras_model(tmp_path_factory) -> Path:
+    """The fixed vertex classifier: a cell of cube corner c is class c, grey is a tie."""
+    path = tmp_path_factory.mktemp("run") / "models" / "m.keras"
+    return save_classifier(
+        tiny_models.vertex_classifier(SIZE),
+        path,
+        {"method": "finetune", "backbone": "tiny", "classes": list(CLASSES), "image_size": SIZE},
+    )
+
+
+@pytest.fixture
+def lab_folder(tmp_path) -> Path:
+    """lymphocyte/ (2 right, 1 grey: no class wins), monocyte/ (2 right), platelet/ (1)."""
+    root = tmp_path / "lab"
+    lymph, mono, plt = (CLASSES.index(c) for c in ("lymphocyte", "monocyte", "platelet"))
+    for i in range(2):
+        write_cell(root / "Lymphocyte" / f"ly{i}.jpg", lymph, seed=i)
+        write_cell(root / "monocyte" / f"mo{i}.jpg", mono, seed=10 + i)
+    # Each channel's mean at the cube's centre: every class ties. Noise per channel keeps
+    # it a colour image (a grey one is a defect the scan skips).
+    tie = np.random.default_rng(0).normal(127.5, 30, (40, 40, 3))
+    Image.fromarray(np.clip(tie, 0, 255).astype(np.uint8)).save(
+        root / "Lymphocyte" / "grey.jpg", "JPEG", quality=95
+    )
+    write_cell(root / "platelet" / "pl0.jpg", plt, seed=20)
+    return root
+
+
+# --- reject: pure functions --------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_parse_classes_ignores_case_and_keeps_model_order():
+    got = reject.parse_classes(" Neutrophil,lymphocyte ,MONOCYTE", CLASSES)
+    assert got == ["lymphocyte", "monocyte", "neutrophil"]
+    with pytest.raises(reject.ClassSelectionError, match="model's classes are: basophil, "):
+        reject.parse_classes("lymphocyte,blast", CLASSES)
+    with pytest.raises(reject.ClassSelectionError, match="'blast'"):
+        reject.parse_classes(["blast"], CLASSES)
+    with pytest.raises(reject.ClassSelectionError, match="no class"):
+        reject.parse_classes(" , ", CLASSES)
+
+
+@pytest.mark.unit
+def test_restrict_renormalises_and_temperature_softens():
+    classes = ["a", "b", "c"]
+    p = np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    r = reject.restrict(p, classes, ["b", "c"])
+    np.testing.assert_allclose(r, [[0.75, 0.25], [0.2 / 0.9, 0.7 / 0.9]])
+    np.testing.assert_allclose(reject.restrict(p, classes), p)
+    soft = reject.restrict(p, classes, temperature=2.0)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0)
+    assert (soft.argmax(axis=1) == p.argmax(axis=1)).all()
+    assert (soft.max(axis=1) < p.max(axis=1)).all()
+    # T = 2 is the square root of the probabilities, renormalised.
+    np.testing.assert_allclose(soft[0], np.sqrt(p[0]) / np.sqrt(p[0]).sum())
+
+
+@pytest.mark.unit
+def test_coverage_curve_and_threshold_choice():
+    # Confidences 0.9 (right), 0.8 (right), 0.7 (wrong), 0.6 (right), 0.5 (wrong).
+    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    right = np.array([True, True, False, True, False])
+    p = np.stack([conf, 1 - conf], axis=1)
+    y = np.where(right, 0, 1)
+    curve = reject.coverage_curve(p, y)
+    assert list(curve["threshold"]) == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert list(curve["n_accepted"]) == [5, 4, 3, 2, 1]
+    assert list(curve["accuracy"]) == pytest.approx([3 / 5, 3 / 4, 2 / 3, 1.0, 1.0])
+    assert reject.choose_threshold(p, y, target_accuracy=0.99) == pytest.approx(0.8)
+    assert reject.choose_threshold(p, y, target_accuracy=0.7) == pytest.approx(0.6)
+    assert reject.choose_threshold(p, y, target_accuracy=None, target_coverage=0.6) == 0.7
+    wrong = np.ones(5, int)
+    assert reject.choose_threshold(p, wrong, target_accuracy=0.5) is None
+    with pytest.raises(ValueError, match="exactly one"):
+        reject.choose_threshold(p, y, target_accuracy=0.9, target_coverage=0.5)
+    m = reject.accepted_metrics(p, y, 0.75)
+    assert m["coverage"] == pytest.approx(0.4) and m["accepted_accuracy"] == 1.0
+    assert m["all_accuracy"] == pytest.approx(0.6) and m["n_accepted"] == 2
+
+
+@pytest.mark.unit
+def test_ties_share_one_threshold():
+    p = np.array([[0.7, 0.3], [0.7, 0.3], [0.9, 0.1]])
+    curve = reject.coverage_curve(p, [0, 1, 0])
+    assert list(curve["n_accepted"]) == [3, 1]  # the two 0.7s are accepted together
+
+
+# --- classify --classes / uncertain ------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_classify_restricted_to_a_labs_classes(keras_model, lab_folder, tmp_path):
+    full = classify_folder(keras_model, lab_folder, progress=False)
+    out = tmp_path / "p.csv"
+    result = classify_folder(
+        keras_model, lab_folder, out, progress=False, classes="monocyte,LYMPHOCYTE"
+    )
+    assert result.classes_allowed == ["lymphocyte", "monocyte"]
+    csv = pd.read_csv(out, keep_default_na=False).set_index("relpath")
+    assert set(csv["predicted"]) <= {"lymphocyte", "monocyte"}
+    # Every class's own probability stays in the CSV, unchanged by the restriction.
+    for c in CLASSES:
+        np.testing.assert_allclose(
+            csv[f"p_{c}"].to_numpy(float),
+            full.table.set_index("relpath").loc[csv.index, f"p_{c}"].to_numpy(float),
+        )
+    pl = csv.loc["platelet/pl0.jpg"]
+    assert full.table.set_index("relpath").loc["platelet/pl0.jpg", "predicted"] == "platelet"
+    assert pl["predicted"] in {"lymphocyte", "monocyte"}
+    two = pl[["p_lymphocyte", "p_monocyte"]].to_numpy(float)
+    assert float(pl["probability"]) == pytest.approx(two.max() / two.sum(), abs=1e-5)
+    m = result.metrics
+    assert m["classes"] == ["lymphocyte", "monocyte"] and m["n"] == 5  # platelet not scored
+    assert m["accuracy"] >= 4 / 5  # the tie cell is the one miss at worst
+    assert result.excluded == {"platelet": 1}
+    assert list(result.differential.index) == ["lymphocyte", "monocyte"]
+    report = result.report()
+    assert "restricted to: lymphocyte, monocyte" in report
+    assert "classes outside --classes: platelet (1)" in report
+
+
+@pytest.mark.unit
+def test_uncertain_cells_are_marked_not_forced(keras_model, lab_folder, tmp_path):
+    out = tmp_path / "p.csv"
+    result = classify_folder(keras_model, lab_folder, out, progress=False, reject_below=0.5)
+    csv = pd.read_csv(out, keep_default_na=False).set_index("relpath")
+    grey = csv.loc["Lymphocyte/grey.jpg"]
+    assert grey["status"] == "uncertain"
+    assert grey["predicted"] in CLASSES  # still shown
+    assert "below the threshold 0.500" in grey["reason"]
+    assert (csv.drop(index="Lymphocyte/grey.jpg")["status"] == "classified").all()
+    assert result.n_uncertain == 1
+    assert result.differential.loc["uncertain", "count"] == 1
+    assert int(result.differential["count"].sum()) == 6
+    m = result.metrics
+    assert m["reject_threshold"] == 0.5 and m["n_accepted"] == 5
+    assert m["coverage"] == pytest.approx(5 / 6) and m["accepted_accuracy"] == 1.0
+    assert "accepted cells: coverage 0.8333 (5 of 6), accuracy 1.0000" in result.report()
+
+
+@pytest.mark.unit
+def test_sidecar_threshold_is_the_default(keras_model, lab_folder, tmp_path):
+    model = tmp_path / "models" / "m.keras"
+    model.parent.mkdir()
+    shutil.copy(keras_model, model)
+    shutil.copy(keras_model.with_suffix(".json"), model.with_suffix(".json"))
+    update_sidecar(model, temperature=1.5, reject_threshold=0.6)
+    assert read_sidecar(model)["reject_threshold"] == 0.6
+    result = classify_folder(model, lab_folder, progress=False)
+    assert result.reject_threshold == 0.6 and result.temperature == 1.5
+    assert result.n_uncertain >= 1
+    off = classify_folder(model, lab_folder, progress=False, reject_below=0)
+    assert off.reject_threshold is None and off.n_uncertain == 0
+    with pytest.raises(ValueError, match="cannot be updated"):
+        update_sidecar(model, classes=list(reversed(CLASSES)))
+    with pytest.raises(SidecarError, match="temperature"):
+        update_sidecar(model, temperature=-1)
+
+
+@pytest.mark.unit
+def test_cli_classes_and_reject(keras_model, lab_folder, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    argv = ["classify", str(keras_model), str(lab_folder), "--out", str(out)]
+    assert main([*argv, "--classes", "lymphocyte,blast"]) == 2
+    err = capsys.readouterr().err
+    assert "'blast'" in err and "neutrophil" in err and "Traceback" not in err
+    # Among two classes the tie cell has about half: 0.7 rejects it.
+    assert main([*argv, "--classes", "lymphocyte,monocyte", "--reject-below", "0.7"]) == 0
+    text = capsys.readouterr().out
+    assert "restricted to: lymphocyte, monocyte" in text and "uncertain" in text
+    assert pd.read_csv(out)["status"].value_counts()["uncertain"] == 1
+    with pytest.raises(SystemExit):
+        main([*argv, "--reject-below", "1.5"])
+
+
+# --- stain: colour and scale -------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_reinhard_undoes_most_of_a_colour_shift():
+    cells = sample_cells(4)
+    for cell in cells:
+        shifted = other_lab(cell)
+        before = stain.lab_distance(shifted)
+        assert stain.lab_distance(stain.reinhard(shifted)) < 0.25 * before  # towards PBC's
+        # With the cell's own statistics as the reference, the shift itself is undone.
+        mean, std = stain.lab_stats(cell)
+        own = stain.StainReference(tuple(mean), tuple(std), 0.3)
+        restored = stain.reinhard(shifted, own)
+        assert np.abs(restored - cell).mean() < 0.35 * np.abs(shifted - cell).mean()
+    # A PBC cell barely moves: the reference is PBC's own look.
+    assert np.abs(stain.reinhard(cells[0]) - cells[0]).mean() < 20
+
+
+@pytest.mark.unit
+def test_estimated_size_follows_the_zoom():
+    cells = sample_cells(8)
+    ratios = []
+    for cell in cells:
+        base = stain.nucleus_fraction(cell)
+        assert base is not None and 0.05 < base < 0.8
+        for factor in (0.6, 1.5):
+            ratios.append(stain.nucleus_fraction(stain.zoom(cell, factor)) / base / factor)
+    assert np.median(ratios) == pytest.approx(1.0, abs=0.1)
+    assert min(ratios) > 0.7 and max(ratios) < 1.3
+    # One zoom for a lab: cells shown 1.6x larger get a zoom of about 1 / 1.6 more.
+    big = [stain.zoom(c, 1.6) for c in cells]
+    assert stain.lab_zoom(big) / stain.lab_zoom(cells) == pytest.approx(1 / 1.6, rel=0.15)
+    _, factor = stain.rescale_cell(big[0])
+    assert factor < 1.0
+
+
+@pytest.mark.unit
+def test_transform_choices():
+    assert stain.make_transform() is None and stain.make_transform("none", 1.0) is None
+    with pytest.raises(ValueError, match="reinhard"):
+        stain.make_transform("macenko")
+    batch = np.stack(sample_cells(2, size=64))
+    out = stain.make_transform("reinhard", 0.5)(batch)
+    assert out.shape == batch.shape and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 255
+    blank = np.full((32, 32, 3), 200.0, np.float32)
+    assert stain.nucleus_fraction(blank) is None
+    assert stain.rescale_cell(blank)[1] == 1.0
+    ref = stain.StainReference.from_dict(stain.PBC_REFERENCE.to_dict())
+    assert ref == stain.PBC_REFERENCE
+
+
+@pytest.mark.unit
+def test_classify_with_normalisation(keras_model, lab_folder, tmp_path):
+    result = classify_folder(
+        keras_model, lab_folder, progress=False, normalize="reinhard", rescale_cell=True
+    )
+    assert result.normalize == "reinhard" and result.zoom is not None
+    assert "normalised before the model: colours: reinhard" in result.report()
+    assert (result.table["status"] == "classified").all()
+    with pytest.raises(ValueError, match="unknown colour normalisation"):
+        classify_folder(keras_model, lab_folder, progress=False, normalize="macenko")
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not TECOM.is_dir(), reason="tecom (external-dev) is not on this machine")
+def test_tecom_cells_are_larger_and_colour_normalises():
+    """Another lab's real cells: larger in the frame than PBC's, colours that normalise."""
+    paths = [p for d in sorted(TECOM.iterdir()) if d.is_dir() for p in sorted(d.iterdir())[:4]]
+    cells = [np.asarray(Image.open(p).convert("RGB").resize((224, 224)), np.float32) for p in paths]
+    assert stain.lab_zoom(cells, "reinhard") < 0.85  # shrink: their cells fill more frame
+    for cell in cells:
+        assert stain.lab_distance(stain.reinhard(cell)) < 0.25 * stain.lab_distance(cell)
