@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -455,8 +455,14 @@ def _train_and_save(
 
 
 def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any) -> Path:
-    """Save a classifier in Keras format (atomically) with its bound JSON sidecar."""
+    """Save a classifier in Keras format (atomically) with its bound JSON sidecar.
+
+    A model trained under mixed precision is saved as a float32 copy (same weights): its
+    bfloat16/float16 layers would otherwise be saved with it, which the TensorFlow Lite
+    engine cannot convert and the sidecar's ``precision`` would contradict.
+    """
     model_path = Path(model_path)
+    model = _float32(model, cfg)
     bb = backbones.get(cfg.backbone)
     return save_classifier(
         model,
@@ -476,6 +482,22 @@ def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any)
             **extra,
         },
     )
+
+
+def _float32(model, cfg: FinetuneConfig):
+    """``model`` itself when its layers compute in float32, else a float32 rebuild with its weights."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers[:-1]):
+        return model
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_classifier(replace(cfg, weights=None))  # weights come from ``model``
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _fit(model, *args: Any, **kwargs: Any):

@@ -287,3 +287,17 @@ def test_inception_unfreezes_from_the_start_of_the_block():
     # the first conv of block 5 (right after mixed4) is trainable
     first_conv = next(ly for ly in base.layers[first_after:] if ly.__class__.__name__ == "Conv2D")
     assert first_conv.trainable
+
+
+def test_a_mixed_precision_model_is_saved_in_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_classifier(config())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+    path = finetune.save_model(model, config(), tmp_path / "models" / "m.keras")
+    loaded = load_classifier(path).model
+    assert {layer.dtype_policy.name for layer in loaded.layers[1].layers} == {"float32"}
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
