@@ -117,7 +117,7 @@ CELL_TYPES: dict[str, CellType] = {
             "lacy, finer than a lymphocyte's",
             "abundant, grey-blue ('ground glass'), may hold vacuoles",
             "very fine azurophilic dust",
-            ("folded nucleus", "grey-blue cytoplasm", "vacuoles", "largest"),
+            ("folded, kidney-shaped nucleus", "grey-blue cytoplasm", "vacuoles"),
         ),
         CellType(
             "neutrophil",
