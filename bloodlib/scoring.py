@@ -288,7 +288,8 @@ def _pct(x: float) -> str:
 
 
 def _points(x: float) -> str:
-    return f"{100 * x:+.1f} points"
+    value = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{value:+.1f} points"
 
 
 def interval_sentence(entry: Mapping[str, Any]) -> str:
@@ -390,8 +391,11 @@ def ranking_sentence(entries: Sequence[Mapping[str, Any]], *, smoke_test: bool =
     if len(ranked) > 1:
         second = ranked[1]
         gap = best["test_accuracy"] - second["test_accuracy"]
-        text += f" Next: {second['name']}, {_pct(second['test_accuracy'])} ({_points(-gap)})."
-        if ci and ci[0] <= second["test_accuracy"]:
+        if gap == 0:
+            text += f" Tied with {second['name']}: the same number of test cells right."
+        else:
+            text += f" Next: {second['name']}, {_pct(second['test_accuracy'])} ({_points(-gap)})."
+        if gap and ci and ci[0] <= second["test_accuracy"]:
             text += " The runner-up lies inside the leader's interval: this ranking could flip on another test set."
     if smoke_test:
         text += (

@@ -195,3 +195,12 @@ def test_ranking_sentence_flags_a_lead_within_noise():
     assert "-5.0 points" in text and "could flip" in text and "smoke-test" not in text
     sure = scoring.ranking_sentence([a, {**b, "test_accuracy": 0.5}], smoke_test=True)
     assert "could flip" not in sure and "smoke-test numbers" in sure
+
+
+def test_ranking_sentence_of_a_tie_and_no_negative_zero():
+    a = {"name": "a", "test_accuracy": 0.855, "n_test": 200, "accuracy_ci95": [0.8, 0.9]}
+    text = scoring.ranking_sentence([a, {**a, "name": "a_tta"}])
+    assert "Tied with a_tta" in text and "-0.0" not in text and "could flip" not in text
+    row = {"model": "m", "n": 200, "plain": 0.855, "tta": 0.855, "gain": -0.0, "fixed": 5}
+    row |= {"broken": 5, "ci_lo": -0.03, "ci_hi": 0.03, "p_mcnemar": 1.0}
+    assert "(+0.0 points)" in scoring.tta_sentence(row)
