@@ -86,8 +86,18 @@ def filtered_stderr(level: int | None = None) -> Iterator[None]:
         sys.stderr.flush()
     except (AttributeError, ValueError):  # no usable stderr object: nothing to flush
         pass
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as capture:
+    try:
+        capture = tempfile.TemporaryFile(mode="w+b")
+    except OSError:  # no temp space: import unfiltered rather than fail
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 to filter
+        capture.close()
+        yield
+        return
+    with capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield
@@ -97,7 +107,7 @@ def filtered_stderr(level: int | None = None) -> Iterator[None]:
             capture.seek(0)
             text = capture.read().decode("utf-8", errors="replace")
             kept = filter_lines(text.splitlines(keepends=True), level)
-            if kept:
+            if kept and sys.stderr is not None:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
 
