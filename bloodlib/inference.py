@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bloodlib import quiet
 from bloodlib.config import cache_dir
 from bloodlib.errors import BloodlibError
 from bloodlib.io import atomic_path
@@ -116,18 +117,21 @@ class TFLiteModel:
     def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None):
         self.path = Path(path)
         self.batch_size = int(batch_size)
-        with warnings.catch_warnings():  # tf.lite.Interpreter warns that ai_edge_litert replaces it
+        # tf.lite.Interpreter warns that ai_edge_litert replaces it, and TFLite's C++ logger
+        # announces its XNNPACK delegate on stderr when it allocates tensors: neither belongs
+        # in a notebook's output.
+        with warnings.catch_warnings(), quiet.filtered_stderr():
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             self._it = _interpreter_class()(
                 model_path=str(self.path), num_threads=threads or cpu_threads()
             )
-        inp = self._it.get_input_details()[0]
-        self._in, self._out = inp["index"], self._it.get_output_details()[0]["index"]
-        self.input_shape = tuple(int(s) for s in inp["shape"][1:])
-        #: Per image, e.g. ``(8,)``: what a caller checks against the classes it expects.
-        self.output_shape = tuple(int(s) for s in self._it.get_output_details()[0]["shape"][1:])
-        self._it.resize_tensor_input(self._in, [self.batch_size, *self.input_shape])
-        self._it.allocate_tensors()
+            inp = self._it.get_input_details()[0]
+            self._in, self._out = inp["index"], self._it.get_output_details()[0]["index"]
+            self.input_shape = tuple(int(s) for s in inp["shape"][1:])
+            #: Per image, e.g. ``(8,)``: what a caller checks against the classes it expects.
+            self.output_shape = tuple(int(s) for s in self._it.get_output_details()[0]["shape"][1:])
+            self._it.resize_tensor_input(self._in, [self.batch_size, *self.input_shape])
+            self._it.allocate_tensors()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -38,6 +38,9 @@ _PYTHON_REPORT = re.compile(
 )
 # TF_CPP_MIN_LOG_LEVEL: 0 shows all, 1 hides INFO, 2 hides WARNING too, 3 hides ERROR too.
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+# TensorFlow Lite's own minimal logger ("INFO: Created TensorFlow Lite XNNPACK delegate for
+# CPU."), one line per message; same severities.
+_TFLITE_LINE = re.compile(r"^(INFO|WARNING|ERROR): ")
 
 
 def min_log_level() -> int:
@@ -63,6 +66,8 @@ def filter_lines(lines: Sequence[str], level: int) -> list[str]:
             dropping = _SEVERITY[match.group(1)] < level
         elif ABSL_PREINIT_NOTICE in line:
             dropping = level > 0
+        elif tflite := _TFLITE_LINE.match(line):
+            dropping = _SEVERITY[tflite.group(1)[0]] < level
         elif not line.strip():
             if dropping:  # the blank line that closes a dropped message goes with it
                 dropping = False

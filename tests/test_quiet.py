@@ -78,3 +78,12 @@ def test_importing_tensorflow_after_bloodlib_prints_no_absl_lines():
     assert done.stdout.strip() == "imported"
     assert "absl::InitializeLog" not in done.stderr
     assert "oneDNN" not in done.stderr
+
+
+def test_tensorflow_lite_lines_follow_the_level():
+    xnnpack = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    warning = "WARNING: TFLite something to know\n"
+    error = "ERROR: TFLite something broke\n"
+    assert quiet.filter_lines([xnnpack, warning, error], 2) == [error]
+    assert quiet.filter_lines([xnnpack, warning], 1) == [warning]
+    assert quiet.filter_lines([xnnpack], 0) == [xnnpack]
