@@ -212,10 +212,11 @@ def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch
 
 
 def load_history(train_dir: str | Path, epochs_head: int | None = None) -> pd.DataFrame:
-    """The CSVLogger log of both phases, with a ``phase`` column."""
+    """The epoch log of both phases (CSV, one row per epoch), with a ``phase`` column."""
     path = Path(train_dir) / "history.csv"
     empty = pd.DataFrame(columns=["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "phase"])
-    # CSVLogger creates the file before the first epoch ends: a run killed early leaves it empty.
+    # Keras' CSVLogger (used before the atomic logger) created the file before the first epoch
+    # ended: a run killed early could leave it empty.
     if not path.is_file() or path.stat().st_size == 0:
         return empty
     hist = pd.read_csv(path)

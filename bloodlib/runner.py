@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -380,9 +380,9 @@ def check_run_name(name: str) -> str:
     )
     if bad:
         raise ParameterError(
-            f"bad run name {name!r}: --name is one folder inside the runs folder (letters, "
-            "digits, '-', '_'; no '/', no '..', not hidden, not absolute), e.g. --name my-run. "
-            "Use --runs-root to put runs elsewhere."
+            f"bad run name {name!r}: --name must name one folder inside the runs folder "
+            "(not empty, no '/' or '\\', not '..', not hidden, not absolute), e.g. --name "
+            "my-run. Use --runs-root to put runs elsewhere."
         )
     return name
 
@@ -572,6 +572,31 @@ class RunLock:
             time.sleep(0.05)
         return {}
 
+    def _refuse(self) -> NoReturn:
+        who = self.holder()
+        raise RunLockedError(
+            f"run folder {self.path.parent} is in use by PID {who.get('pid', '?')} "
+            f"on {who.get('host', '?')} since {who.get('since', '?')}. Wait for that "
+            "run to finish (or stop it), or choose another --name."
+        ) from None
+
+    def check_free(self) -> None:
+        """Raise :class:`RunLockedError` now if a live process holds the lock; create nothing.
+
+        Lets a second run refuse in a blink, before the seconds of planning a run; the lock
+        is still taken (and checked again) by :meth:`acquire`.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._refuse()
+        finally:
+            os.close(fd)  # also drops the shared lock
+
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunLockedError` at once, naming the holder."""
         while True:
@@ -580,12 +605,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                who = self.holder()
-                raise RunLockedError(
-                    f"run folder {self.path.parent} is in use by PID {who.get('pid', '?')} "
-                    f"on {who.get('host', '?')} since {who.get('since', '?')}. Wait for that "
-                    "run to finish (or stop it), or choose another --name."
-                ) from None
+                self._refuse()
             # Someone may have replaced the file between our open and flock: lock the one
             # that is there now.
             try:
@@ -803,6 +823,7 @@ def run_study(
     notebooks_dir = Path(notebooks_dir).resolve()
     # Everything is checked before the first write: the name, the parameters, the weights.
     run_dir = run_dir_for(runs_root, name, profile)
+    RunLock(run_dir).check_free()  # a busy run folder is the quickest refusal
     plans = plan_study(profile, data, overrides, params_file, run_dir, notebooks_dir)
     check_weights(plans)
     from bloodlib import provenance

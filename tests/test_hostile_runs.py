@@ -146,6 +146,17 @@ def test_a_held_lock_refuses_in_process_before_anything_runs(tmp_path):
     assert _tree(run_dir) == {".lock"}
 
 
+def test_lock_probe_creates_nothing_and_sees_a_holder(tmp_path):
+    RunLock(tmp_path).check_free()
+    assert not (tmp_path / ".lock").exists()
+    with RunLock(tmp_path):
+        with pytest.raises(RunLockedError, match=f"PID {os.getpid()} on {socket.gethostname()}"):
+            RunLock(tmp_path).check_free()
+    RunLock(tmp_path).check_free()  # released
+    with RunLock(tmp_path):  # and taken again
+        pass
+
+
 LOCK_HOLDER = """\
 import sys, time
 from pathlib import Path
