@@ -14,6 +14,7 @@ and content hashes), the shots and the classes present.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,9 @@ def adapt(
         seed=seed,
         cache=True,
     ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
-    model.fit(ds, epochs=epochs, verbose=verbose)
+    with warnings.catch_warnings():  # the dataset shuffles itself (pipeline.make_dataset)
+        warnings.filterwarnings("ignore", message="`shuffle=True` was passed", category=UserWarning)
+        model.fit(ds, epochs=epochs, verbose=verbose)
 
     if len(held):
         p1 = _predict(model, held["path"].tolist(), size, batch_size)

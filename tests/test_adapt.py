@@ -1,0 +1,217 @@
+"""adapt: a saved network fine-tuned on a few labelled cells of another (synthetic) lab."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodlib import CLASSES
+from bloodlib.__main__ import main
+from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells
+from bloodlib.config import SAMPLE_DIR
+from bloodlib.errors import OutputPathError
+from bloodlib.io import sha256_file
+from bloodlib.saved import load_classifier, read_sidecar, save_classifier
+
+pytestmark = pytest.mark.unit
+
+SIZE = 48
+#: The synthetic lab's classes: the three whose sample cells differ most in stain and size
+#: (platelets are small, basophils dark, eosinophils orange), so five cells each suffice.
+LAB_CLASSES = ("basophil", "eosinophil", "platelet")
+PER_CLASS = 30  # cells of each class in the synthetic lab
+SHOTS = 5
+
+
+def stain_network(size: int = SIZE):
+    """A fixed "stain features" network with a head that calls every cell ``ig``.
+
+    Features: the mean and maximum over the image of blue-minus-green, red-minus-green,
+    darkness and their above-threshold parts (stained nucleus, eosin, dark granules),
+    then BatchNorm and a Dense ``head``. The head starts at zero weights with a bias for
+    ``ig``, a class the synthetic lab does not have: as a PBC model on another lab's
+    cells, it is wrong on every cell until adapted.
+    """
+    import keras
+
+    L = keras.layers
+    inputs = keras.Input((size, size, 3), name="image")
+    lin = L.Conv2D(3, 1, name="stain_linear")(inputs)
+    thr = L.ReLU(name="stain_relu")(L.Conv2D(3, 1, name="stain_threshold")(inputs))
+    x = L.Concatenate(name="stain_maps")([lin, thr])
+    x = L.Concatenate(name="pool")(
+        [L.GlobalAveragePooling2D(name="avg")(x), L.GlobalMaxPooling2D(name="max")(x)]
+    )
+    x = L.BatchNormalization(name="feature_bn")(x)
+    outputs = L.Dense(len(CLASSES), activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs)
+    r, g, b = np.eye(3, dtype=np.float32)
+    w_lin = np.stack([b - g, r - g, -g], axis=1) / 64.0  # (3 in, 3 out)
+    model.get_layer("stain_linear").set_weights(
+        [w_lin.reshape(1, 1, 3, 3), np.array([0, 0, 255 / 64], np.float32)]
+    )
+    model.get_layer("stain_threshold").set_weights(
+        [w_lin.reshape(1, 1, 3, 3), np.array([-20, -40, 135], np.float32) / 64.0]
+    )
+    bias = np.zeros(len(CLASSES), np.float32)
+    bias[CLASSES.index("ig")] = 3.0
+    model.get_layer("head").set_weights([np.zeros((12, len(CLASSES)), np.float32), bias])
+    return model
+
+
+def shifted(image: Image.Image) -> Image.Image:
+    """Another lab: yellow-cast, flatter colours, the cell 1.5x larger in the frame."""
+    w, h = image.size
+    big = image.resize((int(w * 1.5), int(h * 1.5)), Image.Resampling.BILINEAR)
+    left, top = (big.width - w) // 2, (big.height - h) // 2
+    x = np.asarray(big.crop((left, top, left + w, top + h)), np.float32) / 255.0
+    x = 0.55 * x + 0.45 * x**0.6
+    x = x * np.array([1.05, 1.0, 0.75]) + np.array([0.02, 0.03, 0.0])
+    return Image.fromarray(np.clip(x * 255, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    """Shifted copies of the embedded sample's cells, class folders in mixed case."""
+    root = tmp_path_factory.mktemp("lab") / "other_lab"
+    for cls in LAB_CLASSES:
+        files = sorted(p for p in (SAMPLE_DIR / cls).glob("*.jpg") if not p.name.startswith("."))
+        if len(files) < PER_CLASS:
+            pytest.skip("the embedded sample is missing or too small")
+        folder = root / cls.capitalize()
+        folder.mkdir(parents=True)
+        for p in files[:PER_CLASS]:
+            with Image.open(p) as im:
+                shifted(im.convert("RGB")).save(folder / p.name, "JPEG", quality=92)
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not a class folder")
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("run") / "models" / "pbc.keras"
+    return save_classifier(
+        stain_network(),
+        path,
+        {
+            "method": "finetune",
+            "backbone": "tiny",
+            "classes": list(CLASSES),
+            "image_size": SIZE,
+            "temperature": 1.3,
+            "reject_threshold": 0.8,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def adapted(base_model, lab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapted") / "models" / "lab.keras"
+    result = adapt(
+        base_model, lab, out, shots=SHOTS, epochs=40, learning_rate=0.05, batch_size=8, seed=3
+    )
+    return result, out
+
+
+def test_support_is_k_per_class_drawn_with_the_seed(lab):
+    cells, ignored = labelled_cells(lab)
+    assert ignored == {"notes": 1}
+    assert set(cells["label"]) == set(LAB_CLASSES) and len(cells) == 3 * PER_CLASS
+    support, held = choose_support(cells, SHOTS, seed=3)
+    assert support["label"].value_counts().to_dict() == dict.fromkeys(LAB_CLASSES, SHOTS)
+    assert len(held) == 3 * (PER_CLASS - SHOTS)
+    assert not set(support["relpath"]) & set(held["relpath"])
+    again, _ = choose_support(cells, SHOTS, seed=3)
+    other, _ = choose_support(cells, SHOTS, seed=4)
+    assert list(again["relpath"]) == list(support["relpath"])
+    assert list(other["relpath"]) != list(support["relpath"])
+    everything, none_left = choose_support(cells, PER_CLASS + 10, seed=3)
+    assert len(everything) == len(cells) and none_left.empty
+
+
+def test_adapting_raises_held_out_accuracy(adapted):
+    result, _ = adapted
+    before, after = result.before, result.after
+    assert before["n"] == after["n"] == 3 * (PER_CLASS - SHOTS)
+    assert before["accuracy"] == 0.0  # every cell called ig, a class this lab lacks
+    assert after["accuracy"] >= 0.6
+    assert after["accuracy_present"] >= before["accuracy_present"] + 0.25
+    assert set(result.held_out["after"]) <= set(LAB_CLASSES) | {"ig"}
+    report = result.report()
+    assert "held-out accuracy (all classes): before 0.0000, after" in report
+    assert "notes (1)" in report
+
+
+def test_adapted_model_loads_and_records_its_provenance(adapted, base_model, lab):
+    result, out = adapted
+    info = read_sidecar(out)
+    assert info["base_model_sha256"] == sha256_file(base_model)
+    assert info["base_model"] == "pbc.keras" and info["name"] == "lab"
+    assert info["shots"] == SHOTS and info["classes_present"] == sorted(LAB_CLASSES)
+    assert info["classes"] == list(CLASSES) and info["image_size"] == SIZE
+    used = info["adapted_on"]
+    assert len(used) == 3 * SHOTS
+    for cell in used:
+        assert sha256_file(lab / cell["relpath"]) == cell["sha256"]
+        assert cell["relpath"].split("/")[0].lower() == cell["label"]
+    assert not {c["relpath"] for c in used} & set(info["held_out"])
+    assert len(info["held_out"]) == 3 * (PER_CLASS - SHOTS)
+    # The base model's temperature and threshold were fitted on its own outputs.
+    assert "temperature" not in info and "reject_threshold" not in info
+    assert info["adapt"]["train"] == "head" and info["adapt"]["epochs"] == 40
+    assert info["metrics"]["held_out_after"] == result.after
+    clf = load_classifier(out)
+    held = [str(lab / r) for r in info["held_out"]]
+    proba = clf.predict_proba(held, progress=False, engine="keras")
+    labels = [r.split("/")[0].lower() for r in info["held_out"]]
+    acc = np.mean([clf.classes[i] == y for i, y in zip(proba.argmax(axis=1), labels, strict=True)])
+    assert acc == pytest.approx(result.after["accuracy"], abs=1e-9)
+
+
+def test_batchnorm_mode_trains_batchnorm_too(base_model, lab, tmp_path):
+    out = tmp_path / "bn.keras"
+    result = adapt(base_model, lab, out, shots=2, epochs=1, train="bn", batch_size=8)
+    info = read_sidecar(out)
+    # head kernel + bias; BatchNorm gamma + beta (its running statistics are not trainable).
+    assert info["adapt"]["trainable_weights"] == 4
+    assert result.after is not None
+
+
+def test_refusals(base_model, lab, tmp_path):
+    with pytest.raises(OutputPathError, match="overwrite the input model"):
+        adapt(base_model, lab, base_model)
+    with pytest.raises(OutputPathError, match="overwrite the input model"):
+        adapt(base_model, lab, base_model.parent / ".." / "models" / "pbc.keras")
+    with pytest.raises(OutputPathError, match=r"\.keras"):
+        adapt(base_model, lab, tmp_path / "new.h5")
+    with pytest.raises(OutputPathError, match="inside the labelled folder"):
+        adapt(base_model, lab, lab / "new.keras")
+    broken = tmp_path / "broken"
+    shutil.copytree(lab, broken)
+    (broken / "Monocyte").mkdir()
+    (broken / "Monocyte" / "MO_1.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
+    with pytest.raises(AdaptError, match="Monocyte"):
+        adapt(base_model, broken, tmp_path / "new.keras")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(next((lab / "Platelet").iterdir()), flat / "cell.jpg")
+    with pytest.raises(AdaptError, match="no class folder"):
+        adapt(base_model, flat, tmp_path / "new.keras")
+    assert not (tmp_path / "new.keras").exists()
+
+
+def test_cli(base_model, lab, tmp_path, capsys):
+    out = tmp_path / "cli.keras"
+    argv = ["adapt", str(base_model), str(lab), "--out"]
+    assert main([*argv, str(base_model)]) == 2
+    err = capsys.readouterr().err
+    assert "overwrite the input model" in err and "Traceback" not in err
+    assert main([*argv, str(out), "--shots", "1", "--epochs", "1", "--seed", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "adapted on 3 cells" in text and "held-out accuracy" in text
+    assert read_sidecar(out)["adapt"]["seed"] == 5
