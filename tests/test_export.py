@@ -120,7 +120,9 @@ def test_export_round_trips_through_the_cli(fmt, model_path, tmp_path, capsys):
 def _sample_ok() -> bool:
     from bloodlib.config import SAMPLE_DIR
 
-    return all(any((SAMPLE_DIR / c).glob("*.jpg")) for c in CLASSES)
+    return all(
+        any(not p.name.startswith(".") for p in (SAMPLE_DIR / c).glob("*.jpg")) for c in CLASSES
+    )
 
 
 def test_tree_sha256_of_a_folder_depends_on_names_and_content(tmp_path):
