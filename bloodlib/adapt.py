@@ -64,6 +64,12 @@ class AdaptResult:
             + f") in {self.seconds:.1f} s; model written to {self.model_path}",
             f"held out: {len(self.held_out)} cells",
         ]
+        spent = sorted(set(self.classes_present) - set(self.held_out["label"]))
+        if spent:
+            lines.append(
+                f"every cell of {', '.join(spent)} was used for adapting: none held out to score "
+                "it (the held-out accuracy says nothing about it)"
+            )
         if self.ignored:
             lines.append(
                 "ignored (folders that name no class): "
