@@ -169,6 +169,16 @@ def check_out(model_path: Path, out: Path, fmt: str, source_sha: str, force: boo
                 f"--out {out} already exists and is not this model's {fmt} export; "
                 "add --force to replace it, or choose another name"
             )
+    side_out = export_sidecar_path(out)
+    if side_out.is_symlink() or (side_out.exists() and not side_out.is_file()):
+        raise OutputPathError(
+            f"{side_out} (the export's sidecar) is not a plain file; move it away"
+        )
+    if side_out.exists() and not out.exists() and not force:
+        raise OutputPathError(
+            f"{side_out} (the export's sidecar) already exists without its export; "
+            "add --force to replace it, or choose another name"
+        )
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if not os.access(parent, os.W_OK):

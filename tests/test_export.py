@@ -167,6 +167,12 @@ def test_existing_other_file_needs_force_and_own_export_does_not(model_path, tmp
     export_model(model_path, "tflite", out)  # this model's own export: replaced without --force
     assert json.loads(export_sidecar_path(out).read_text())["model_sha256"] == sha256_file(out)
 
+    lone = tmp_path / "lone.onnx"
+    export_sidecar_path(lone).write_text("notes that happen to bear the sidecar's name")
+    with pytest.raises(OutputPathError, match="--force"):
+        export_model(model_path, "onnx", lone)
+    assert export_sidecar_path(lone).read_text().startswith("notes")
+
 
 def test_force_never_replaces_a_folder_that_is_not_a_savedmodel(model_path, tmp_path):
     folder = tmp_path / "precious"
