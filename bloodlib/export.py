@@ -439,9 +439,8 @@ def export_model(
         del forward  # an ONNX session or interpreter may hold the staged file open
         sha = tree_sha256(staged)
         side = export_sidecar_path(out)
-        side.unlink(
-            missing_ok=True
-        )  # a killed export leaves a model without sidecar, never a wrong one
+        # Old sidecar first: a kill in between leaves a model without sidecar, never a wrong one.
+        side.unlink(missing_ok=True)
         _publish(staged, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
