@@ -1,8 +1,8 @@
 """The whole study, end to end, as `make run` runs it: papermill over notebooks 01-04 on the sample.
 
-Metric bounds are loose on purpose: the sample has 30 images per class, so these
-check that every stage learns something and reports it, not the study's accuracy
-(that is measured on the dev data, see README).
+The sample holds 125 cells per class (data/README.md), so the test split has 200 cells:
+enough for the classroom run to show the method working (issue 10: the fine-tuned network
+at 90% or more), while the study's own accuracy is measured on the dev data (see README).
 """
 
 from __future__ import annotations
@@ -65,15 +65,17 @@ def test_metrics_json_contract(sample_run):
         assert set(m["per_class"]) == set(CLASSES)
         lo, hi = m["accuracy_ci95"]
         assert lo <= m["test_accuracy"] <= hi
-    # 8 classes: chance is 0.125. Both designs must clearly beat it even on 168 training images.
-    assert models["efficientnet_lite0_svm"]["test_accuracy"] >= 0.5
-    assert models["efficientnet_lite0_finetune"]["test_accuracy"] >= 0.3
+    # Issue 10: the classroom run shows the method working, on a test split worth reading.
+    # Measured on the shipped sample: SVM 0.89, fine-tuned 0.95 (95% CI 0.915-0.975).
+    assert all(m["n_test"] >= 150 for m in models.values())
+    assert models["efficientnet_lite0_svm"]["test_accuracy"] >= 0.8
+    assert models["efficientnet_lite0_finetune"]["test_accuracy"] >= 0.9
 
 
 def test_data_and_provenance(sample_run):
     data = json.loads((sample_run / "data.json").read_text())
     # The embedded sample carries four real defects of the public release (data/README.md).
-    assert data["status_counts"] == {"ok": 241, "hidden": 1, "label_conflict": 2, "duplicate": 1}
+    assert data["status_counts"] == {"ok": 1001, "hidden": 1, "label_conflict": 2, "duplicate": 1}
     prov = json.loads((sample_run / "provenance.json").read_text())
     assert prov["data"]["manifest_hash"] == data["manifest_hash"]
 
