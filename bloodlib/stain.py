@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -308,3 +309,65 @@ def measure_reference(images: Sequence[np.ndarray], source: str = "") -> StainRe
         round(float(np.median(fracs)), 4),
         source,
     )
+
+
+# --- a synthetic other lab ---------------------------------------------------------------
+
+#: The synthetic lab of :func:`other_lab`: how issue 12 describes real other labs' cells
+#: (yellow backgrounds, flatter colours, the cell 1.5x larger in the frame, some blur).
+#: Multipliers per RGB channel, then an offset (0..1 scale).
+OTHER_LAB_TINT = ((1.05, 1.0, 0.75), (0.02, 0.03, 0.0))
+OTHER_LAB_GAMMA = 0.6  # blended 45 % with the identity: a brighter, flatter camera curve
+OTHER_LAB_ZOOM = 1.5
+OTHER_LAB_BLUR = 0.8  # Gaussian sigma in pixels of a 224 px frame
+
+
+def other_lab(
+    image: np.ndarray,
+    *,
+    zoom_factor: float = OTHER_LAB_ZOOM,
+    blur: float = OTHER_LAB_BLUR,
+) -> np.ndarray:
+    """A PBC cell as another lab might show it: stain, camera and magnification shifted.
+
+    For lessons and tests where no real other lab's cells are at hand; RGB float 0..255 in
+    and out, same size. Deterministic: the same cell always gives the same picture.
+    """
+    from scipy import ndimage
+
+    x = np.asarray(image, np.float32)
+    if zoom_factor != 1.0:
+        x = zoom(x, zoom_factor)
+    if blur > 0:
+        sigma = blur * x.shape[0] / 224.0
+        x = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0))
+    x = np.clip(x / 255.0, 0.0, 1.0)
+    x = 0.55 * x + 0.45 * x**OTHER_LAB_GAMMA
+    mult, offset = (np.asarray(v, np.float32) for v in OTHER_LAB_TINT)
+    return np.clip((x * mult + offset) * 255.0, 0.0, 255.0).astype(np.float32)
+
+
+def write_other_lab(
+    cells: Sequence[tuple[str, str]], out_dir: str | Path, **shift: Any
+) -> list[Path]:
+    """Write :func:`other_lab` copies of ``(path, label)`` cells as ``out_dir/label/name.jpg``.
+
+    The class layout that ``classify`` and ``adapt`` read. Each file is written atomically;
+    ``shift`` goes to :func:`other_lab`. Returns the paths written.
+    """
+    from PIL import Image
+
+    from bloodlib.io import write_with
+
+    out_dir = Path(out_dir)
+    written = []
+    for path, label in cells:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), np.float32)
+        shifted = Image.fromarray(other_lab(rgb, **shift).round().astype(np.uint8))
+        target = out_dir / label / f"{Path(path).stem}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(
+            write_with(target, lambda p, im=shifted: im.save(p, "JPEG", quality=92), suffix=".jpg")
+        )
+    return written

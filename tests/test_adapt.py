@@ -7,17 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from bloodlib import CLASSES
+from bloodlib import CLASSES, stain
 from bloodlib.__main__ import main
 from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells
 from bloodlib.config import SAMPLE_DIR
 from bloodlib.errors import OutputPathError
 from bloodlib.io import sha256_file
 from bloodlib.saved import load_classifier, read_sidecar, save_classifier
-
-pytestmark = pytest.mark.unit
 
 SIZE = 48
 #: The synthetic lab's classes: the three whose sample cells differ most in stain and size
@@ -63,30 +60,17 @@ def stain_network(size: int = SIZE):
     return model
 
 
-def shifted(image: Image.Image) -> Image.Image:
-    """Another lab: yellow-cast, flatter colours, the cell 1.5x larger in the frame."""
-    w, h = image.size
-    big = image.resize((int(w * 1.5), int(h * 1.5)), Image.Resampling.BILINEAR)
-    left, top = (big.width - w) // 2, (big.height - h) // 2
-    x = np.asarray(big.crop((left, top, left + w, top + h)), np.float32) / 255.0
-    x = 0.55 * x + 0.45 * x**0.6
-    x = x * np.array([1.05, 1.0, 0.75]) + np.array([0.02, 0.03, 0.0])
-    return Image.fromarray(np.clip(x * 255, 0, 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
-    """Shifted copies of the embedded sample's cells, class folders in mixed case."""
+    """``stain.other_lab`` copies of the embedded sample's cells, class folders in mixed case."""
     root = tmp_path_factory.mktemp("lab") / "other_lab"
+    cells = []
     for cls in LAB_CLASSES:
         files = sorted(p for p in (SAMPLE_DIR / cls).glob("*.jpg") if not p.name.startswith("."))
         if len(files) < PER_CLASS:
             pytest.skip("the embedded sample is missing or too small")
-        folder = root / cls.capitalize()
-        folder.mkdir(parents=True)
-        for p in files[:PER_CLASS]:
-            with Image.open(p) as im:
-                shifted(im.convert("RGB")).save(folder / p.name, "JPEG", quality=92)
+        cells += [(str(p), cls.capitalize()) for p in files[:PER_CLASS]]
+    assert len(stain.write_other_lab(cells, root)) == 3 * PER_CLASS
     (root / "notes").mkdir()
     (root / "notes" / "readme.txt").write_text("not a class folder")
     return root
@@ -118,6 +102,7 @@ def adapted(base_model, lab, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.unit
 def test_support_is_k_per_class_drawn_with_the_seed(lab):
     cells, ignored = labelled_cells(lab)
     assert ignored == {"notes": 1}
@@ -134,6 +119,7 @@ def test_support_is_k_per_class_drawn_with_the_seed(lab):
     assert len(everything) == len(cells) and none_left.empty
 
 
+@pytest.mark.unit
 def test_adapting_raises_held_out_accuracy(adapted):
     result, _ = adapted
     before, after = result.before, result.after
@@ -147,6 +133,7 @@ def test_adapting_raises_held_out_accuracy(adapted):
     assert "notes (1)" in report
 
 
+@pytest.mark.unit
 def test_adapted_model_loads_and_records_its_provenance(adapted, base_model, lab):
     result, out = adapted
     info = read_sidecar(out)
@@ -173,6 +160,7 @@ def test_adapted_model_loads_and_records_its_provenance(adapted, base_model, lab
     assert acc == pytest.approx(result.after["accuracy"], abs=1e-9)
 
 
+@pytest.mark.unit
 def test_batchnorm_mode_trains_batchnorm_too(base_model, lab, tmp_path):
     out = tmp_path / "bn.keras"
     result = adapt(base_model, lab, out, shots=2, epochs=1, train="bn", batch_size=8)
@@ -182,6 +170,7 @@ def test_batchnorm_mode_trains_batchnorm_too(base_model, lab, tmp_path):
     assert result.after is not None
 
 
+@pytest.mark.unit
 def test_refusals(base_model, lab, tmp_path):
     with pytest.raises(OutputPathError, match="overwrite the input model"):
         adapt(base_model, lab, base_model)
@@ -205,6 +194,7 @@ def test_refusals(base_model, lab, tmp_path):
     assert not (tmp_path / "new.keras").exists()
 
 
+@pytest.mark.unit
 def test_cli(base_model, lab, tmp_path, capsys):
     out = tmp_path / "cli.keras"
     argv = ["adapt", str(base_model), str(lab), "--out"]
@@ -215,3 +205,22 @@ def test_cli(base_model, lab, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "adapted on 3 cells" in text and "held-out accuracy" in text
     assert read_sidecar(out)["adapt"]["seed"] == 5
+
+
+TECOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-dev" / "tecom"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not TECOM.is_dir(), reason="tecom (external-dev) is not on this machine")
+def test_adapt_reads_a_real_labs_folder(base_model, tmp_path):
+    """tecom's layout (BMP files, five classes, a single basophil) with the tiny network."""
+    cells, _ = labelled_cells(TECOM)
+    assert set(cells["label"]) <= set(CLASSES) and len(cells["label"].unique()) >= 2
+    out = tmp_path / "tecom.keras"
+    result = adapt(base_model, TECOM, out, shots=1, epochs=1, batch_size=8)
+    assert len(result.support) == cells["label"].nunique()
+    assert len(result.held_out) == len(cells) - len(result.support)
+    spent = set(result.classes_present) - set(result.held_out["label"])
+    for cls in spent:  # a class with one cell gives it to adapting: said in the report
+        assert cls in result.report().split("every cell of ")[1]
+    assert read_sidecar(out)["classes_present"] == result.classes_present

@@ -36,14 +36,6 @@ def sample_cells(n: int, size: int = 224) -> list[np.ndarray]:
     ]
 
 
-def other_lab(image: np.ndarray) -> np.ndarray:
-    """A synthetic stain and camera shift: yellow background, washed-out, warmer cast."""
-    x = np.asarray(image, np.float32) / 255.0
-    x = 0.55 * x + 0.45 * x**0.6  # a brighter, flatter camera curve
-    x = x * np.array([1.05, 1.0, 0.72]) + np.array([0.02, 0.03, 0.0])  # yellow cast
-    return np.clip(x * 255.0, 0, 255).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def keras_model(tmp_path_factory) -> Path:
     """The fixed vertex classifier: a cell of cube corner c is class c, grey is a tie."""
@@ -228,7 +220,7 @@ def test_cli_classes_and_reject(keras_model, lab_folder, tmp_path, capsys):
 def test_reinhard_undoes_most_of_a_colour_shift():
     cells = sample_cells(4)
     for cell in cells:
-        shifted = other_lab(cell)
+        shifted = stain.other_lab(cell, zoom_factor=1.0, blur=0.0)  # colour only
         before = stain.lab_distance(shifted)
         assert stain.lab_distance(stain.reinhard(shifted)) < 0.25 * before  # towards PBC's
         # With the cell's own statistics as the reference, the shift itself is undone.
@@ -256,6 +248,18 @@ def test_estimated_size_follows_the_zoom():
     assert stain.lab_zoom(big) / stain.lab_zoom(cells) == pytest.approx(1 / 1.6, rel=0.15)
     _, factor = stain.rescale_cell(big[0])
     assert factor < 1.0
+
+
+@pytest.mark.unit
+def test_synthetic_other_lab_shifts_colour_and_size():
+    cells = sample_cells(8)
+    moved = [stain.other_lab(c) for c in cells]
+    assert all(m.shape == c.shape for m, c in zip(moved, cells, strict=True))
+    far = np.median([stain.lab_distance(m) for m in moved])
+    assert far > 3 * np.median([stain.lab_distance(c) for c in cells])
+    # Cells 1.5x larger: --rescale-cell's zoom for them is about 1 / 1.5 of PBC's own.
+    ratio = stain.lab_zoom(moved, "reinhard") / stain.lab_zoom(cells, "reinhard")
+    assert ratio == pytest.approx(1 / stain.OTHER_LAB_ZOOM, rel=0.2)
 
 
 @pytest.mark.unit
