@@ -273,14 +273,14 @@ def classify_folder(
             ]
         for j, c in enumerate(classes):  # the model's own probabilities, every class
             table.loc[idx, f"p_{c}"] = np.round(proba[:, j], 6)
+    # Uncertain cells are counted apart, never in the class they were nearly given.
     answered = table["predicted"].where(table["status"] == "classified")
     counts = answered.value_counts().reindex(answers, fill_value=0)
+    if n_uncertain:
+        counts["uncertain"] = n_uncertain
     differential = pd.DataFrame(
         {"count": counts, "percent": 100 * counts / max(1, int(counts.sum()))}
     )
-
-    if n_uncertain:  # counted apart: a differential of confident answers, and the rest
-        differential.loc["uncertain"] = [n_uncertain, 100 * n_uncertain / max(1, len(good))]
 
     metrics, unscored, excluded = None, {}, {}
     # Class layout: the top folder names the label, matched to the model's classes without

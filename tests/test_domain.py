@@ -172,6 +172,7 @@ def test_uncertain_cells_are_marked_not_forced(keras_model, lab_folder, tmp_path
     assert result.n_uncertain == 1
     assert result.differential.loc["uncertain", "count"] == 1
     assert int(result.differential["count"].sum()) == 6
+    assert result.differential["percent"].sum() == pytest.approx(100.0)
     m = result.metrics
     assert m["reject_threshold"] == 0.5 and m["n_accepted"] == 5
     assert m["coverage"] == pytest.approx(5 / 6) and m["accepted_accuracy"] == 1.0
