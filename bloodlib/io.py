@@ -46,7 +46,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for the NumPy scalars, arrays and paths bloodlib writes."""
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -60,7 +61,7 @@ def _json_default(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(
-        path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+        path, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n"
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bloodlib.errors import UnsafeModelError
-from bloodlib.io import atomic_path, read_json, sha256_file, write_json
+from bloodlib.io import atomic_path, json_default, read_json, sha256_file, write_json
 
 #: Kept for callers of the old name: the one content hash lives in ``bloodlib.io``.
 file_sha256 = sha256_file
@@ -152,7 +152,7 @@ def update_sidecar(model_path: str | Path, **fields: Any) -> dict[str, Any]:
     if forbidden:
         raise ValueError(f"{', '.join(sorted(forbidden))} cannot be updated: re-save the model")
     clf = load_classifier(model_path)
-    info = json.loads(json.dumps({**clf.info, **fields}, default=_plain))
+    info = json.loads(json.dumps({**clf.info, **fields}, default=json_default))
     validate_sidecar(info, sidecar_path(model_path))
     write_json(sidecar_path(model_path), info)
     return info
@@ -248,7 +248,7 @@ def save_classifier(model: Any, model_path: str | Path, info: dict[str, Any]) ->
     ``model_sha256`` and ``binding_sha256``. Returns ``model_path``.
     """
     model_path = Path(model_path)
-    info = json.loads(json.dumps({"name": model_path.stem, **info}, default=_plain))
+    info = json.loads(json.dumps({"name": model_path.stem, **info}, default=json_default))
     for key in ("model_sha256", "binding_sha256"):
         info.pop(key, None)
     validate_sidecar(info, sidecar_path(model_path))
@@ -269,19 +269,6 @@ def save_classifier(model: Any, model_path: str | Path, info: dict[str, Any]) ->
     info["binding_sha256"] = binding_sha256(info, sha)
     write_json(sidecar_path(model_path), info)
     return model_path
-
-
-def _plain(obj: Any) -> Any:
-    """JSON for the numpy scalars and paths a sidecar may be given."""
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def check_outputs(model: Any, method: str, n_classes: int, where: str | Path) -> None:
