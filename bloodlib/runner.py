@@ -356,7 +356,12 @@ def check_parameter(
     if rule is None:
         return
     problem = rule.check(value) if rule.check else None
-    if problem is None and isinstance(value, int | float) and not isinstance(value, bool):
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    bounded = (rule.minimum, rule.above, rule.below) != (None, None, None)
+    if problem is None and bounded and not numeric:
+        # A None default gives no type to check against; a bounded rule still means a number.
+        problem = f"must be a number, not {_type_name(type(value))}"
+    elif problem is None and numeric:
         if not math.isfinite(value):
             problem = "must be a finite number"
         elif rule.minimum is not None and value < rule.minimum:

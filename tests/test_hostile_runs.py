@@ -233,9 +233,11 @@ def test_mistyped_parameter_fails_before_anything_is_written_then_the_fix_runs(t
         err = " ".join(capsys.readouterr().err.split())
         assert "03_fine_tuning.epochs_head" in err and "'abc'" in err and "integer" in err
         assert not runs.exists()  # not even runs/NAME
-    assert main([*base, "--kernel", KERNEL, "--no-progress", "-p", "epochs_head=2"]) == 0
+    assert main([*base, "--kernel", KERNEL, "--no-progress", "-p", "epochs_head=3"]) == 0
     state = json.loads((runs / "sample" / ".state" / "03_fine_tuning.json").read_text())
-    assert state["parameters"]["epochs_head"] == 2
+    assert (
+        state["parameters"]["epochs_head"] == 3
+    )  # not the profile's 2: the override itself is what arrives
 
 
 def test_mistyped_parameter_of_the_real_notebooks_fails_in_dry_run(tmp_path, capsys):
@@ -289,6 +291,9 @@ def test_parameter_types_and_ranges_of_the_real_notebooks(tmp_path):
         ({"augment": "yes please"}, "expected a boolean"),
         ({"n_boot": 0}, "must be >= 1"),
         ({"image_size": 8}, "must be >= 32"),
+        # None defaults give no type: the rule's bound still demands a number
+        ({"max_train_images": "abc"}, "must be a number"),
+        ({"image_size": "big"}, "expected an integer"),  # 02 declares 288: its type applies
     ]:
         with pytest.raises(ParameterError, match=words):
             plan_study("sample", overrides=bad)
