@@ -25,4 +25,6 @@ def test_notebook_defaults_match_the_sample_profile(path) -> None:
         for key, value in wanted.items()
         if key in defaults and defaults[key] != value
     }
-    assert not differ, f"{path.name}: parameters cell vs sample profile (default, profile): {differ}"
+    assert not differ, (
+        f"{path.name}: parameters cell vs sample profile (default, profile): {differ}"
+    )
