@@ -34,6 +34,17 @@ CLASSES: tuple[str, ...] = (
 #: Class name -> output index of every model: the order of CLASSES, in one place.
 CLASS_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
 
-#: File suffixes bloodlib treats as images (lower case). The manifest decides per file whether
-#: it really is one; a suffix only decides whether a file is looked at.
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: Image file suffix (lower case) -> the format its content must have. The manifest decides per
+#: file whether it really is one (by its bytes); a suffix only decides whether a file is looked
+#: at. Every listed format is decoded by the pipeline (TensorFlow, or Pillow for TIFF/WebP).
+IMAGE_FORMATS: dict[str, str] = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+}
+IMAGE_SUFFIXES: tuple[str, ...] = tuple(IMAGE_FORMATS)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bloodlib import CLASSES, backbones, config
+from bloodlib import CLASS_INDEX, CLASSES, backbones, config
 from bloodlib.io import atomic_path, read_json, sha256_file, write_json, write_with
 from bloodlib.saved import save_classifier, sidecar_path
 
@@ -254,7 +254,7 @@ def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch
 
     from bloodlib.pipeline import make_dataset
 
-    index = {c: i for i, c in enumerate(CLASSES)}
+    index = CLASS_INDEX
     k = len(CLASSES)
 
     def one_hot(ds):
@@ -423,7 +423,7 @@ def _train_and_save(
     if cfg.class_weights:
         from sklearn.utils.class_weight import compute_class_weight
 
-        y = train_df["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+        y = train_df["label"].map(CLASS_INDEX).to_numpy()
         present = np.unique(y)
         w = compute_class_weight("balanced", classes=present, y=y)
         class_weight = {int(c): float(v) for c, v in zip(present, w, strict=True)}

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageStat, UnidentifiedImageError
 
-from bloodlib import CLASSES
+from bloodlib import CLASSES, IMAGE_FORMATS
 from bloodlib.config import cache_dir
 from bloodlib.io import write_with
 
@@ -67,16 +67,7 @@ MAX_FILE_BYTES = 256 * 2**20
 # parallel scan threads never hold many large files in memory.
 _READ_WHOLE_BYTES = 16 * 2**20
 
-IMAGE_EXTENSIONS: dict[str, str] = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".png": "PNG",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".gif": "GIF",
-    ".webp": "WEBP",
-}
+IMAGE_EXTENSIONS = IMAGE_FORMATS  # the one suffix -> format table, in bloodlib/__init__.py
 # Pillow names some JPEGs by their container (MPO: camera multi-picture JPEG).
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 
