@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import TECOM
 
 from bloodlib import CLASSES, stain
 from bloodlib.__main__ import main
@@ -205,9 +206,6 @@ def test_cli(base_model, lab, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "adapted on 3 cells" in text and "held-out accuracy" in text
     assert read_sidecar(out)["adapt"]["seed"] == 5
-
-
-TECOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-dev" / "tecom"
 
 
 @pytest.mark.data

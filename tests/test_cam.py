@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless; the library itself never forces a backend
@@ -15,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import tiny_models  # noqa: E402
+from shared_data import dev_dir  # noqa: E402
 from tiny_models import write_cell  # noqa: E402
 
 from bloodlib import CLASSES, backbones, cam, plots  # noqa: E402
@@ -259,15 +257,10 @@ def test_plot_cam_examples_keeps_a_fixed_grid_when_empty():
     plt.close(fig)
 
 
-DEV_DIR = Path(__file__).resolve().parents[2] / "shared/data/pbc-dev/PBC_dataset_normal_DIB"
-
-
 @pytest.mark.data
 def test_real_lite0_classifier_on_real_cells(tmp_path):
     """The real structure (Lite0 with its residual blocks, nested twice), saved and loaded."""
-    root = Path(os.environ.get("BLOODLIB_DEV_DATA") or DEV_DIR)
-    if not root.is_dir():
-        pytest.skip(f"dev data absent: neither {DEV_DIR} nor $BLOODLIB_DEV_DATA is a folder")
+    root = dev_dir()
     from bloodlib.pipeline import load_images
 
     paths = [str(sorted((root / cls).glob("*.jpg"))[0]) for cls in CLASSES[:4]]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import pytest
+from shared_data import dev_dir
 
 from bloodlib import CLASSES
 from bloodlib.manifest import DataQualityWarning, scan
@@ -15,15 +15,7 @@ from bloodlib.split import check_split, make_split, split_summary
 
 pytestmark = pytest.mark.data
 
-DEV_DIR = Path(__file__).resolve().parents[2] / "shared/data/pbc-dev/PBC_dataset_normal_DIB"
 FRACTIONS = (0.7, 0.1, 0.2)
-
-
-def _dev_dir() -> Path:
-    for candidate in (DEV_DIR, os.environ.get("BLOODLIB_DEV_DATA")):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    pytest.skip(f"dev data absent: neither {DEV_DIR} nor $BLOODLIB_DEV_DATA is a folder")
 
 
 def _snapshot(root: Path):
@@ -37,7 +29,7 @@ def _snapshot(root: Path):
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory):
     """One cold scan of the dev folder, with its own cache, and the folder's state around it."""
-    root = _dev_dir()
+    root = dev_dir()
     cache = tmp_path_factory.mktemp("dev-cache")
     before = _snapshot(root)
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:

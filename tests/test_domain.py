@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import tiny_models
 from PIL import Image
+from shared_data import TECOM
 from tiny_models import write_cell
 
 from bloodlib import CLASSES, reject, stain
@@ -19,7 +20,6 @@ from bloodlib.config import SAMPLE_DIR
 from bloodlib.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
 
 SIZE = tiny_models.SIZE
-TECOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-dev" / "tecom"
 
 
 def sample_cells(n: int, size: int = 224) -> list[np.ndarray]:
