@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -65,3 +66,23 @@ def write_study(folder: Path, fail: str | None = None) -> Path:
     for name in NAMES:
         write_notebook(folder / f"{name}.ipynb", name, fail=name == fail)
     return folder
+
+
+def run_dummy_study(notebooks: Path, runs_root: Path, **kwargs) -> Path:
+    """``run_study`` on dummy notebooks: the sample profile, the plain kernel, no progress."""
+    from bloodlib.runner import run_study
+
+    return run_study(
+        profile=kwargs.pop("profile", "sample"),
+        kernel=KERNEL,
+        runs_root=runs_root,
+        notebooks_dir=notebooks,
+        progress=False,
+        **kwargs,
+    )
+
+
+def statuses(run_dir: Path) -> dict[str, str]:
+    """Notebook name -> its status in the run's provenance (ran, skipped, ...)."""
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    return {nb["name"]: nb["status"] for nb in prov["notebooks"]}

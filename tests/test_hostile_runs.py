@@ -21,12 +21,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
+from dummy_notebooks import run_dummy_study as _run
+from dummy_notebooks import statuses as _statuses
 
 from bloodlib import CLASSES, provenance, runner
 from bloodlib.__main__ import main
 from bloodlib.config import REPO_ROOT
 from bloodlib.errors import RunLockedError
-from bloodlib.runner import ParameterError, RunLock, plan_study, run_study
+from bloodlib.runner import ParameterError, RunLock, plan_study
 
 pytestmark = pytest.mark.unit
 
@@ -44,22 +46,6 @@ def stable_context(monkeypatch, tmp_path):
     (sample / "basophil" / "a.jpg").write_bytes(b"stand-in")
     monkeypatch.setattr(provenance, "code_digest", lambda *a: {"version": "t", "sha256": "v1"})
     monkeypatch.setattr(runner, "SAMPLE_DIR", sample)
-
-
-def _run(notebooks: Path, runs_root: Path, **kwargs) -> Path:
-    return run_study(
-        profile=kwargs.pop("profile", "sample"),
-        kernel=KERNEL,
-        runs_root=runs_root,
-        notebooks_dir=notebooks,
-        progress=False,
-        **kwargs,
-    )
-
-
-def _statuses(run_dir: Path) -> dict[str, str]:
-    prov = json.loads((run_dir / "provenance.json").read_text())
-    return {nb["name"]: nb["status"] for nb in prov["notebooks"]}
 
 
 def _tree(root: Path) -> set[str]:

@@ -11,27 +11,13 @@ from pathlib import Path
 import nbformat
 import pytest
 from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
+from dummy_notebooks import run_dummy_study as _run
+from dummy_notebooks import statuses as _statuses
 
 from bloodlib import provenance, runner
-from bloodlib.runner import DataSpecError, RunError, plan_study, run_study
+from bloodlib.runner import DataSpecError, RunError, plan_study
 
 pytestmark = pytest.mark.unit
-
-
-def _run(notebooks: Path, runs_root: Path, **kwargs) -> Path:
-    return run_study(
-        profile=kwargs.pop("profile", "sample"),
-        kernel=KERNEL,
-        runs_root=runs_root,
-        notebooks_dir=notebooks,
-        progress=False,
-        **kwargs,
-    )
-
-
-def _statuses(run_dir: Path) -> dict[str, str]:
-    prov = json.loads((run_dir / "provenance.json").read_text())
-    return {nb["name"]: nb["status"] for nb in prov["notebooks"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
