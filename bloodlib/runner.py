@@ -684,6 +684,26 @@ def _kernel_env() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _ipc_kernel_manager() -> type:
+    """A kernel manager that talks to its kernel over Unix sockets (IPC), not loopback TCP.
+
+    Over TCP an ipykernel warns on every start that its traffic is unencrypted, and any local
+    user could connect to it; IPC sockets are files with the user's permissions. Falls back to
+    the default where Unix sockets do not exist (Windows).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def _fmt_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -720,6 +740,7 @@ def _execute(
                 progress_bar=progress,
                 log_output=False,
                 request_save_on_cell_execute=True,
+                kernel_manager_class=_ipc_kernel_manager(),
             )
         except BaseException as exc:
             kept = tmp.exists() and tmp.stat().st_size > 0

@@ -307,3 +307,12 @@ def test_weights_check_accepts_local_files_and_the_offline_backbone(monkeypatch,
     weights.write_bytes(b"stand-in: only its existence is checked here")
     runner.check_weights(_plans(backbones=["vgg16"], weights_files={"vgg16": str(weights)}))
     runner.check_weights(_plans(backbones=["efficientnet_lite0"]))
+
+
+def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd):
+    """papermill's kernels use Unix sockets: no unencrypted loopback TCP, no warning per start."""
+    notebooks = write_study(tmp_path / "notebooks")
+    _run(notebooks, tmp_path / "runs")
+    err = capfd.readouterr().err
+    assert "without encryption" not in err
+    assert runner._ipc_kernel_manager()(kernel_name=KERNEL).transport == "ipc"
