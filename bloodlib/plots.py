@@ -899,3 +899,59 @@ def plot_bootstrap(
         ax.legend(fontsize=8, loc="upper left")
         ax.set_title(_model_title("bootstrap distribution of the test accuracy", model_name))
     return fig
+
+
+def plot_accuracy_vs_compute(table: pd.DataFrame, title: str = "") -> Figure:
+    """Design 1 per backbone: test accuracy (95% bootstrap interval as error bars) against
+    GMACs per image, each point labelled, with the paper's design-1 accuracies as dashed
+    reference lines (different data and split: a landmark, not a target).
+
+    ``table``: :func:`bloodlib.svm_experiment.backbone_table` (columns ``backbone``,
+    ``image_size``, ``gmacs``, ``test_accuracy``, ``test_ci_low``, ``test_ci_high``).
+    A backbone without a GMACs count is left out of the plot (it has no x).
+    """
+    from bloodlib import paper
+
+    rows = table.dropna(subset=["gmacs"])
+    with sns.axes_style(_STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    acc = rows["test_accuracy"].to_numpy(float)
+    err = np.vstack(
+        [acc - rows["test_ci_low"].to_numpy(float), rows["test_ci_high"].to_numpy(float) - acc]
+    )
+    ax.errorbar(
+        rows["gmacs"].to_numpy(float),
+        acc,
+        yerr=np.clip(err, 0, None),
+        fmt="o",
+        color="C0",
+        ecolor="C0",
+        capsize=4,
+        label="test accuracy, 95% interval",
+    )
+    for row in rows.itertuples():
+        ax.annotate(
+            f"{row.backbone} ({row.image_size} px)",
+            (row.gmacs, row.test_accuracy),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    for i, name in enumerate(paper.BACKBONES):
+        reported = paper.ACCURACY.get((name, "svm"))
+        if reported is not None:
+            ax.axhline(
+                reported,
+                color=f"C{i + 1}",
+                ls="--",
+                lw=1,
+                label=f"paper, {paper.BACKBONE_NAMES.get(name, name)} + SVM ({reported:.0%})",
+            )
+    ax.set_xlabel("GMACs per image at the size used")
+    ax.set_ylabel("test accuracy")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    if len(rows):
+        ax.set_xlim(0, float(rows["gmacs"].max()) * 1.35)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "Design 1 per backbone: accuracy against compute")
+    return fig

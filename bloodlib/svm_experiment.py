@@ -8,6 +8,7 @@ classifier and its sidecar are saved.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,136 @@ def cv_table(result: SVMExperiment) -> pd.DataFrame:
     ]
     table = table.sort_values(["cv_accuracy", "chosen"], ascending=False, kind="stable")
     return table.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- comparison
+
+#: Columns of :func:`backbone_table`, in order.
+BACKBONE_COLUMNS = (
+    "backbone",
+    "image_size",
+    "feature_dim",
+    "params",
+    "gmacs",
+    "cv_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "test_ci_low",
+    "test_ci_high",
+    "images_per_s",
+)
+
+
+def gmacs_at(backbone: str, size: int) -> float | None:
+    """The backbone's GMACs for one image at ``size`` px: the registry's native-size count
+    scaled by ``(size / native)**2`` (a convolutional network's work grows with the pixel
+    count; the pooled head is negligible). ``None`` when the registry has no count."""
+    from bloodlib import backbones
+
+    bb = backbones.get(backbone)
+    if bb.gmacs is None:
+        return None
+    return float(bb.gmacs) * (size / bb.input_size) ** 2
+
+
+def _confusion_pairs(confusion: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_pred) rebuilt from a confusion matrix (rows true, columns predicted)."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    true, pred = np.nonzero(cm)
+    counts = cm[true, pred]
+    return np.repeat(true, counts), np.repeat(pred, counts)
+
+
+def ci95_of_test_accuracy(
+    result: SVMExperiment, n_boot: int = 1000, seed: int = DEFAULT_SEED
+) -> tuple[float, float]:
+    """The 95% bootstrap interval of the test accuracy: the one ``evaluate`` stored, or the
+    same percentile bootstrap on the test confusion matrix (accuracy only needs which cells
+    were right, so the matrix holds all it needs)."""
+    from bloodlib.evaluate import bootstrap_ci
+
+    stored = result.test_metrics.get("accuracy_ci95")
+    if stored is not None:
+        return float(stored[0]), float(stored[1])
+    y_true, y_pred = _confusion_pairs(result.test_metrics["confusion"])
+    return bootstrap_ci(y_true, y_pred, "accuracy", n_boot=n_boot, seed=seed)
+
+
+def backbone_table(
+    results: Mapping[str, SVMExperiment] | Iterable[SVMExperiment],
+    *,
+    images_per_s: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+) -> pd.DataFrame:
+    """One row per backbone of design 1: the compute it cost and the accuracy it bought.
+
+    Columns :data:`BACKBONE_COLUMNS`: the size features were taken at, the feature
+    dimension, the extractor's parameters, GMACs per image at that size (:func:`gmacs_at`),
+    CV / val / test accuracy, the test accuracy's 95% bootstrap interval, and the feature
+    extraction speed where ``images_per_s`` (backbone -> images/s) gives it; a backbone
+    missing there (e.g. its features came from the cache) gets NaN, not a cache-read speed.
+    Sorted by test accuracy, best first (ties: cheaper first).
+    """
+    from bloodlib import backbones
+
+    items = list(results.values()) if isinstance(results, Mapping) else list(results)
+    speeds = images_per_s or {}
+    rows = []
+    for r in items:
+        low, high = ci95_of_test_accuracy(r, n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "backbone": r.backbone,
+                "image_size": r.image_size,
+                "feature_dim": r.feature_dim,
+                "params": backbones.get(r.backbone).params,
+                "gmacs": gmacs_at(r.backbone, r.image_size),
+                "cv_accuracy": r.cv_accuracy,
+                "val_accuracy": r.val_accuracy,
+                "test_accuracy": r.test_accuracy,
+                "test_ci_low": low,
+                "test_ci_high": high,
+                "images_per_s": speeds.get(r.backbone, np.nan),
+            }
+        )
+    table = pd.DataFrame(rows, columns=list(BACKBONE_COLUMNS))
+    table = table.sort_values(
+        ["test_accuracy", "gmacs"], ascending=[False, True], kind="stable", na_position="last"
+    )
+    return table.reset_index(drop=True)
+
+
+def backbone_sentence(table: pd.DataFrame) -> str:
+    """What the comparison says: the best test accuracy, and the cheapest backbone (fewest
+    GMACs) whose test accuracy lies inside the best one's 95% interval. With fewer than two
+    backbones, how to run the comparison instead."""
+    if len(table) < 2:
+        only = f" (only {table['backbone'].iloc[0]} ran)" if len(table) else ""
+        return (
+            f"A comparison needs several backbones{only}. Run all four offline ones with "
+            "`python -m bloodlib run --profile sample -p "
+            "'02_feature_extraction_svm.backbones=[efficientnet_lite0, efficientnet_lite1, "
+            "efficientnet_lite2, mobilenet_v2]'` (or `--profile backbones` on full data)."
+        )
+    best = table.loc[table["test_accuracy"].idxmax()]
+    low, high = best["test_ci_low"], best["test_ci_high"]
+    inside = table[(table["test_accuracy"] >= low) & (table["test_accuracy"] <= high)]
+    text = (
+        f"Best test accuracy: {best['backbone']} at {best['image_size']} px, "
+        f"{best['test_accuracy']:.1%} (95% interval {low:.1%} to {high:.1%})."
+    )
+    with_gmacs = inside.dropna(subset=["gmacs"])
+    if with_gmacs.empty:
+        return text
+    cheap = with_gmacs.loc[with_gmacs["gmacs"].idxmin()]
+    if cheap["backbone"] == best["backbone"]:
+        return text + " No backbone inside that interval costs less compute."
+    others = len(inside) - 1
+    return text + (
+        f" {others} other backbone{'s' if others != 1 else ''} score{'s' if others == 1 else ''}"
+        f" inside that interval; the cheapest is {cheap['backbone']} "
+        f"({cheap['test_accuracy']:.1%} at {cheap['gmacs']:.2f} GMACs an image against "
+        f"{best['gmacs']:.2f}): on this test split the data cannot tell them apart, so the "
+        "cheaper network is the reasonable choice."
+    )

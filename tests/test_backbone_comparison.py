@@ -1,0 +1,147 @@
+"""Design 1 across backbones: the comparison table, its sentence, its figure, its profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from bloodlib import backbones, paper, plots, runner
+from bloodlib import svm_experiment as design1
+
+pytestmark = pytest.mark.unit
+
+
+def _confusion(n_right: int, n_wrong: int, k: int = 8) -> list[list[int]]:
+    """A k-class confusion matrix with ``n_right`` on the diagonal and ``n_wrong`` off it."""
+    cm = np.zeros((k, k), dtype=int)
+    for i in range(n_right):
+        cm[i % k, i % k] += 1
+    for i in range(n_wrong):
+        cm[i % k, (i + 1) % k] += 1
+    return cm.tolist()
+
+
+def _result(backbone: str, size: int, n_right: int, ci=None) -> design1.SVMExperiment:
+    n = 200
+    return design1.SVMExperiment(
+        name=f"{backbone}_svm",
+        backbone=backbone,
+        image_size=size,
+        feature_dim=backbones.get(backbone).feature_dim,
+        features_from_cache=True,
+        best_params={},
+        cv_accuracy=0.8,
+        cv_table=None,  # type: ignore[arg-type]  # not read by the comparison
+        scores={
+            "val": {"accuracy": 0.85},
+            "test": {
+                "accuracy": n_right / n,
+                "accuracy_ci95": ci,
+                "confusion": _confusion(n_right, n - n_right),
+            },
+        },
+        model_path=Path("unused"),
+    )
+
+
+def test_gmacs_scale_with_the_pixel_count():
+    lite0 = backbones.get("efficientnet_lite0")
+    assert design1.gmacs_at("efficientnet_lite0", lite0.input_size) == pytest.approx(lite0.gmacs)
+    assert design1.gmacs_at("efficientnet_lite0", 2 * lite0.input_size) == pytest.approx(
+        4 * lite0.gmacs
+    )
+
+
+def test_table_rows_sorted_with_intervals_from_the_confusion_matrix():
+    results = {
+        "efficientnet_lite0": _result("efficientnet_lite0", 288, 170),
+        "efficientnet_lite2": _result("efficientnet_lite2", 260, 180),
+        "mobilenet_v2": _result("mobilenet_v2", 224, 150, ci=[0.7, 0.8]),
+    }
+    table = design1.backbone_table(results, images_per_s={"mobilenet_v2": 40.0}, seed=3)
+    assert list(table.columns) == list(design1.BACKBONE_COLUMNS)
+    assert list(table["backbone"]) == ["efficientnet_lite2", "efficientnet_lite0", "mobilenet_v2"]
+    lite0 = table.set_index("backbone").loc["efficientnet_lite0"]
+    assert lite0["test_accuracy"] == pytest.approx(0.85)
+    assert lite0["val_accuracy"] == pytest.approx(0.85)
+    assert lite0["params"] == backbones.get("efficientnet_lite0").params
+    assert lite0["gmacs"] == pytest.approx(design1.gmacs_at("efficientnet_lite0", 288))
+    # A percentile bootstrap of 170 right out of 200: about +-5 points (binomial sd 2.5).
+    assert 0.79 <= lite0["test_ci_low"] <= 0.82
+    assert 0.88 <= lite0["test_ci_high"] <= 0.91
+    again = design1.backbone_table(results, seed=3).set_index("backbone")
+    assert again.loc["efficientnet_lite0", "test_ci_low"] == lite0["test_ci_low"]
+    # A stored interval is used as is; speed only where it was measured.
+    mobile = table.set_index("backbone").loc["mobilenet_v2"]
+    assert (mobile["test_ci_low"], mobile["test_ci_high"]) == (0.7, 0.8)
+    assert mobile["images_per_s"] == 40.0
+    assert np.isnan(lite0["images_per_s"])
+
+
+def test_sentence_names_the_cheapest_backbone_inside_the_best_interval():
+    table = design1.backbone_table(
+        [
+            _result("efficientnet_lite2", 260, 180),  # 90%, the most compute
+            _result("efficientnet_lite0", 224, 176),  # 88%: inside the interval, cheapest
+            _result("efficientnet_lite1", 240, 177),
+        ]
+    )
+    text = design1.backbone_sentence(table)
+    assert "efficientnet_lite2" in text and "90.0%" in text
+    assert "the cheapest is efficientnet_lite0" in text
+    assert "2 other backbones" in text
+
+
+def test_sentence_when_the_best_is_also_the_cheapest():
+    table = design1.backbone_table(
+        [_result("efficientnet_lite0", 224, 190), _result("efficientnet_lite2", 260, 120)]
+    )
+    text = design1.backbone_sentence(table)
+    assert "efficientnet_lite0" in text
+    assert "No backbone inside that interval costs less" in text
+
+
+def test_one_backbone_says_how_to_run_the_comparison():
+    table = design1.backbone_table([_result("efficientnet_lite0", 288, 178)])
+    text = design1.backbone_sentence(table)
+    assert "needs several backbones" in text and "only efficientnet_lite0" in text
+    for name in backbones.offline_backbones():
+        assert name in text
+    # The command in the sentence parses into the four backbones.
+    key, value = runner.parse_override(text.split("-p '")[1].split("'")[0])
+    assert key == "02_feature_extraction_svm.backbones"
+    assert sorted(value) == sorted(backbones.offline_backbones())
+
+
+def test_plot_labels_every_point_and_draws_the_paper_lines():
+    table = design1.backbone_table(
+        [_result("efficientnet_lite0", 288, 178), _result("mobilenet_v2", 224, 160)]
+    )
+    fig = plots.plot_accuracy_vs_compute(table)
+    ax = fig.axes[0]
+    labels = {t.get_text() for t in ax.texts}
+    assert labels == {"efficientnet_lite0 (288 px)", "mobilenet_v2 (224 px)"}
+    lines = {
+        round(line.get_ydata()[0], 3) for line in ax.get_lines() if line.get_linestyle() == "--"
+    }
+    assert lines == {round(v, 3) for (_, d), v in paper.ACCURACY.items() if d == "svm"}
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("VGG-16" in t for t in legend)
+    matplotlib.pyplot.close(fig)
+
+
+def test_backbones_profile_compares_the_offline_backbones_on_full_data():
+    profiles = runner.load_profiles()
+    prof, full = profiles["backbones"], profiles["full"]
+    assert prof["common"] == full["common"]
+    nb02 = prof["notebooks"]["02_feature_extraction_svm"]
+    assert sorted(nb02["backbones"]) == sorted(backbones.offline_backbones())
+    assert nb02["image_size"] is None
+    assert prof["notebooks"]["03_fine_tuning"]["backbones"] == ["efficientnet_lite0"]
+    assert set(prof["notebooks"]) == set(full["notebooks"])
