@@ -327,9 +327,15 @@ def backbone_sentence(table: pd.DataFrame) -> str:
     if with_gmacs.empty:
         return text
     cheap = with_gmacs.loc[with_gmacs["gmacs"].idxmin()]
-    if cheap["backbone"] == best["backbone"]:
-        return text + " No backbone inside that interval costs less compute."
     others = len(inside) - 1
+    if cheap["backbone"] == best["backbone"]:
+        if not others:
+            return text + " No other backbone scores inside that interval."
+        return text + (
+            f" {others} other backbone{'s' if others != 1 else ''} score"
+            f"{'s' if others == 1 else ''} inside that interval, but none costs less compute: "
+            "the best is also the cheapest of them."
+        )
     return text + (
         f" {others} other backbone{'s' if others != 1 else ''} score{'s' if others == 1 else ''}"
         f" inside that interval; the cheapest is {cheap['backbone']} "

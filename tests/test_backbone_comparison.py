@@ -104,7 +104,13 @@ def test_sentence_when_the_best_is_also_the_cheapest():
     )
     text = design1.backbone_sentence(table)
     assert "efficientnet_lite0" in text
-    assert "No backbone inside that interval costs less" in text
+    assert "No other backbone scores inside that interval" in text
+    tied = design1.backbone_table(
+        [_result("mobilenet_v2", 224, 180), _result("efficientnet_lite2", 260, 178)]
+    )
+    assert "1 other backbone scores inside that interval, but none costs less" in (
+        design1.backbone_sentence(tied)
+    )
 
 
 def test_one_backbone_says_how_to_run_the_comparison():
