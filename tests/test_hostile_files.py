@@ -102,7 +102,13 @@ save_classifier(
      "image_size": tiny_models.SIZE},
 )
 classify_folder(model_path, folder, out_csv, batch_size=4, progress=False, engine="keras")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+# VmHWM is this program's own high-water mark. ru_maxrss is not: Linux carries the forking
+# parent's peak across exec, so under a large pytest process it measured the parent.
+try:
+    with open("/proc/self/status") as fh:
+        peak = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 print(json.dumps({"scan": statuses, "peak_rss": peak}))
 """
 

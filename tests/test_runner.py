@@ -226,7 +226,7 @@ def test_data_is_required_and_must_exist(tmp_path):
 
 def test_profiles_file_is_complete():
     profiles = runner.load_profiles()
-    assert set(profiles) == {"sample", "full", "paper"}
+    assert set(profiles) == {"sample", "full", "backbones", "paper"}
     for prof in profiles.values():
         assert set(prof["notebooks"]) == {
             "01_data_exploration",
