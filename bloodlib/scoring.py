@@ -43,6 +43,9 @@ class Evaluation:
     proba: np.ndarray
     proba_scaled: np.ndarray  # after temperature scaling fitted on the validation split
     predictions: np.ndarray
+    #: Validation probabilities and labels (unscaled), for choices made after training.
+    proba_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -104,11 +107,10 @@ def evaluate_model(
     temperature = 1.0
     p_scaled = p_test
     n_val = int((split["split"] == "val").sum())
+    y_val = None
     if "val" in probs:
-        val = split[split["split"] == "val"]
-        temperature = ev.fit_temperature(
-            ev.logits_from_proba(probs["val"]), label_indices(val["label"])
-        )
+        y_val = label_indices(split[split["split"] == "val"]["label"])
+        temperature = ev.fit_temperature(ev.logits_from_proba(probs["val"]), y_val)
         p_scaled = ev.softmax(ev.logits_from_proba(p_test), temperature)
     info = clf.info
     entry = {
@@ -136,7 +138,9 @@ def evaluate_model(
         "model_path": model_path.relative_to(model_path.parents[1]).as_posix(),
         "paper_accuracy": ev.PAPER_RESULTS.get((info["backbone"], info["method"])),
     }
-    return Evaluation(entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1))
+    return Evaluation(
+        entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1), probs.get("val"), y_val
+    )
 
 
 def evaluate_models(
@@ -430,3 +434,65 @@ def recipe_differences(
         table.insert(0, "model", info["name"])
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def record_rejection(
+    run_dir: str | Path, result: Evaluation, target_accuracy: float | None = None
+) -> dict[str, Any]:
+    """Write the fitted temperature and a rejection threshold into the model's sidecar.
+
+    The threshold is chosen on the validation cells only (:func:`bloodlib.reject.choose_threshold`
+    on the temperature-scaled probabilities): the smallest maximum probability whose accepted
+    validation cells reach ``target_accuracy``. ``classify`` then marks cells below it
+    ``uncertain`` by default. Returns what was recorded and what the rule does on the test
+    cells (coverage and accuracy of the accepted ones), for the notebook's sentence.
+    """
+    from bloodlib import reject
+    from bloodlib.saved import update_sidecar
+
+    if result.metrics.get("tta"):
+        raise ValueError("record the plain model's temperature, not the TTA entry's")
+    if result.proba_val is None or result.y_val is None:
+        raise ValueError(f"{result.name}: no validation cells to choose a threshold on")
+    target = reject.TARGET_ACCURACY if target_accuracy is None else target_accuracy
+    t = float(result.metrics["temperature"])
+    threshold = reject.choose_threshold(
+        reject.scale(result.proba_val, t), result.y_val, target_accuracy=target
+    )
+    update_sidecar(
+        Path(run_dir) / result.metrics["model_path"], temperature=t, reject_threshold=threshold
+    )
+    on_test = reject.accepted_metrics(result.proba_scaled, result.y_true, threshold)
+    return {
+        "name": result.name,
+        "temperature": t,
+        "reject_threshold": threshold,
+        "target_accuracy": target,
+        **{f"test_{k}": v for k, v in on_test.items()},
+    }
+
+
+def rejection_sentence(record: Mapping[str, Any]) -> str:
+    """What the recorded threshold means, from :func:`record_rejection`'s numbers."""
+    name, target = record["name"], record["target_accuracy"]
+    threshold = record["reject_threshold"]
+    if threshold is None:
+        return (
+            f"**{name}**: no threshold reaches {_pct(target)} accuracy on the validation cells, "
+            "so none is recorded: `classify` answers every cell."
+        )
+    coverage = record.get("test_coverage")
+    accuracy = record.get("test_accepted_accuracy")
+    tail = ""
+    if coverage == 0:
+        tail = " On the test cells it answers none of them: all are marked `uncertain`."
+    elif coverage is not None and accuracy is not None:
+        tail = (
+            f" On the test cells it answers {_pct(coverage)} of them, "
+            f"{_pct(accuracy)} of those correctly; the rest are marked `uncertain`."
+        )
+    return (
+        f"**{name}**: cells whose highest probability (after T = {record['temperature']:.2f}) is "
+        f"below {threshold:.3f} are left unanswered; on the validation cells that keeps the "
+        f"answered ones at {_pct(target)} accuracy or better.{tail}"
+    )

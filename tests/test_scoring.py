@@ -172,6 +172,19 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     assert plain.correct.all()
     np.testing.assert_allclose(tta.proba, plain.proba, atol=1e-5)
     assert [r.name for r in scoring.evaluate_models([path], split, tta=False, n_boot=50)] == ["m"]
+    assert plain.proba_val.shape == (2 * len(CLASSES), len(CLASSES))
+
+    # The temperature and a threshold chosen on validation go into the model's sidecar, and
+    # classify's loader reads them back (the sidecar still belongs to its model).
+    with pytest.raises(ValueError, match="TTA"):
+        scoring.record_rejection(tmp_path / "run", tta)
+    record = scoring.record_rejection(tmp_path / "run", plain)
+    info = saved.load_classifier(path).info
+    assert info["temperature"] == pytest.approx(plain.metrics["temperature"])
+    assert info["reject_threshold"] == record["reject_threshold"]
+    assert record["reject_threshold"] is not None  # every validation cell is right here
+    assert record["test_coverage"] == 1.0 and record["test_accepted_accuracy"] == 1.0
+    assert "uncertain" in scoring.rejection_sentence(record)
     table = scoring.recipe_differences(tmp_path / "run", results, "sample")
     assert set(table["model"]) == {"m"} and list(table.columns[1:]) == [
         "aspect",
@@ -204,3 +217,16 @@ def test_ranking_sentence_of_a_tie_and_no_negative_zero():
     row = {"model": "m", "n": 200, "plain": 0.855, "tta": 0.855, "gain": -0.0, "fixed": 5}
     row |= {"broken": 5, "ci_lo": -0.03, "ci_hi": 0.03, "p_mcnemar": 1.0}
     assert "(+0.0 points)" in scoring.tta_sentence(row)
+
+
+def test_rejection_sentence_says_when_nothing_is_answered():
+    record = {
+        "name": "svm",
+        "temperature": 1.1,
+        "reject_threshold": 0.96,
+        "target_accuracy": 0.99,
+        "test_coverage": 0.0,
+        "test_accepted_accuracy": None,
+    }
+    assert "answers none of them" in scoring.rejection_sentence(record)
+    assert "no threshold" in scoring.rejection_sentence({**record, "reject_threshold": None})
