@@ -32,17 +32,7 @@ def tiny(monkeypatch):
 
 
 def config(**changes) -> FinetuneConfig:
-    base = dict(
-        backbone="tiny",
-        image_size=SIZE,
-        batch_size=8,
-        epochs_head=1,
-        epochs_finetune=1,
-        weights=None,
-        precision="float32",
-        seed=1,
-    )
-    return FinetuneConfig(**{**base, **changes})
+    return tiny_models.finetune_config(**changes)
 
 
 @pytest.fixture(scope="module")

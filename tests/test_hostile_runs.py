@@ -397,18 +397,9 @@ def _cells(tiny_models, root: Path, per_class: int, seed: int) -> pd.DataFrame:
 
 
 def test_finetune_retrains_on_other_training_files(tiny_backbone, tmp_path):
-    from bloodlib.finetune import FinetuneConfig, train
+    from bloodlib.finetune import train
 
-    cfg = FinetuneConfig(
-        backbone="tiny",
-        image_size=tiny_backbone.SIZE,
-        batch_size=8,
-        epochs_head=1,
-        epochs_finetune=1,
-        weights=None,
-        precision="float32",
-        seed=1,
-    )
+    cfg = tiny_backbone.finetune_config()
     train_a = _cells(tiny_backbone, tmp_path / "a", 2, seed=0)
     train_b = _cells(tiny_backbone, tmp_path / "b", 2, seed=5000)  # another split's images
     val = _cells(tiny_backbone, tmp_path / "val", 1, seed=9000)

@@ -102,3 +102,20 @@ def vertex_classifier(image_size: int = SIZE):
     scale = 20.0
     model.get_layer("head").set_weights([scale * sign, -scale * 0.5 * sign.sum(axis=0)])
     return model
+
+
+def finetune_config(**changes):
+    """The smallest real fine-tuning: backbone "tiny" (register it first), one epoch a phase."""
+    from bloodlib.finetune import FinetuneConfig
+
+    base = dict(
+        backbone="tiny",
+        image_size=SIZE,
+        batch_size=8,
+        epochs_head=1,
+        epochs_finetune=1,
+        weights=None,
+        precision="float32",
+        seed=1,
+    )
+    return FinetuneConfig(**{**base, **changes})
