@@ -43,10 +43,17 @@ class FinetuneConfig:
     image_size: int | None = None  # None: the backbone's native size
     batch_size: int = 32
     epochs_head: int = 3
+    # Phase 1 on pooled features computed once (no augmentation), not on images: the frozen
+    # backbone's forward pass is paid once instead of every head epoch (seconds per epoch).
+    head_on_features: bool = False
     epochs_finetune: int = 12
     learning_rate_head: float = 1e-3
     learning_rate_finetune: float = 3e-4
     schedule: str = "cosine"  # "cosine" or "constant" (phase 2)
+    # Phase 2 starts its learning rate at 0 and ramps it linearly over this many epochs: the
+    # freshly unfrozen backbone and a new Adam state otherwise take large first steps that
+    # undo the head's fit (train accuracy fell from 76% to 38% in one epoch without it).
+    warmup_epochs: float = 0.0
     optimizer: str = "adamw"  # "adamw", "adam" or "sgd"
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1
@@ -216,13 +223,23 @@ def learning_rate_finetune(cfg: FinetuneConfig, steps_per_epoch: int):
     """Phase 2's learning rate: a float (``constant``) or a Keras cosine-decay schedule."""
     import keras
 
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
+        total = max(1, steps_per_epoch * cfg.epochs_finetune)
+        if warmup > 0:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0,
+                decay_steps=max(1, total - warmup),
+                alpha=COSINE_FINAL_FRACTION,
+                warmup_target=cfg.learning_rate_finetune,
+                warmup_steps=warmup,
+            )
         return keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate_finetune,
-            decay_steps=max(1, steps_per_epoch * cfg.epochs_finetune),
-            alpha=COSINE_FINAL_FRACTION,
+            cfg.learning_rate_finetune, decay_steps=total, alpha=COSINE_FINAL_FRACTION
         )
     if cfg.schedule == "constant":
+        if warmup > 0:
+            raise ValueError("warmup_epochs needs schedule='cosine'")
         return cfg.learning_rate_finetune
     raise ValueError(f"unknown schedule {cfg.schedule!r}; use 'cosine' or 'constant'")
 
@@ -341,16 +358,110 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _hashes(df: pd.DataFrame) -> list[str]:
+    """Content hashes of a split frame's files: its ``sha256`` column, else hashed here."""
+    known = df["sha256"].fillna("").astype(str) if "sha256" in df.columns else None
+    return [
+        (known.iloc[i] if known is not None else "") or sha256_file(path)
+        for i, path in enumerate(df["path"])
+    ]
+
+
+def fit_head_on_features(
+    model,
+    cfg: FinetuneConfig,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    *,
+    callbacks: list | None = None,
+    class_weight: dict | None = None,
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Phase 1 on cached pooled features: train ``model``'s head, leave the backbone as it is.
+
+    The frozen backbone computes the same features every epoch (augmentation aside), so they
+    are extracted once through ``features.extract`` (content-keyed cache: a re-run reads
+    them back) and the head (dropout + dense softmax, the same layers as ``model``'s) is fitted
+    on them; its weights are then copied into ``model``. Returns the seconds spent extracting
+    and fitting, and whether the features came from the cache.
+    """
+    import keras
+
+    from bloodlib import features
+
+    t0 = time.perf_counter()
+    sets = [
+        features.extract(
+            df["path"].tolist(),
+            _hashes(df),
+            cfg.backbone,
+            image_size=cfg.size,
+            weights=cfg.weights,
+            batch_size=cfg.batch_size,
+            progress=verbose > 0,
+        )
+        for df in (train_df, val_df)
+    ]
+    t1 = time.perf_counter()
+    k = len(CLASSES)
+    x_tr, x_va = (s.features for s in sets)
+    y_tr = keras.utils.to_categorical(train_df["label"].map(CLASS_INDEX).to_numpy(), k)
+    y_va = keras.utils.to_categorical(val_df["label"].map(CLASS_INDEX).to_numpy(), k)
+    head_src = model.get_layer("head")
+    inputs = keras.Input((x_tr.shape[1],), name="features")
+    x = keras.layers.Dropout(cfg.dropout, seed=cfg.seed, name="head_dropout")(inputs)
+    outputs = keras.layers.Dense(k, activation="softmax", dtype="float32", name="head")(x)
+    head = keras.Model(inputs, outputs, name="head_on_features")
+    _compile(head, cfg, cfg.learning_rate_head)
+    head.fit(
+        x_tr,
+        y_tr,
+        validation_data=(x_va, y_va),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs_head,
+        shuffle=True,
+        class_weight=class_weight,
+        callbacks=_HeadCallbacks.wrap(callbacks or [], model, head),
+        verbose=verbose,
+    )
+    head_src.set_weights(head.get_layer("head").get_weights())
+    return {
+        "feature_seconds": round(t1 - t0, 1),
+        "head_seconds": round(time.perf_counter() - t1, 1),
+        "features_cached": all(s.from_cache for s in sets),
+    }
+
+
+class _HeadCallbacks:
+    """Run phase-1 callbacks (history log, best checkpoint) against the full model.
+
+    The head trains in its own small model; before each epoch-end callback sees it, its
+    weights are copied into the full classifier, so the checkpoint holds a whole model and
+    the history has the same columns as image epochs.
+    """
+
+    @staticmethod
+    def wrap(callbacks: list, model, head) -> list:
+        import keras
+
+        class Sync(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                model.get_layer("head").set_weights(head.get_layer("head").get_weights())
+                for cb in callbacks:
+                    cb.set_model(model)
+                    cb.on_epoch_end(epoch, logs)
+
+        return [Sync()]
+
+
 def _files_digest(df: pd.DataFrame) -> str:
     """SHA-256 over a split frame's (content hash, label) rows, in order.
 
     The split's ``sha256`` column is used where present; other rows hash their file.
     """
-    known = df["sha256"].fillna("").astype(str) if "sha256" in df.columns else None
     h = hashlib.sha256()
-    for i, (path, label) in enumerate(zip(df["path"], df["label"], strict=True)):
-        sha = known.iloc[i] if known is not None else ""
-        h.update(f"{sha or sha256_file(path)}\t{label}\n".encode())
+    for sha, label in zip(_hashes(df), df["label"], strict=True):
+        h.update(f"{sha}\t{label}\n".encode())
     return h.hexdigest()
 
 
@@ -440,14 +551,14 @@ def _train_and_save(
         save_weights_only=True,
         initial_value_threshold=best_so_far,
     )
+    start = time.perf_counter()
     common = [
         checkpoint,
-        _history_logger(hist_csv),
+        _history_logger(hist_csv, start),
         keras.callbacks.TensorBoard(train_dir / "tensorboard", profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
     resumed = len(prior) > 0
-    start = time.perf_counter()
 
     # Phase 1: head only.
     phase1_path = train_dir / "phase1.weights.h5"
@@ -459,6 +570,15 @@ def _train_and_save(
             # The file also holds phase 1's finished optimizer state, which phase 2 replaces.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(phase1_path)
+    elif cfg.epochs_head > 0 and cfg.head_on_features:
+        with strategy.scope():
+            head_seconds = fit_head_on_features(
+                model, cfg, train_df, val_df, callbacks=[checkpoint, _history_logger(hist_csv, start)],
+                class_weight=class_weight, verbose=verbose,
+            )
+        with atomic_path(phase1_path, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+        write_json(train_dir / "phase1.json", head_seconds)
     elif cfg.epochs_head > 0:
         _fit(
             model,
@@ -518,10 +638,20 @@ def _train_and_save(
         precision=precision,
         train_images=len(train_df),
         val_images=len(val_df),
-        metrics={"best_val_accuracy": best_val, "train_seconds": round(train_seconds, 1)},
+        metrics={
+            "best_val_accuracy": best_val,
+            "train_seconds": round(train_seconds, 1),
+            **_phase1_record(train_dir),
+        },
     )
     write_json(done_path, {"best_val_accuracy": best_val, "train_seconds": train_seconds})
     return FinetuneResult(model_path, history, best_val, train_seconds, resumed)
+
+
+def _phase1_record(train_dir: Path) -> dict[str, Any]:
+    """The head-on-features phase's timings (``phase1.json``), when phase 1 ran that way."""
+    path = train_dir / "phase1.json"
+    return {"head_on_features": read_json(path)} if path.is_file() else {}
 
 
 def save_model(model, cfg: FinetuneConfig, model_path: str | Path, **extra: Any) -> Path:
@@ -581,8 +711,11 @@ def _fit(model, *args: Any, **kwargs: Any):
         return model.fit(*args, **kwargs)
 
 
-def _history_logger(path: Path):
+def _history_logger(path: Path, start: float | None = None):
     """A CSV log of epochs that rewrites ``path`` atomically after each epoch.
+
+    With ``start`` (a ``time.perf_counter()`` reading), each row also records ``seconds``:
+    the training wall time at the end of that epoch, in this process (time to accuracy).
 
     Keras' CSVLogger appends in place: a kill mid-write leaves a torn line, and a second
     writer interleaves its epochs. Here each epoch replaces the whole (small) file.
@@ -592,6 +725,8 @@ def _history_logger(path: Path):
     class AtomicCSVLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+            if start is not None:
+                row["seconds"] = round(time.perf_counter() - start, 1)
             old = None
             if path.is_file() and path.stat().st_size > 0:
                 old = pd.read_csv(path)
