@@ -59,6 +59,8 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     class_weights: bool = False  # "balanced" class weights
     augment: bool = True
+    # Other labs' stains, cameras and magnifications (pipeline.augment_other_lab): issue 12.
+    augment_domain: bool = False
     unfreeze_from_block: int = 0  # 0: the whole backbone
     train_batchnorm: bool = False  # keep BN statistics frozen: small batches, stable fine-tuning
     dropout: float = 0.2
@@ -284,6 +286,7 @@ def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch
         batch_size=batch,
         shuffle=True,
         augment=cfg.augment,
+        augment_domain=cfg.augment_domain,
         seed=cfg.seed,
         cache=cfg.cache_images,
     )

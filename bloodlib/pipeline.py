@@ -75,6 +75,59 @@ def augment_cell(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+#: Ranges of :func:`augment_other_lab`, each wide enough to cover what other labs' cells
+#: differ by (issue 12: backgrounds from yellow to pale blue, the cell 1.5-3x larger in the
+#: frame, 120-300 px cameras, some blur) while the class stays readable.
+DOMAIN_ZOOM = (1.0, 2.2)  # zoom in: the central 1/2.2 .. 1 of the frame, resized back
+DOMAIN_CHANNEL_GAIN = 0.15  # per-channel gain in 1 +- 0.15: white balance, stain hue
+DOMAIN_HUE = 0.04  # hue shift, fraction of the colour circle
+DOMAIN_SATURATION = (0.6, 1.4)
+DOMAIN_CONTRAST = (0.7, 1.3)
+DOMAIN_GAMMA = (0.7, 1.4)  # camera response curve
+DOMAIN_LOW_RES = (0.35, 1.0)  # resolution of a smaller or blurrier camera, resized back
+DOMAIN_NOISE = 6.0  # Gaussian noise, standard deviation up to this (0..255 scale)
+
+
+def augment_other_lab(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Stain, camera and magnification shifts, so a model learns what other labs' cells share.
+
+    On top of :func:`augment_cell`: a random zoom into the centre (other microscopes show
+    the cell larger), per-channel gain, hue, saturation, contrast and gamma (stain and white
+    balance), a lower resolution (smaller cameras, defocus) and sensor noise. Float 0..255
+    in and out, same shape.
+    """
+    s = tf.random.experimental.stateless_split(seed, num=10)
+
+    def u(i, lo, hi, shape=()):
+        return tf.random.stateless_uniform(shape, s[i], lo, hi)
+
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    size = tf.stack([h, w])
+    # Zoom in: crop the centre (jittered a little) and resize back.
+    frac = 1.0 / u(0, *DOMAIN_ZOOM)
+    ch = tf.cast(tf.cast(h, tf.float32) * frac, tf.int32)
+    cw = tf.cast(tf.cast(w, tf.float32) * frac, tf.int32)
+    # PBC cells sit in the centre: the crop's centre moves by at most a quarter of the margin.
+    top = tf.cast(u(1, 0.375, 0.625) * tf.cast(h - ch, tf.float32), tf.int32)
+    left = tf.cast(u(2, 0.375, 0.625) * tf.cast(w - cw, tf.float32), tf.int32)
+    image = tf.image.resize(image[top : top + ch, left : left + cw], size, antialias=True)
+    # Lower resolution, then back: blur and lost detail of a smaller camera.
+    res = u(3, *DOMAIN_LOW_RES)
+    small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * res, tf.int32), 16)
+    image = tf.image.resize(tf.image.resize(image, small, antialias=True), size)
+    # Colour: camera curve, white balance, stain hue and strength.
+    x = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    x = x ** u(4, *DOMAIN_GAMMA)
+    x = x * u(5, 1.0 - DOMAIN_CHANNEL_GAIN, 1.0 + DOMAIN_CHANNEL_GAIN, (1, 1, 3))
+    x = tf.image.adjust_hue(tf.clip_by_value(x, 0.0, 1.0), u(6, -DOMAIN_HUE, DOMAIN_HUE))
+    x = tf.image.adjust_saturation(x, u(7, *DOMAIN_SATURATION))
+    x = tf.image.adjust_contrast(x, u(8, *DOMAIN_CONTRAST))
+    x = x * 255.0
+    x = x + tf.random.stateless_normal(shape, s[9]) * u(9, 0.0, DOMAIN_NOISE)
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
 def make_dataset(
     paths: Sequence[str],
     labels: Sequence[int] | np.ndarray | None = None,
@@ -83,6 +136,7 @@ def make_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     augment: bool = False,
+    augment_domain: bool = False,
     seed: int = DEFAULT_SEED,
     cache: bool | str = False,
     preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None,
@@ -94,10 +148,13 @@ def make_dataset(
     Order is fixed unless ``shuffle`` is set, so predictions line up with
     ``paths``. ``cache`` keeps decoded, resized uint8 images in memory
     (``True``) or in files under the given path prefix, before augmentation;
-    without it memory does not grow with the dataset.
+    without it memory does not grow with the dataset. ``augment_domain`` adds
+    :func:`augment_other_lab` to ``augment``'s flips and rotations (it needs ``augment``).
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
+    if augment_domain and not augment:
+        raise ValueError("augment_domain=True needs augment=True")
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("make_dataset needs at least one image path")
@@ -129,13 +186,15 @@ def make_dataset(
         # One stateless seed per element, derived from the element counter and the run seed,
         # so an augmented epoch is reproducible.
         counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda xy, i: (
-                augment_cell(tf.cast(xy[0], tf.float32), tf.stack([tf.cast(seed, tf.int64), i])),
-                xy[1],
-            ),
-            num_parallel_calls=AUTOTUNE,
-        )
+
+        def _augment(xy, i):
+            key = tf.stack([tf.cast(seed, tf.int64), i])
+            x = augment_cell(tf.cast(xy[0], tf.float32), key)
+            if augment_domain:
+                x = augment_other_lab(x, tf.stack([key[0] + 1, key[1]]))
+            return x, xy[1]
+
+        ds = tf.data.Dataset.zip((ds, counter)).map(_augment, num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
 
