@@ -46,3 +46,32 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
         keras.utils.set_random_seed(seed)
     except ImportError:  # data-only use without TensorFlow
         pass
+
+
+#: What a model trained with a later seed of a run adds to its name (``<name>_seed43``).
+SEED_SUFFIX = "_seed"
+
+
+def training_seeds(seed: int = DEFAULT_SEED, n_seeds: int = 1) -> list[int]:
+    """The training seeds of a run: ``seed, seed + 1, ..., seed + n_seeds - 1``.
+
+    The split stays the one of ``seed``; only training (SVM folds, fine-tuning) repeats.
+    """
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"n_seeds must be an integer >= 1 (got {n_seeds!r}): use n_seeds=1")
+    return list(range(seed, seed + n_seeds))
+
+
+def seed_model_name(base: str, seed: int, first_seed: int) -> str:
+    """The model name for training seed ``seed``: ``base`` for the run's first seed (so every
+    reader still finds ``<backbone>_finetune`` / ``<backbone>_svm``), ``base_seed<N>`` else."""
+    return base if seed == first_seed else f"{base}{SEED_SUFFIX}{seed}"
+
+
+def split_seed_name(name: str) -> tuple[str, int | None]:
+    """``(base, seed)`` of a name made by :func:`seed_model_name`; ``(name, None)`` for a first
+    seed's model (its name carries no seed)."""
+    base, sep, tail = name.rpartition(SEED_SUFFIX)
+    if sep and base and tail.isdigit():
+        return base, int(tail)
+    return name, None

@@ -291,6 +291,10 @@ PARAMETER_RULES: dict[str, Rule] = {
     ),
     "max_train_images": Rule("a cap on training images; null uses all", minimum=1, nullable=True),
     "n_boot": Rule("bootstrap resamples for confidence intervals", minimum=1),
+    "n_seeds": Rule(
+        "training runs per model (seeds seed .. seed + n_seeds - 1, one split); 1: one run",
+        minimum=1,
+    ),
     "svm_cv": Rule("cross-validation needs at least two folds", minimum=2),
     "split_fractions": Rule("(train, val, test) fractions of the data", check=_fractions_problem),
     "backbones": Rule("backbones of bloodlib.backbones.REGISTRY", check=_names_problem),
@@ -780,22 +784,24 @@ def _is_current(run_dir: Path, name: str, digest: str, output: Path) -> bool:
     return state.get("hash") == digest and output.exists()
 
 
-def results_table(run_dir: Path) -> str | None:
-    """A plain-text table of ``run_dir/metrics.json`` models, or None when absent."""
+def _metrics_list(run_dir: Path, key: str) -> list:
+    """``run_dir/metrics.json``'s list under ``key``; empty when absent or malformed."""
     try:
-        models = read_json(Path(run_dir) / "metrics.json").get("models") or []
+        items = read_json(Path(run_dir) / "metrics.json").get(key) or []
     except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(models, list):
-        return None
-    cols = ("name", "backbone", "method", "test_accuracy", "balanced_accuracy")
+        return []
+    return items if isinstance(items, list) else []
 
+
+def _text_table(items: list, cols: tuple[str, ...]) -> str | None:
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4f}"
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
         return "-" if value is None else str(value)
 
-    rows = [[cell(m.get(c)) for c in cols] for m in models if isinstance(m, dict)]
+    rows = [[cell(m.get(c)) for c in cols] for m in items if isinstance(m, dict)]
     if not rows:
         return None
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -803,6 +809,24 @@ def results_table(run_dir: Path) -> str | None:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
+
+
+def results_table(run_dir: Path) -> str | None:
+    """A plain-text table of ``run_dir/metrics.json`` models, or None when absent."""
+    cols = ("name", "backbone", "method", "test_accuracy", "balanced_accuracy")
+    return _text_table(_metrics_list(run_dir, "models"), cols)
+
+
+def spread_table(run_dir: Path) -> str | None:
+    """A plain-text table of ``metrics.json``'s ``seed_spread`` rows trained with several
+    seeds (mean and standard deviation over seeds), or None when there are none."""
+    rows = [
+        r
+        for r in _metrics_list(run_dir, "seed_spread")
+        if isinstance(r, dict) and isinstance(r.get("n_seeds"), int) and r["n_seeds"] > 1
+    ]
+    cols = ("name", "n_seeds", "seeds", "accuracy_mean", "accuracy_std", "balanced_accuracy_mean")
+    return _text_table(rows, cols)
 
 
 def check_weights(plans: list[NotebookPlan]) -> None:
@@ -868,6 +892,9 @@ def run_study(
     table = results_table(run_dir)
     if table:
         _say("\n" + table)
+    spread = spread_table(run_dir)
+    if spread:
+        _say("\nspread over training seeds (same split; std with ddof=1):\n" + spread)
     _say(f"\nresults in {run_dir}")
     return run_dir
 

@@ -119,6 +119,7 @@ def evaluate_model(
         "method": info["method"],
         "image_size": info["image_size"],
         "tta": tta,
+        "seed": model_seed(info),
         "engine": clf.engine,
         "test_accuracy": metrics["accuracy"],
         "balanced_accuracy": metrics["balanced_accuracy"],
@@ -141,6 +142,35 @@ def evaluate_model(
     return Evaluation(
         entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1), probs.get("val"), y_val
     )
+
+
+def model_seed(info: Mapping[str, Any]) -> int | None:
+    """The training seed a sidecar records: ``seed`` (SVM) or ``config.seed`` (fine-tuned);
+    ``None`` for a model saved before bloodlib recorded it."""
+    seed = info.get("seed", (info.get("config") or {}).get("seed"))
+    return None if seed is None else int(seed)
+
+
+def seed_models(
+    model_paths: Sequence[Path], seed: int = DEFAULT_SEED, n_seeds: int = 1
+) -> tuple[list[Path], list[Path]]:
+    """``(first, others)``: the first seed's models (names without a seed) and those of this
+    run's later training seeds (:func:`bloodlib.config.seed_model_name`), in path order.
+
+    A ``_seed<N>`` model of a seed outside ``seed .. seed + n_seeds - 1`` (left by an earlier
+    run with more seeds) is in neither list, so it cannot leak into this run's spread.
+    """
+    from bloodlib.config import split_seed_name, training_seeds
+
+    later = set(training_seeds(seed, n_seeds)[1:])
+    first, others = [], []
+    for path in model_paths:
+        _, s = split_seed_name(Path(path).stem)
+        if s is None:
+            first.append(Path(path))
+        elif s in later:
+            others.append(Path(path))
+    return first, others
 
 
 def evaluate_models(
@@ -496,3 +526,163 @@ def rejection_sentence(record: Mapping[str, Any]) -> str:
         f"below {threshold:.3f} are left unanswered; on the validation cells that keeps the "
         f"answered ones at {_pct(target)} accuracy or better.{tail}"
     )
+
+
+# ----------------------------------------------------------------------------- seeds
+
+#: Keys of each :func:`seed_spread` row, in order.
+SPREAD_KEYS = (
+    "name",
+    "backbone",
+    "method",
+    "tta",
+    "n_seeds",
+    "seeds",
+    "accuracy_mean",
+    "accuracy_std",
+    "balanced_accuracy_mean",
+    "balanced_accuracy_std",
+)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    x = np.asarray(values, dtype=np.float64)
+    # ddof=1: the seeds are a sample of the training runs the recipe could give.
+    return float(x.mean()), (float(x.std(ddof=1)) if len(x) > 1 else None)
+
+
+def seed_spread(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation (ddof=1; ``None`` for one seed) over training seeds.
+
+    One row per (backbone, method, tta), in the order the groups first appear in ``entries``
+    (metrics entries with ``seed``, ``test_accuracy`` and ``balanced_accuracy``); ``name`` is
+    the group's first entry (the first seed's model when it comes first). Keys:
+    :data:`SPREAD_KEYS`. Two entries of one group with the same seed are an error: the same
+    training counted twice would shrink the spread.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((e["backbone"], e["method"], bool(e.get("tta"))), []).append(e)
+    rows = []
+    for (backbone, method, tta), members in groups.items():
+        seeds = [m.get("seed") for m in members]
+        if len(set(seeds)) < len(seeds):
+            raise ValueError(
+                f"{backbone}/{method}{' tta' if tta else ''}: seeds {seeds} repeat; score each "
+                "training seed once (scoring.seed_models picks one model per seed)"
+            )
+        acc_mean, acc_std = _mean_std([m["test_accuracy"] for m in members])
+        bal_mean, bal_std = _mean_std([m["balanced_accuracy"] for m in members])
+        rows.append(
+            {
+                "name": members[0]["name"],
+                "backbone": backbone,
+                "method": method,
+                "tta": tta,
+                "n_seeds": len(members),
+                "seeds": seeds,
+                "accuracy_mean": acc_mean,
+                "accuracy_std": acc_std,
+                "balanced_accuracy_mean": bal_mean,
+                "balanced_accuracy_std": bal_std,
+            }
+        )
+    return rows
+
+
+def seed_table(
+    spread: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]]
+) -> pd.DataFrame:
+    """:func:`seed_spread` rows as a table, beside the first seed's bootstrap interval
+    (``ci_lo``, ``ci_hi``, ``ci_width``, looked up by ``name`` in ``entries``)."""
+    by_name = {e["name"]: e for e in entries}
+    rows = []
+    for row in spread:
+        ci = (by_name.get(row["name"]) or {}).get("accuracy_ci95") or (np.nan, np.nan)
+        rows.append(
+            {
+                **{k: row[k] for k in SPREAD_KEYS if k != "seeds"},
+                "seeds": ", ".join(str(s) for s in row["seeds"]),
+                "ci_lo": float(ci[0]),
+                "ci_hi": float(ci[1]),
+                "ci_width": float(ci[1]) - float(ci[0]),
+            }
+        )
+    columns = [*[k for k in SPREAD_KEYS if k != "seeds"], "seeds", "ci_lo", "ci_hi", "ci_width"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def seed_sentence(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> str:
+    """One :func:`seed_spread` row in words: the spread over seeds against the width of the
+    first seed's bootstrap interval (test-sample luck). With one seed, how to run several."""
+    name, n = row["name"], int(row["n_seeds"])
+    if n < 2 or row.get("accuracy_std") is None:
+        return (
+            f"**{name}**: one training seed ({row['seeds'][0]}), so there is no spread over "
+            "training runs to report. Repeat the training over three seeds on the same split "
+            "with `python -m bloodlib run --profile sample -p n_seeds=3` (any profile takes it)."
+        )
+    accs = [e["test_accuracy"] for e in entries if _same_group(e, row)]
+    std = float(row["accuracy_std"])
+    text = (
+        f"**{name}** over {n} training seeds ({', '.join(str(s) for s in row['seeds'])}) on "
+        f"the same split: test accuracy {_pct(row['accuracy_mean'])} on average, standard "
+        f"deviation {100 * std:.2f} points (from {_pct(min(accs))} to {_pct(max(accs))})."
+    )
+    ci = next((e.get("accuracy_ci95") for e in entries if e["name"] == name), None)
+    if max(accs) == min(accs):  # std may be a rounding error above 0
+        return (
+            text
+            + " Every seed gave the same test accuracy: the seed changed nothing measurable here."
+        )
+    if not ci:
+        return text
+    width = ci[1] - ci[0]
+    # About 95 % of a normal spread lies within +-2 standard deviations: a width of 4 std.
+    ratio = 4 * std / width if width > 0 else np.inf
+    if ratio < 0.5:
+        verdict = (
+            "much narrower than that: on this test set, which cells happen to be drawn moves "
+            "the accuracy more than the training seed does"
+        )
+    elif ratio <= 1.5:
+        verdict = (
+            "comparable: the training seed matters about as much as the luck of the test sample"
+        )
+    else:
+        verdict = (
+            "wider than that: one training run's interval understates the uncertainty, "
+            "report the mean over seeds"
+        )
+    return text + (
+        f" The first seed's 95 % bootstrap interval is {100 * width:.1f} points wide; four "
+        f"standard deviations (about 95 % of a normal spread) span {100 * 4 * std:.1f} points, "
+        f"{verdict}. With {n} seeds the standard deviation is itself rough: treat it as an "
+        "order of magnitude."
+    )
+
+
+def _same_group(entry: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    return (
+        entry["backbone"] == row["backbone"]
+        and entry["method"] == row["method"]
+        and bool(entry.get("tta")) == bool(row["tta"])
+    )
+
+
+def seed_sentences(
+    spread: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """:func:`seed_sentence` of every model trained with several seeds; when none was, one
+    sentence for the whole run saying how to repeat the training over seeds."""
+    several = [row for row in spread if row["n_seeds"] > 1]
+    if several:
+        return [seed_sentence(row, entries) for row in several]
+    seeds = sorted({s for row in spread for s in row["seeds"] if s is not None})
+    which = f" ({', '.join(str(s) for s in seeds)})" if seeds else ""
+    return [
+        f"Every model here was trained with one seed{which}, so the bootstrap intervals above "
+        "are the only uncertainty measured: the spread between training runs is not. "
+        "`python -m bloodlib run --profile sample -p n_seeds=3` repeats the SVM and the "
+        "fine-tuning with three seeds on the same split, and this section then shows it."
+    ]

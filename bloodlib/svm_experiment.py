@@ -95,11 +95,14 @@ def fit_and_save(
     seed: int = DEFAULT_SEED,
     grid: list[dict] | None = None,
     n_jobs: int = -1,
+    name: str | None = None,
 ) -> SVMExperiment:
     """Choose the SVM by ``cv``-fold CV on the training rows, score val/test, save the model.
 
-    Saves ``models/<backbone>_svm.skops`` and its sidecar in ``run_dir``; the validation
-    and test rows are used only for the final scores.
+    Saves ``models/<name>.skops`` (default ``<backbone>_svm``; a later training seed's is
+    :func:`bloodlib.config.seed_model_name`'s) and its sidecar in ``run_dir``; the validation
+    and test rows are used only for the final scores. ``seed`` shuffles the CV folds and
+    Platt scaling's folds; it is recorded in the sidecar.
     """
     from bloodlib import backbones, evaluate, svm
     from bloodlib.saved import save_classifier
@@ -118,7 +121,7 @@ def fit_and_save(
         if mask.any():
             proba = svm.predict_proba(result.model, X[mask], len(CLASSES))
             scores[name] = evaluate.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
-    name = f"{backbone}_svm"
+    name = name or f"{backbone}_svm"
     model_path = Path(run_dir) / "models" / f"{name}.skops"
     save_classifier(
         result.model,
@@ -134,6 +137,7 @@ def fit_and_save(
             "weights_origin": bb.weights_origin if weights == "imagenet" else str(weights),
             "features_key": feature_set.key,
             "svm_params": dict(result.best_params),
+            "seed": int(seed),
             "cv_accuracy": result.cv_score,
             "train_images": int((part == "train").sum()),
             "metrics": {f"{k}_accuracy": v["accuracy"] for k, v in scores.items()},
@@ -342,4 +346,70 @@ def backbone_sentence(table: pd.DataFrame) -> str:
         f"({cheap['test_accuracy']:.1%} at {cheap['gmacs']:.2f} GMACs an image against "
         f"{best['gmacs']:.2f}): on this test split the data cannot tell them apart, so the "
         "cheaper network is the reasonable choice."
+    )
+
+
+# ----------------------------------------------------------------------------- seeds
+
+#: Columns of :func:`seed_table`, in order.
+SEED_COLUMNS = ("seed", "name", "kernel", "C", "cv_accuracy", "test_accuracy", "balanced_accuracy")
+
+
+def seed_table(runs: Mapping[int, SVMExperiment]) -> pd.DataFrame:
+    """One row per training seed (``seed -> experiment`` of one backbone): the setting the
+    CV chose, its CV accuracy and the test scores, in seed order. Columns :data:`SEED_COLUMNS`."""
+    rows = [
+        {
+            "seed": int(s),
+            "name": r.name,
+            "kernel": r.best_params.get("svc__kernel"),
+            "C": r.best_params.get("svc__C"),
+            "cv_accuracy": r.cv_accuracy,
+            "test_accuracy": r.test_accuracy,
+            "balanced_accuracy": r.test_metrics["balanced_accuracy"],
+        }
+        for s, r in sorted(runs.items())
+    ]
+    return pd.DataFrame(rows, columns=list(SEED_COLUMNS))
+
+
+def seed_sentence(table: pd.DataFrame) -> str:
+    """What repeating design 1 over seeds changed, from :func:`seed_table`'s numbers (the
+    standard deviation is :func:`bloodlib.scoring.seed_spread`'s). One seed: how to run more."""
+    from bloodlib.scoring import seed_spread
+
+    if len(table) < 2:
+        return (
+            "One training seed: nothing to compare. `python -m bloodlib run --profile sample "
+            "-p n_seeds=3` fits the SVM with three seeds on the same split (and fine-tunes "
+            "three networks in notebook 03)."
+        )
+    first = table.iloc[0]
+    entries = [
+        {"name": first["name"], "backbone": "svm", "method": "svm", "tta": False, **row}
+        for row in table[["seed", "test_accuracy", "balanced_accuracy"]].to_dict("records")
+    ]
+    spread = seed_spread(entries)[0]
+    std = spread["accuracy_std"]
+    settings = table[["kernel", "C"]].astype(str).drop_duplicates()
+    text = (
+        f"Over {len(table)} seeds on the same split, the SVM's test accuracy was "
+        f"{100 * spread['accuracy_mean']:.1f} % on average with a standard deviation of "
+        f"{100 * std:.2f} points (from {100 * table['test_accuracy'].min():.1f} % to "
+        f"{100 * table['test_accuracy'].max():.1f} %). "
+    )
+    text += (
+        "Cross-validation chose the same kernel and C for every seed. "
+        if len(settings) == 1
+        else f"Cross-validation chose {len(settings)} different settings of kernel and C. "
+    )
+    text += (
+        "The features are frozen, so the seed only reshuffles the cross-validation folds and "
+        "the folds Platt scaling calibrates on"
+    )
+    if table["test_accuracy"].nunique() == 1 and len(settings) == 1:
+        return text + ": here that changed nothing measurable on the test cells."
+    return text + (
+        ": enough to move some test cells across the boundary. Notebook 04 sets this spread "
+        "beside the fine-tuned networks' and beside the bootstrap interval."
     )
