@@ -533,6 +533,7 @@ def rejection_sentence(record: Mapping[str, Any]) -> str:
 #: Keys of each :func:`seed_spread` row, in order.
 SPREAD_KEYS = (
     "name",
+    "model",
     "backbone",
     "method",
     "tta",
@@ -551,33 +552,57 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return float(x.mean()), (float(x.std(ddof=1)) if len(x) > 1 else None)
 
 
+def seed_group(entry: Mapping[str, Any]) -> tuple[str, bool]:
+    """``(model, tta)``: which model a metrics entry is one training seed of. ``model`` is the
+    first seed's model name (its file stem without ``_seed<N>``), so two different recipes of
+    one backbone (e.g. ``_finetune`` and ``_robust``) never pool into one spread."""
+    from bloodlib.config import split_seed_name
+
+    tta = bool(entry.get("tta"))
+    path = entry.get("model_path")
+    if path:
+        stem = Path(path).stem
+    else:  # an entry without its file: its name, less the TTA suffix
+        stem = str(entry["name"]).removesuffix("_tta") if tta else str(entry["name"])
+    return split_seed_name(stem)[0], tta
+
+
+def seed_members(
+    entries: Sequence[Mapping[str, Any]], row: Mapping[str, Any]
+) -> list[Mapping[str, Any]]:
+    """The entries of one :func:`seed_spread` row, in ``entries`` order."""
+    return [e for e in entries if seed_group(e) == (row["model"], bool(row["tta"]))]
+
+
 def seed_spread(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation (ddof=1; ``None`` for one seed) over training seeds.
 
-    One row per (backbone, method, tta), in the order the groups first appear in ``entries``
-    (metrics entries with ``seed``, ``test_accuracy`` and ``balanced_accuracy``); ``name`` is
-    the group's first entry (the first seed's model when it comes first). Keys:
-    :data:`SPREAD_KEYS`. Two entries of one group with the same seed are an error: the same
-    training counted twice would shrink the spread.
+    One row per model and TTA (:func:`seed_group`: the ``_seed<N>`` models of a run pool with
+    their first seed's), in the order the groups first appear in ``entries`` (metrics entries
+    with ``seed``, ``test_accuracy`` and ``balanced_accuracy``); ``name`` is the group's first
+    entry (the first seed's model when it comes first). Keys: :data:`SPREAD_KEYS`. Two entries
+    of one group with the same seed are an error: the same training counted twice would shrink
+    the spread.
     """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for e in entries:
-        groups.setdefault((e["backbone"], e["method"], bool(e.get("tta"))), []).append(e)
+        groups.setdefault(seed_group(e), []).append(e)
     rows = []
-    for (backbone, method, tta), members in groups.items():
+    for (model, tta), members in groups.items():
         seeds = [m.get("seed") for m in members]
         if len(set(seeds)) < len(seeds):
             raise ValueError(
-                f"{backbone}/{method}{' tta' if tta else ''}: seeds {seeds} repeat; score each "
-                "training seed once (scoring.seed_models picks one model per seed)"
+                f"{model}{' tta' if tta else ''}: seeds {seeds} repeat; score each training "
+                "seed once (scoring.seed_models picks one model per seed)"
             )
         acc_mean, acc_std = _mean_std([m["test_accuracy"] for m in members])
         bal_mean, bal_std = _mean_std([m["balanced_accuracy"] for m in members])
         rows.append(
             {
                 "name": members[0]["name"],
-                "backbone": backbone,
-                "method": method,
+                "model": model,
+                "backbone": members[0]["backbone"],
+                "method": members[0]["method"],
                 "tta": tta,
                 "n_seeds": len(members),
                 "seeds": seeds,
@@ -622,7 +647,7 @@ def seed_sentence(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) 
             "training runs to report. Repeat the training over three seeds on the same split "
             "with `python -m bloodlib run --profile sample -p n_seeds=3` (any profile takes it)."
         )
-    accs = [e["test_accuracy"] for e in entries if _same_group(e, row)]
+    accs = [e["test_accuracy"] for e in seed_members(entries, row)]
     std = float(row["accuracy_std"])
     text = (
         f"**{name}** over {n} training seeds ({', '.join(str(s) for s in row['seeds'])}) on "
@@ -659,14 +684,6 @@ def seed_sentence(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) 
         f"standard deviations (about 95 % of a normal spread) span {100 * 4 * std:.1f} points, "
         f"{verdict}. With {n} seeds the standard deviation is itself rough: treat it as an "
         "order of magnitude."
-    )
-
-
-def _same_group(entry: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
-    return (
-        entry["backbone"] == row["backbone"]
-        and entry["method"] == row["method"]
-        and bool(entry.get("tta")) == bool(row["tta"])
     )
 
 

@@ -16,15 +16,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-
-def _members(entries: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> list:
-    return [
-        e
-        for e in entries
-        if e["backbone"] == row["backbone"]
-        and e["method"] == row["method"]
-        and bool(e.get("tta")) == bool(row["tta"])
-    ]
+from bloodlib.scoring import seed_members
 
 
 def plot_seed_spread(
@@ -46,7 +38,7 @@ def plot_seed_spread(
         return text
 
     for i, row in enumerate(rows):
-        members = _members(entries, row)
+        members = seed_members(entries, row)
         acc = np.array([m["test_accuracy"] for m in members], dtype=float)
         first = next((m for m in members if m["name"] == row["name"]), members[0])
         offsets = np.linspace(-0.12, 0.12, len(acc)) if len(acc) > 1 else np.zeros(1)

@@ -116,11 +116,11 @@ def fit_and_save(
         X[part == "train"], y[part == "train"], grid=grid, cv=cv, seed=seed, n_jobs=n_jobs
     )
     scores: dict[str, dict[str, Any]] = {}
-    for name in ("val", "test"):
-        mask = part == name
+    for part_name in ("val", "test"):
+        mask = part == part_name
         if mask.any():
             proba = svm.predict_proba(result.model, X[mask], len(CLASSES))
-            scores[name] = evaluate.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
+            scores[part_name] = evaluate.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
     name = name or f"{backbone}_svm"
     model_path = Path(run_dir) / "models" / f"{name}.skops"
     save_classifier(

@@ -289,3 +289,29 @@ def test_seed_figure_draws_one_column_per_model():
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["n", "s"]
     labels = ax.get_legend_handles_labels()[1]
     assert labels.count("first seed (42)") == 1 and "another training seed" in labels
+
+
+def test_seed_group_pools_a_models_seeds_but_never_two_recipes():
+    def entry(stem, seed, acc, tta=False):
+        name = stem + ("_tta" if tta else "")
+        return {**_entry(name, seed, acc, tta=tta), "model_path": f"models/{stem}.keras"}
+
+    entries = [
+        entry("lite0_finetune", 42, 0.97),
+        entry("lite0_finetune", 42, 0.98, tta=True),
+        entry("lite0_robust", 42, 0.95),  # notebook 05's network: same backbone and method
+        entry("lite0_finetune_seed43", 43, 0.96),
+        entry("lite0_finetune_seed43", 43, 0.97, tta=True),
+    ]
+    assert scoring.seed_group(entries[3]) == ("lite0_finetune", False)
+    assert scoring.seed_group(entries[4]) == ("lite0_finetune", True)
+    spread = scoring.seed_spread(entries)
+    assert [(r["model"], r["tta"], r["seeds"]) for r in spread] == [
+        ("lite0_finetune", False, [42, 43]),
+        ("lite0_finetune", True, [42, 43]),
+        ("lite0_robust", False, [42]),
+    ]
+    assert [e["name"] for e in scoring.seed_members(entries, spread[1])] == [
+        "lite0_finetune_tta",
+        "lite0_finetune_seed43_tta",
+    ]
