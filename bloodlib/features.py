@@ -65,12 +65,14 @@ def extract(
     batch_size: int = 32,
     progress: bool = True,
     cache_root: Path | None = None,
+    model=None,
 ) -> FeatureSet:
     """Features for ``paths`` (row-aligned), from the cache when possible.
 
     ``hashes`` are the files' content hashes (the manifest's ``sha256``); they
     key the cache, so renaming or moving the data keeps the cache valid while
-    any change of content invalidates it.
+    any change of content invalidates it. ``model``: an already built extractor holding
+    exactly these ``weights`` (saves building a second one); by default one is built.
     """
     if len(paths) != len(hashes):
         raise ValueError("paths and hashes must have the same length")
@@ -84,7 +86,8 @@ def extract(
 
     from bloodlib.pipeline import make_dataset  # TensorFlow only when there is work to do
 
-    model = backbones.build_feature_extractor(backbone, size, weights)
+    if model is None:
+        model = backbones.build_feature_extractor(backbone, size, weights)
     parts = root / f"{key}.parts{CHUNK}"
     parts.mkdir(parents=True, exist_ok=True)
     n = len(paths)

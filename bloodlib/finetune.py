@@ -320,6 +320,20 @@ def load_history(train_dir: str | Path, epochs_head: int | None = None) -> pd.Da
     return hist
 
 
+def time_to_accuracy(history: pd.DataFrame, target: float) -> float | None:
+    """Training seconds until validation accuracy first reached ``target`` (None: never).
+
+    Reads the ``seconds`` column :func:`train` logs per epoch (the wall time at the end of
+    that epoch, in the process that ran it); None as well when the history has no timings.
+    """
+    if "seconds" not in history.columns or history.empty:
+        return None
+    hit = history[history["val_accuracy"] >= target]
+    if hit.empty or pd.isna(hit["seconds"].iloc[0]):
+        return None
+    return float(hit["seconds"].iloc[0])
+
+
 def train(
     cfg: FinetuneConfig,
     train_df: pd.DataFrame,
@@ -391,23 +405,43 @@ def fit_head_on_features(
     import keras
 
     from bloodlib import features
+    from bloodlib.pipeline import make_dataset
 
     t0 = time.perf_counter()
-    sets = [
-        features.extract(
-            df["path"].tolist(),
-            _hashes(df),
-            cfg.backbone,
-            image_size=cfg.size,
-            weights=cfg.weights,
-            batch_size=cfg.batch_size,
-            progress=verbose > 0,
+    backbone = model.layers[1]  # still holding cfg.weights: phase 1 has not changed it
+    if cfg.weights is None:
+        # Random weights are not a fact to cache under a name: compute, keep nothing.
+        x_tr, x_va = (
+            np.asarray(
+                backbone.predict(
+                    make_dataset(
+                        df["path"].tolist(), image_size=cfg.size, batch_size=cfg.batch_size
+                    ),
+                    verbose=0,
+                ),
+                np.float32,
+            )
+            for df in (train_df, val_df)
         )
-        for df in (train_df, val_df)
-    ]
+        cached = False
+    else:
+        sets = [
+            features.extract(
+                df["path"].tolist(),
+                _hashes(df),
+                cfg.backbone,
+                image_size=cfg.size,
+                weights=cfg.weights,
+                batch_size=cfg.batch_size,
+                progress=verbose > 0,
+                model=backbone,
+            )
+            for df in (train_df, val_df)
+        ]
+        x_tr, x_va = (s.features for s in sets)
+        cached = all(s.from_cache for s in sets)
     t1 = time.perf_counter()
     k = len(CLASSES)
-    x_tr, x_va = (s.features for s in sets)
     y_tr = keras.utils.to_categorical(train_df["label"].map(CLASS_INDEX).to_numpy(), k)
     y_va = keras.utils.to_categorical(val_df["label"].map(CLASS_INDEX).to_numpy(), k)
     head_src = model.get_layer("head")
@@ -431,7 +465,7 @@ def fit_head_on_features(
     return {
         "feature_seconds": round(t1 - t0, 1),
         "head_seconds": round(time.perf_counter() - t1, 1),
-        "features_cached": all(s.from_cache for s in sets),
+        "features_cached": cached,
     }
 
 
@@ -576,8 +610,13 @@ def _train_and_save(
     elif cfg.epochs_head > 0 and cfg.head_on_features:
         with strategy.scope():
             head_seconds = fit_head_on_features(
-                model, cfg, train_df, val_df, callbacks=[checkpoint, _history_logger(hist_csv, start)],
-                class_weight=class_weight, verbose=verbose,
+                model,
+                cfg,
+                train_df,
+                val_df,
+                callbacks=[checkpoint, _history_logger(hist_csv, start)],
+                class_weight=class_weight,
+                verbose=verbose,
             )
         with atomic_path(phase1_path, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)

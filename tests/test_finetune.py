@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -291,3 +292,73 @@ def test_a_mixed_precision_model_is_saved_in_float32(tmp_path):
     assert {layer.dtype_policy.name for layer in loaded.layers[1].layers} == {"float32"}
     for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_head_on_features_trains_the_head_from_cached_features(data, tmp_path, monkeypatch):
+    """Phase 1 on pooled features: the classifier's head gets the fitted weights, the
+    backbone keeps its given weights, the history logs head epochs with timings, and a
+    second training reads the features back from the cache."""
+    monkeypatch.setenv("BLOODLIB_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny.weights.h5"
+    TINY.builder((SIZE, SIZE, 3), None).save_weights(weights)  # "pretrained" backbone weights
+    cfg = config(head_on_features=True, epochs_head=3, epochs_finetune=0, weights=str(weights))
+    result = train(cfg, *data, tmp_path / "run", "head_feat", verbose=0)
+    hist = result.history
+    assert list(hist["phase"]) == ["head"] * 3
+    assert hist["seconds"].is_monotonic_increasing
+    record = read_sidecar(result.model_path)["metrics"]["head_on_features"]
+    assert record["features_cached"] is False
+    assert list((tmp_path / "cache" / "features" / "tiny").glob("*.npy"))
+
+    model = load_classifier(result.model_path).model
+    fresh = build_classifier(cfg)
+    # The head moved away from its initial weights; the frozen backbone did not.
+    assert not np.allclose(
+        model.get_layer("head").get_weights()[0], fresh.get_layer("head").get_weights()[0]
+    )
+    for a, b in zip(model.layers[1].get_weights(), fresh.layers[1].get_weights(), strict=True):
+        np.testing.assert_allclose(a, b)
+    # The whole classifier on the validation images = the fitted head on their features.
+    from bloodlib import features
+
+    val = data[1]
+    feats = features.extract(
+        val["path"].tolist(), finetune._hashes(val), "tiny", weights=str(weights), progress=False
+    )
+    assert feats.from_cache
+    w, b = model.get_layer("head").get_weights()
+    expected = keras.ops.convert_to_numpy(keras.activations.softmax(feats.features @ w + b))
+    images = make_dataset(val["path"].tolist(), image_size=SIZE, batch_size=16)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
+
+    again = train(replace(cfg, epochs_head=2), *data, tmp_path / "run2", "head_feat", verbose=0)
+    assert read_sidecar(again.model_path)["metrics"]["head_on_features"]["features_cached"]
+
+
+def test_head_on_features_with_random_weights_caches_nothing(data, tmp_path, monkeypatch):
+    """Random backbone weights are computed from the model itself and never cached."""
+    monkeypatch.setenv("BLOODLIB_CACHE", str(tmp_path / "cache"))
+    cfg = config(head_on_features=True, epochs_head=2, epochs_finetune=1, weights=None)
+    result = train(cfg, *data, tmp_path / "run", "head_rand", verbose=0)
+    assert list(result.history["phase"]) == ["head", "head", "fine-tune"]
+    assert not (tmp_path / "cache" / "features").exists()
+
+
+def test_warmup_schedule_starts_at_zero_and_peaks_at_the_learning_rate():
+    cfg = config(learning_rate_finetune=1e-3, epochs_finetune=4, warmup_epochs=1.0)
+    lr = finetune.learning_rate_finetune(cfg, steps_per_epoch=10)
+    assert float(lr(0)) == pytest.approx(0.0)
+    assert float(lr(10)) == pytest.approx(1e-3, rel=1e-3)
+    assert float(lr(40)) < 1e-4
+    with pytest.raises(ValueError, match="cosine"):
+        finetune.learning_rate_finetune(replace(cfg, schedule="constant"), 10)
+
+
+def test_time_to_accuracy_reads_the_first_epoch_at_target():
+    hist = pd.DataFrame(
+        {"val_accuracy": [0.5, 0.8, 0.79, 0.9], "seconds": [10.0, 20.0, 30.0, 40.0]}
+    )
+    assert finetune.time_to_accuracy(hist, 0.8) == 20.0
+    assert finetune.time_to_accuracy(hist, 0.85) == 40.0
+    assert finetune.time_to_accuracy(hist, 0.95) is None
+    assert finetune.time_to_accuracy(hist.drop(columns="seconds"), 0.5) is None
