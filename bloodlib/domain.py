@@ -526,11 +526,15 @@ def zero_shot_sentence(
     text = (
         f"On its own PBC test cells the model is right {_pct(pbc)} of the time; on the other "
         f"lab's {all_classes['n']} cells, {_pct(all_classes['accuracy'])} (balanced "
-        f"{_pct(all_classes['balanced_accuracy'])}). Allowed to answer only the "
-        f"{len(present['classes_allowed'] or CLASSES)} classes the lab has: "
-        f"{_pct(present['accuracy'])} (balanced {_pct(present['balanced_accuracy'])})."
+        f"{_pct(all_classes['balanced_accuracy'])})."
     )
-    if absent:
+    if not absent:
+        text += " The lab has all eight classes, so allowing only its classes changes nothing."
+    else:
+        text += (
+            f" Allowed to answer only the {len(present['classes_allowed'])} classes the lab has: "
+            f"{_pct(present['accuracy'])} (balanced {_pct(present['balanced_accuracy'])})."
+        )
         text += (
             f" {wrong_absent} of the {all_classes['n']} cells were called a class this lab does "
             f"not have ({_join(sorted(absent))})."

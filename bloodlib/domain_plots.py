@@ -195,5 +195,6 @@ def plot_remedies(table: pd.DataFrame) -> Figure:
         ax.set_xlim(0, 105)
         ax.set_xlabel("accuracy (%)")
         ax.set_ylabel("")
+        ax.legend(title="cells", loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.set_title("Every remedy, measured")
     return fig

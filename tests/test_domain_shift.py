@@ -325,6 +325,8 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
     text = domain.zero_shot_sentence(a, p, pbc=0.97)
     assert "97.0 %" in text and "33.3 %" in text and "100.0 %" in text
     assert "2 of the 3 cells were called a class this lab does not have" in text
+    every = domain.score(proba, labels, allowed=list(CLASSES))
+    assert "changes nothing" in domain.zero_shot_sentence(a, every, pbc=0.97)
     assert "by construction" in domain.robust_sentence(0.97, 0.96, 0.5, 0.9, synthetic=True)
     assert "by construction" not in domain.robust_sentence(0.97, 0.96, 0.5, 0.9, False)
     assert "-1.0 points" in domain.robust_sentence(0.97, 0.96, 0.5, 0.9, False)
