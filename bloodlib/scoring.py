@@ -546,6 +546,21 @@ SPREAD_KEYS = (
 )
 
 
+#: Columns of :func:`seed_table`, in order (the name says which model, and whether TTA).
+SEED_TABLE_COLUMNS = (
+    "name",
+    "n_seeds",
+    "seeds",
+    "accuracy_mean",
+    "accuracy_std",
+    "ci_lo",
+    "ci_hi",
+    "ci_width",
+    "balanced_accuracy_mean",
+    "balanced_accuracy_std",
+)
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     x = np.asarray(values, dtype=np.float64)
     # ddof=1: the seeds are a sample of the training runs the recipe could give.
@@ -619,22 +634,22 @@ def seed_table(
     spread: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]]
 ) -> pd.DataFrame:
     """:func:`seed_spread` rows as a table, beside the first seed's bootstrap interval
-    (``ci_lo``, ``ci_hi``, ``ci_width``, looked up by ``name`` in ``entries``)."""
+    (``ci_lo``, ``ci_hi``, ``ci_width``, looked up by ``name`` in ``entries``). Columns:
+    :data:`SEED_TABLE_COLUMNS`."""
     by_name = {e["name"]: e for e in entries}
     rows = []
     for row in spread:
         ci = (by_name.get(row["name"]) or {}).get("accuracy_ci95") or (np.nan, np.nan)
         rows.append(
             {
-                **{k: row[k] for k in SPREAD_KEYS if k != "seeds"},
+                **row,
                 "seeds": ", ".join(str(s) for s in row["seeds"]),
                 "ci_lo": float(ci[0]),
                 "ci_hi": float(ci[1]),
                 "ci_width": float(ci[1]) - float(ci[0]),
             }
         )
-    columns = [*[k for k in SPREAD_KEYS if k != "seeds"], "seeds", "ci_lo", "ci_hi", "ci_width"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=list(SEED_TABLE_COLUMNS))
 
 
 def seed_sentence(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> str:
@@ -656,9 +671,9 @@ def seed_sentence(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) 
     )
     ci = next((e.get("accuracy_ci95") for e in entries if e["name"] == name), None)
     if max(accs) == min(accs):  # std may be a rounding error above 0
-        return (
-            text
-            + " Every seed gave the same test accuracy: the seed changed nothing measurable here."
+        return text + (
+            " Every seed gave the same test accuracy (the models may still differ cell by "
+            "cell): on accuracy, the seed made no difference here."
         )
     if not ci:
         return text

@@ -81,6 +81,6 @@ def plot_seed_spread(
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylabel("test accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)  # never over a model's marks
     ax.set_title(title or "Test accuracy per training seed (same split and test cells)")
     return fig

@@ -408,7 +408,7 @@ def seed_sentence(table: pd.DataFrame) -> str:
         "the folds Platt scaling calibrates on"
     )
     if table["test_accuracy"].nunique() == 1 and len(settings) == 1:
-        return text + ": here that changed nothing measurable on the test cells."
+        return text + ": here it changed neither the chosen setting nor the test accuracy."
     return text + (
         ": enough to move some test cells across the boundary. Notebook 04 sets this spread "
         "beside the fine-tuned networks' and beside the bootstrap interval."
