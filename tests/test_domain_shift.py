@@ -339,7 +339,11 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
     )
     assert list(rows["classes"]) == ["all 8", "2 present", "2 present"]
     text = domain.remedies_sentence(rows)
-    assert "**classes present**" in text and "+66.7 points" in text
+    assert "**classes present**" in text and "+66.7 points" in text and "all 8 classes)" in text
+    rows.loc[len(rows)] = domain.remedy_row("none", "other lab", {**p, "accuracy": 0.5})
+    assert "+50.0 points over the untouched model (50.0 %, 2 present classes)" in (
+        domain.remedies_sentence(rows)
+    )
     assert "No remedy" in domain.remedies_sentence(rows, cells="PBC test")
     path = domain.save_results(tmp_path, {"x": np.float32(0.5), "lab": lab.describe()})
     assert read_json(path)["x"] == 0.5 and read_json(path)["lab"]["synthetic"] is True
