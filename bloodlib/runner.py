@@ -272,6 +272,26 @@ def _names_problem(value: Any) -> str | None:
     return None
 
 
+def _shots_problem(value: Any) -> str | None:
+    if not isinstance(value, list) or not value:
+        return "expected a non-empty list of cells per class, e.g. [1, 5, 20]"
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        return f"every number of shots must be an integer >= 1, got {value!r}"
+    return None
+
+
+def _folder_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "expected a folder path (class layout: one sub-folder per class)"
+    if not Path(value).expanduser().is_dir():
+        return f"folder not found: {value} (relative paths are read from where you run bloodlib)"
+    return None
+
+
+#: Parameters naming a folder: checked from the caller's working directory, then passed to
+#: the notebook as an absolute path (its kernel runs in the notebooks' folder).
+FOLDER_PARAMETERS = ("other_lab",)
+
 #: Ranges of the study's parameters, by name (whichever notebook declares them). Types come
 #: from each notebook's parameters cell; these rules add what a type cannot say.
 PARAMETER_RULES: dict[str, Rule] = {
@@ -298,6 +318,13 @@ PARAMETER_RULES: dict[str, Rule] = {
     "svm_cv": Rule("cross-validation needs at least two folds", minimum=2),
     "split_fractions": Rule("(train, val, test) fractions of the data", check=_fractions_problem),
     "backbones": Rule("backbones of bloodlib.backbones.REGISTRY", check=_names_problem),
+    "shots": Rule("labelled cells per class for adapting, each at least 1", check=_shots_problem),
+    "adapt_repeats": Rule("draws of support cells per number of shots", minimum=1),
+    "other_lab": Rule(
+        "a folder of another lab's cells in the class layout; null: a synthetic lab",
+        nullable=True,
+        check=_folder_problem,
+    ),
 }
 
 #: Marks "the profile does not set this parameter" (None is a value a profile can give).
@@ -486,6 +513,9 @@ def plan_study(
                     key in defaults,
                     from_profile.get(key, _ABSENT),
                 )
+        for key in FOLDER_PARAMETERS:
+            if isinstance(params.get(key), str):  # the kernel runs elsewhere: pass it absolute
+                params[key] = str(Path(params[key]).expanduser().resolve())
         plans.append(NotebookPlan(path.stem, path, declared, params, kernel, defaults))
 
     # A typo in --params/-p would otherwise be dropped silently.

@@ -221,19 +221,16 @@ def test_data_is_required_and_must_exist(tmp_path):
     (tmp_path / "ds").mkdir()
     plans = plan_study("full", data=tmp_path / "ds", notebooks_dir=notebooks)
     assert plans[0].parameters["data"] == str((tmp_path / "ds").resolve())
-    assert plans[2].parameters["epochs_head"] == 2  # the full profile's value
+    full = runner.load_profiles()["full"]["notebooks"]["03_fine_tuning"]
+    assert plans[2].parameters["epochs_head"] == full["epochs_head"]  # the full profile's value
 
 
 def test_profiles_file_is_complete():
     profiles = runner.load_profiles()
     assert set(profiles) == {"sample", "full", "backbones", "paper"}
     for prof in profiles.values():
-        assert set(prof["notebooks"]) == {
-            "01_data_exploration",
-            "02_feature_extraction_svm",
-            "03_fine_tuning",
-            "04_evaluation",
-        }
+        # Every notebook of the study, each with its own section in every profile.
+        assert set(prof["notebooks"]) == {p.stem for p in runner.find_notebooks()}
         assert prof["common"]["split_fractions"] == [0.7, 0.1, 0.2]
     assert profiles["sample"]["common"]["data"] == "sample"
     assert profiles["full"]["common"]["data"] is None
@@ -316,3 +313,18 @@ def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "without encryption" not in err
     assert runner._ipc_kernel_manager()(kernel_name=KERNEL).transport == "ipc"
+
+
+def test_other_lab_is_checked_and_passed_absolute(tmp_path, monkeypatch):
+    """A missing folder is refused before anything runs; a relative one reaches the notebook
+    as an absolute path, since its kernel runs in another working directory."""
+    lab = tmp_path / "lab"
+    (lab / "neutrophil").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    plans = plan_study("sample", overrides={"other_lab": "lab"})
+    (nb05,) = [p for p in plans if p.name == "05_domain_shift"]
+    assert nb05.parameters["other_lab"] == str(lab.resolve())
+    with pytest.raises(runner.ParameterError, match="folder not found"):
+        plan_study("sample", overrides={"other_lab": "nowhere"})
+    with pytest.raises(runner.ParameterError, match="shots"):
+        plan_study("sample", overrides={"shots": [0, 5]})
