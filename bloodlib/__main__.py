@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shots", type=_at_least_one, metavar="K", help="labelled cells per class used (default 5)"
     )
     adapt.add_argument(
-        "--epochs", type=_at_least_one, metavar="E", help="passes over those cells (default 10)"
+        "--epochs", type=_at_least_one, metavar="E", help="passes over those cells (default 40)"
     )
     adapt.add_argument("--seed", type=int, metavar="S", help="seed of the draw and the training")
     adapt.add_argument(
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what learns: the head (default), or the head and the BatchNorm layers",
     )
     adapt.add_argument(
-        "--learning-rate", type=float, metavar="LR", help="Adam's learning rate (default 0.001)"
+        "--learning-rate", type=float, metavar="LR", help="Adam's learning rate (default 0.03)"
     )
     adapt.add_argument("--verbose", action="store_true", help="print Keras' progress per epoch")
     adapt.set_defaults(func=cmd_adapt)

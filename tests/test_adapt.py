@@ -222,3 +222,15 @@ def test_adapt_reads_a_real_labs_folder(base_model, tmp_path):
     for cls in spent:  # a class with one cell gives it to adapting: said in the report
         assert cls in result.report().split("every cell of ")[1]
     assert read_sidecar(out)["classes_present"] == result.classes_present
+
+
+def test_cli_help_states_the_library_defaults(capsys):
+    """The CLI's help repeats adapt's defaults: they must not drift apart."""
+    from bloodlib import adapt as adapt_module
+
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {adapt_module.DEFAULT_EPOCHS})" in text
+    assert f"(default {adapt_module.DEFAULT_LEARNING_RATE:g})" in text
+    assert f"(default {adapt_module.DEFAULT_SHOTS})" in text
