@@ -13,6 +13,7 @@ and content hashes), the shots and the classes present.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -184,9 +185,26 @@ def _set_trainable(model: Any, train: str) -> int:
     return len(model.trainable_weights)
 
 
+class _NoRetraceWarning(logging.Filter):
+    """Drop TensorFlow's "triggered tf.function retracing" warning.
+
+    Each adapted model is a new model, so its forward pass is traced anew by design; after a
+    few models in one process (notebook 05's adapt curve) TensorFlow warns about it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def _predict(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    import tensorflow as tf
+
     from bloodlib import inference
     from bloodlib.pipeline import make_dataset
+
+    logger = tf.get_logger()
+    if not any(isinstance(f, _NoRetraceWarning) for f in logger.filters):
+        logger.addFilter(_NoRetraceWarning())
 
     ds = make_dataset(paths, image_size=image_size, batch_size=batch_size)
     return inference.predict_batches(
