@@ -393,7 +393,7 @@ def adapt_curve(
     repeats: int = 1,
     seed: int = DEFAULT_SEED,
     train: str = "head",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     epochs: int | None = None,
     work_dir: str | Path | None = None,
 ) -> pd.DataFrame:
@@ -409,7 +409,11 @@ def adapt_curve(
 
     if repeats < 1:
         raise ValueError(f"repeats is {repeats}: adapt at least once per number of shots")
-    kwargs: dict[str, Any] = {"train": train, "batch_size": batch_size}
+    # None: adapt's own defaults, so the curve measures what `bloodlib adapt` does (its
+    # batch size sets the number of steps on a few dozen cells, and with it the result).
+    kwargs: dict[str, Any] = {"train": train}
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
     if epochs is not None:
         kwargs["epochs"] = epochs
     rows = []

@@ -239,3 +239,30 @@ def test_load_images(images):
     assert isinstance(x, np.ndarray)
     assert x.shape == (3, SIZE, SIZE, 3) and x.dtype == np.float32
     assert [index_of(im) for im in x] == [0, 1, 2]
+
+
+def test_other_lab_augmentation_is_seeded_bounded_and_changes_the_cell():
+    """augment_other_lab: same seed, same picture; another seed, another; 0..255, same shape."""
+    import tensorflow as tf
+
+    from bloodlib.pipeline import augment_other_lab
+
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(0, 255, (64, 64, 3)), tf.float32)
+    a = augment_other_lab(image, tf.constant([1, 2], tf.int64)).numpy()
+    b = augment_other_lab(image, tf.constant([1, 2], tf.int64)).numpy()
+    c = augment_other_lab(image, tf.constant([1, 3], tf.int64)).numpy()
+    assert a.shape == (64, 64, 3)
+    assert 0.0 <= a.min() and a.max() <= 255.0
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0
+    assert np.abs(a - image.numpy()).mean() > 1.0
+
+
+def test_augment_domain_needs_augment(tmp_path):
+    from bloodlib.pipeline import make_dataset
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    with pytest.raises(ValueError, match="augment=True"):
+        make_dataset([str(path)], augment_domain=True)
