@@ -1,4 +1,4 @@
-"""The whole study, end to end, as `make run` runs it: papermill over notebooks 01-04 on the sample.
+"""The whole study, end to end, as `make run` runs it: papermill over notebooks 01-05 on the sample.
 
 The sample holds 125 cells per class (data/README.md), so the test split has 200 cells:
 enough for the classroom run to show the method working (issue 10: the fine-tuned network
@@ -12,7 +12,7 @@ import json
 import pytest
 
 from bloodlib import CLASSES, inference
-from bloodlib.runner import run_study
+from bloodlib.runner import find_notebooks, run_study
 
 pytestmark = pytest.mark.notebooks
 
@@ -39,9 +39,11 @@ def test_run_folder_holds_every_output(sample_run):
         "02_feature_extraction_svm",
         "03_fine_tuning",
         "04_evaluation",
+        "05_domain_shift",
     ):
         assert (sample_run / "notebooks" / f"{nb}.ipynb").is_file()
-    for name in ("split.csv", "data.json", "metrics.json", "provenance.json", "quality.csv"):
+    outputs = ("split.csv", "data.json", "metrics.json", "provenance.json", "quality.csv")
+    for name in (*outputs, "domain_shift.json"):
         assert (sample_run / name).is_file(), name
     assert len(list((sample_run / "figures").glob("*.png"))) >= 10
 
@@ -53,6 +55,7 @@ def test_metrics_json_contract(sample_run):
         "efficientnet_lite0_svm",
         "efficientnet_lite0_finetune",
         "efficientnet_lite0_finetune_tta",  # the same network, test-time augmented
+        "efficientnet_lite0_robust",  # notebook 05's robust recipe, added after notebook 04
     }
     tta = models["efficientnet_lite0_finetune_tta"]
     assert tta["tta"] and not models["efficientnet_lite0_finetune"]["tta"]
@@ -83,7 +86,7 @@ def test_data_and_provenance(sample_run):
 def test_rerun_skips_finished_notebooks(sample_run, capsys):
     run_study("sample", name="ci", runs_root=sample_run.parent, progress=False)
     out = capsys.readouterr().out
-    assert out.count("unchanged, skipped") == 4
+    assert out.count("unchanged, skipped") == len(find_notebooks())
 
 
 def _wait_for_epochs(history, n, proc, timeout=900):
