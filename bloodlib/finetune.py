@@ -458,7 +458,7 @@ def fit_head_on_features(
         epochs=cfg.epochs_head,
         shuffle=True,
         class_weight=class_weight,
-        callbacks=_HeadCallbacks.wrap(callbacks or [], model, head),
+        callbacks=_on_classifier(callbacks or [], model, head),
         verbose=verbose,
     )
     head_src.set_weights(head.get_layer("head").get_weights())
@@ -469,26 +469,23 @@ def fit_head_on_features(
     }
 
 
-class _HeadCallbacks:
-    """Run phase-1 callbacks (history log, best checkpoint) against the full model.
+def _on_classifier(callbacks: list, model, head) -> list:
+    """Run phase-1 callbacks (history log, best checkpoint) against the full classifier.
 
     The head trains in its own small model; before each epoch-end callback sees it, its
-    weights are copied into the full classifier, so the checkpoint holds a whole model and
-    the history has the same columns as image epochs.
+    weights are copied into ``model``, so the checkpoint holds a whole model and the history
+    has the same columns as image epochs.
     """
+    import keras
 
-    @staticmethod
-    def wrap(callbacks: list, model, head) -> list:
-        import keras
+    class Sync(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            model.get_layer("head").set_weights(head.get_layer("head").get_weights())
+            for cb in callbacks:
+                cb.set_model(model)
+                cb.on_epoch_end(epoch, logs)
 
-        class Sync(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                model.get_layer("head").set_weights(head.get_layer("head").get_weights())
-                for cb in callbacks:
-                    cb.set_model(model)
-                    cb.on_epoch_end(epoch, logs)
-
-        return [Sync()]
+    return [Sync()]
 
 
 def _files_digest(df: pd.DataFrame) -> str:
