@@ -4,7 +4,8 @@ In one run:
   * a fine-tuning classifier (backbone + untrained head: speed does not depend on
     the weights' values) is saved as ``models/x.keras`` with the sidecar that
     ``finetune.train`` writes;
-  * N dev images are linked into a temporary folder in the class layout;
+  * N dev images are copied into a temporary folder in the class layout (copied, not
+    linked: ``classify`` refuses symbolic links that leave the folder it classifies);
   * ``classify_folder`` is timed end to end: model load, file checks, decoding,
     prediction, the metrics against the folder labels and the CSV;
   * beside it, on in-memory tensors of the same shape: the pure forward pass of the
@@ -20,7 +21,6 @@ Target: >= 50 images/s end to end with efficientnet_lite0 at 224 on 2 CPU cores.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -32,15 +32,12 @@ import _common as C  # first: sets the cache path and sys.path before bloodlib
 TARGET_IMAGES_PER_S = 50.0
 
 
-def link_images(chosen, folder: Path) -> None:
-    """Symlink (or copy) the chosen files into ``folder/<label>/``, with unique names."""
+def copy_images(chosen, folder: Path) -> None:
+    """Copy the chosen files into ``folder/<label>/``, with unique names."""
     for i, (path, label) in enumerate(zip(chosen["path"], chosen["label"], strict=True)):
         dest = folder / label / f"{i:05d}_{Path(path).name}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.symlink(path, dest)
-        except OSError:
-            shutil.copyfile(path, dest)
+        shutil.copyfile(path, dest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         save_model(build_classifier(cfg), cfg, model_path, note="benchmark model: untrained head")
         keras.backend.clear_session()  # the timed runs load the saved file, as a user would
         folder, warm_folder = tmp / "images", tmp / "warm"
-        link_images(chosen, folder)
-        link_images(chosen.iloc[: min(bs, n)], warm_folder)
+        copy_images(chosen, folder)
+        copy_images(chosen.iloc[: min(bs, n)], warm_folder)
 
         results = {}
 

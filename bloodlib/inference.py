@@ -212,14 +212,11 @@ def decoded_chunks(
     a chunk (on every core), then predicting it (on every core), keeps each core on one
     job at a time; memory stays bounded by the chunk (256 images at 224 px: 150 MB).
     """
-    from bloodlib.pipeline import make_dataset
+    from bloodlib.pipeline import decode_resized
 
     n = batch_size * chunk_batches
     for start in range(0, len(paths), n):
-        part = list(paths[start : start + n])
-        yield next(
-            make_dataset(part, image_size=image_size, batch_size=len(part)).as_numpy_iterator()
-        )
+        yield decode_resized(paths[start : start + n], image_size).astype(np.float32)
 
 
 def predict_batches(
