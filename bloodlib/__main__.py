@@ -361,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--seed", type=int, metavar="S", help="seed of the draw and the training")
     adapt.add_argument(
         "--train",
-        choices=("head", "bn"),
-        help="what learns: the head (default), or the head and the BatchNorm layers",
+        choices=("head", "top", "bn"),
+        help="what learns: the head (default); 'top': the head and the backbone's last "
+        "convolution; 'bn': the head and the BatchNorm layers",
     )
     adapt.add_argument(
         "--learning-rate", type=float, metavar="LR", help="Adam's learning rate (default 0.03)"

@@ -2,9 +2,11 @@
 
 ``python -m bloodlib adapt MODEL FOLDER --out NEW --shots K``: the folder is in the class
 layout (any subset of the eight classes, folder names in any case). ``K`` cells per class,
-drawn with the seed, train the network's head (``train="head"``), or the head and every
-BatchNormalization layer (``train="bn"``: its scale, offset and running statistics, which
-carry much of a lab's colour and contrast); the other cells are held out, and the
+drawn with the seed, train the network's head (``train="head"``), the head and the
+backbone's last convolution (``train="top"``: the 1x1 convolution that mixes the last
+block's channels into the pooled features, BatchNorm statistics frozen), or the head and
+every BatchNormalization layer (``train="bn"``: its scale, offset and running statistics,
+which carry much of a lab's colour and contrast); the other cells are held out, and the
 accuracy on them is reported before and after. Training uses the study's augmentation
 (``pipeline.augment_cell``). The new model is written with ``saved.save_classifier`` and
 its sidecar records where it came from: the base model's hash, the cells used (relpaths
@@ -29,7 +31,7 @@ from bloodlib.errors import BloodlibError, OutputPathError
 from bloodlib.saved import load_classifier, save_classifier, sidecar_path
 
 #: What ``train`` may name: the layers that learn while adapting.
-TRAIN_MODES = ("head", "bn")
+TRAIN_MODES = ("head", "top", "bn")
 
 #: Defaults sized for "about a minute on CPU" with 5 shots x 5 classes on EfficientNet-Lite0.
 #: A head that answers "eosinophil" for a whole new lab must move far on ~25 cells: measured
@@ -164,13 +166,16 @@ def check_out_path(out: str | Path, model_path: str | Path, folder: str | Path) 
     return out
 
 
-def _set_trainable(model: Any, train: str) -> int:
-    """Only the head (the last Dense layer), and in ``bn`` mode the BatchNorm layers, learn."""
-    import keras
+def leaves(layer: Any) -> list[Any]:
+    """The layers of a (nested) Keras model that hold no layers themselves, in model order."""
+    subs = getattr(layer, "layers", None)
+    return [leaf for s in subs for leaf in leaves(s)] if subs else [layer]
 
-    def leaves(layer: Any) -> list[Any]:
-        subs = getattr(layer, "layers", None)
-        return [leaf for s in subs for leaf in leaves(s)] if subs else [layer]
+
+def _set_trainable(model: Any, train: str) -> int:
+    """Only the head (the last Dense layer) learns; in ``top`` mode also the backbone's last
+    convolution, in ``bn`` mode also every BatchNorm layer."""
+    import keras
 
     model.trainable = True  # parents must be trainable for a leaf's weights to count
     every = leaves(model)
@@ -178,9 +183,20 @@ def _set_trainable(model: Any, train: str) -> int:
     if not dense:
         raise AdaptError("the model has no Dense head to adapt: is it a bloodlib network?")
     head = next((d for d in dense if d.name == "head"), dense[-1])
+    convs = [
+        layer
+        for layer in every
+        if isinstance(layer, keras.layers.Conv2D)
+        and not isinstance(layer, keras.layers.DepthwiseConv2D)
+    ]
+    if train == "top" and not convs:
+        raise AdaptError("the model has no convolution to adapt: use --train head")
+    top = convs[-1] if train == "top" else None
     for layer in every:
-        layer.trainable = layer is head or (
-            train == "bn" and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (
+            layer is head
+            or layer is top
+            or (train == "bn" and isinstance(layer, keras.layers.BatchNormalization))
         )
     return len(model.trainable_weights)
 

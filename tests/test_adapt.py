@@ -172,6 +172,41 @@ def test_batchnorm_mode_trains_batchnorm_too(base_model, lab, tmp_path):
 
 
 @pytest.mark.unit
+def test_top_mode_trains_the_last_convolution_and_nothing_else(base_model, lab, tmp_path):
+    out = tmp_path / "top.keras"
+    adapt(base_model, lab, out, shots=2, epochs=2, train="top", batch_size=4, learning_rate=0.05)
+    info = read_sidecar(out)
+    assert info["adapt"]["train"] == "top"
+    # head kernel + bias; the last convolution's kernel + bias.
+    assert info["adapt"]["trainable_weights"] == 4
+    base, new = load_classifier(base_model).model, load_classifier(out).model
+
+    def changed(name: str) -> bool:
+        return any(
+            not np.array_equal(a, b)
+            for a, b in zip(
+                base.get_layer(name).get_weights(), new.get_layer(name).get_weights(), strict=True
+            )
+        )
+
+    # "Last" is the model's layer order: in a backbone, the 1x1 convolution before pooling.
+    last = [layer.name for layer in base.layers if type(layer).__name__ == "Conv2D"][-1]
+    other = ({"stain_linear", "stain_threshold"} - {last}).pop()
+    assert changed("head") and changed(last)
+    # The other convolution and BatchNorm (statistics included) stay as they were.
+    assert not changed(other) and not changed("feature_bn")
+
+
+def test_cli_train_choices_are_the_librarys_modes(capsys):
+    from bloodlib import adapt as adapt_module
+
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(adapt_module.TRAIN_MODES) + "}" in text
+
+
+@pytest.mark.unit
 def test_refusals(base_model, lab, tmp_path):
     with pytest.raises(OutputPathError, match="overwrite the input model"):
         adapt(base_model, lab, base_model)
@@ -234,3 +269,22 @@ def test_cli_help_states_the_library_defaults(capsys):
     assert f"(default {adapt_module.DEFAULT_EPOCHS})" in text
     assert f"(default {adapt_module.DEFAULT_LEARNING_RATE:g})" in text
     assert f"(default {adapt_module.DEFAULT_SHOTS})" in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
+def test_top_mode_picks_the_convolution_before_pooling(backbone):
+    """On the real architectures "top" is the 1x1 convolution that feeds the pooled features."""
+    from bloodlib.adapt import _set_trainable, leaves
+    from bloodlib.finetune import FinetuneConfig, build_classifier
+
+    model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
+    _set_trainable(model, "top")
+    trainable = [w.path for w in model.trainable_weights]
+    assert any("head" in p for p in trainable)
+    convs = {p.split("/")[-2] for p in trainable if "head" not in p}
+    assert len(convs) == 1, trainable
+    (conv,) = convs
+    names = [layer.name for layer in leaves(model)]
+    # Only BatchNorm, activation, pooling, dropout and the head come after it.
+    assert conv in names[-6:], (conv, names[-8:])
