@@ -43,8 +43,7 @@ def _pillow_rgb(data: bytes, path: bytes) -> np.ndarray:
         raise ValueError(f"cannot decode {name}: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode_raw(path: tf.Tensor) -> tf.Tensor:
-    """A file's pixels as uint8 RGB at their own size."""
+def _decode(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     data = tf.io.read_file(path)
     # decode_image handles JPEG, PNG, BMP and GIF; expand_animations=False keeps a 3-D shape
     # for GIFs. Other formats (TIFF) go to Pillow; tf.cond runs only the branch taken.
@@ -54,48 +53,9 @@ def _decode_raw(path: tf.Tensor) -> tf.Tensor:
         lambda: tf.numpy_function(_pillow_rgb, [data, path], tf.uint8, stateful=False),
     )
     image.set_shape([None, None, 3])
-    return image
-
-
-def _resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Antialiased bilinear resize of one image or a batch, rounded back to uint8."""
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     # uint8 halves the memory of an optional cache and keeps the cache independent of preprocessing.
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def _decode(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    return _resize(_decode_raw(path), image_size)
-
-
-_decode_raw_fn = tf.function(_decode_raw, input_signature=[tf.TensorSpec([], tf.string)])
-_resize_fn = tf.function(_resize, reduce_retracing=True)
-
-#: Images resized in one call by :func:`decode_resized`: same-shaped images resize faster
-#: together (about 1.5x on 2 cores), and 32 of PBC's 363x360 images are 50 MB as float32.
-RESIZE_BATCH = 32
-
-
-def decode_resized(paths: Sequence[str], image_size: int | tuple[int, int] = 224) -> np.ndarray:
-    """uint8 ``(n, h, w, 3)``: exactly the pixels ``make_dataset`` gives, for a one-off batch.
-
-    The training pipeline resizes each image in its own tf.data call; here files are decoded
-    one by one and then resized in batches of equal shape, which gives the same numbers
-    (the same op, image by image) with a third less CPU and no tf.data graph to build per
-    call. For prediction, where every core's time not spent decoding goes to the network.
-    """
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    raw = [_decode_raw_fn(tf.constant(str(p))).numpy() for p in paths]
-    out = np.empty((len(raw), *image_size, 3), np.uint8)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(raw):
-        groups.setdefault(image.shape, []).append(i)
-    for idx in groups.values():
-        for start in range(0, len(idx), RESIZE_BATCH):
-            part = idx[start : start + RESIZE_BATCH]
-            out[part] = _resize_fn(np.stack([raw[i] for i in part]), image_size).numpy()
-    return out
 
 
 def augment_cell(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

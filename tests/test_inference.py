@@ -160,3 +160,16 @@ def test_classifier_reuses_its_engine_between_calls(saved_convnet, tmp_path, mon
         inference, "forward_fn", lambda *a, **k: pytest.fail("engine rebuilt on the second call")
     )
     np.testing.assert_array_equal(clf.predict_proba(paths, progress=False, engine="tflite"), first)
+
+
+def test_decoded_chunks_are_the_pipelines_images_in_order(tmp_path):
+    """classify's decoder hands over whole chunks, in file order, with the training pixels."""
+    from bloodlib.pipeline import make_dataset
+
+    paths = [
+        str(write_cell(tmp_path / f"c{i:02d}.jpg", i % len(CLASSES), seed=i)) for i in range(7)
+    ]
+    chunks = list(inference.decoded_chunks(paths, SIZE, batch_size=2, chunk_batches=1))
+    assert [len(c) for c in chunks] == [2, 2, 2, 1]
+    expected = np.concatenate([x.numpy() for x in make_dataset(paths, image_size=SIZE)])
+    np.testing.assert_array_equal(np.concatenate(chunks), expected)

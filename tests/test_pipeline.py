@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodlib.pipeline import decode_resized, load_images, make_dataset
+from bloodlib.pipeline import load_images, make_dataset
 
 pytestmark = pytest.mark.unit
 
@@ -266,25 +266,3 @@ def test_augment_domain_needs_augment(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     with pytest.raises(ValueError, match="augment=True"):
         make_dataset([str(path)], augment_domain=True)
-
-
-def test_decode_resized_gives_exactly_the_pipelines_pixels(tmp_path):
-    """Prediction's decoder (equal shapes resized in batches) must not drift from training's."""
-    rng = np.random.default_rng(0)
-    paths = []
-    # Textured images (a flat colour would hide interpolation differences), mixed shapes
-    # and formats, in an order that interleaves the shapes.
-    for i, (fmt, ext, size) in enumerate(
-        [("JPEG", "jpg", (50, 47)), ("PNG", "png", (61, 64)), ("TIFF", "tif", (50, 47))] * 3
-        + [("JPEG", "jpg", (33, 90))]
-    ):
-        px = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        path = tmp_path / f"cell_{i:02d}.{ext}"
-        Image.fromarray(px).save(path, fmt)
-        paths.append(str(path))
-    expected = np.concatenate(
-        [x.numpy() for x in make_dataset(paths, image_size=SIZE, batch_size=4)]
-    )
-    got = decode_resized(paths, SIZE)
-    assert got.dtype == np.uint8 and got.shape == (len(paths), SIZE, SIZE, 3)
-    np.testing.assert_array_equal(got.astype(np.float32), expected)
