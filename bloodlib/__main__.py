@@ -356,17 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--shots", type=_at_least_one, metavar="K", help="labelled cells per class used (default 5)"
     )
     adapt.add_argument(
-        "--epochs", type=_at_least_one, metavar="E", help="passes over those cells (default 40)"
+        "--epochs",
+        type=_at_least_one,
+        metavar="E",
+        help="passes over those cells (default: as many as give 200 Adam steps for --train "
+        "top, 80 for head and bn)",
     )
     adapt.add_argument("--seed", type=int, metavar="S", help="seed of the draw and the training")
     adapt.add_argument(
         "--train",
         choices=("head", "top", "bn"),
-        help="what learns: the head (default); 'top': the head and the backbone's last "
-        "convolution; 'bn': the head and the BatchNorm layers",
+        help="what learns: 'top' (default): the head and the backbone's last convolution; "
+        "'head': the head only; 'bn': the head and the BatchNorm layers",
     )
     adapt.add_argument(
-        "--learning-rate", type=float, metavar="LR", help="Adam's learning rate (default 0.03)"
+        "--learning-rate",
+        type=float,
+        metavar="LR",
+        help="Adam's learning rate (default 0.003 for top, 0.03 for head and bn)",
     )
     adapt.add_argument("--verbose", action="store_true", help="print Keras' progress per epoch")
     adapt.set_defaults(func=cmd_adapt)

@@ -392,7 +392,7 @@ def adapt_curve(
     *,
     repeats: int = 1,
     seed: int = DEFAULT_SEED,
-    train: str = "head",
+    train: str | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
     work_dir: str | Path | None = None,
@@ -411,7 +411,7 @@ def adapt_curve(
         raise ValueError(f"repeats is {repeats}: adapt at least once per number of shots")
     # None: adapt's own defaults, so the curve measures what `bloodlib adapt` does (its
     # batch size sets the number of steps on a few dozen cells, and with it the result).
-    kwargs: dict[str, Any] = {"train": train}
+    kwargs: dict[str, Any] = {} if train is None else {"train": train}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
     if epochs is not None:

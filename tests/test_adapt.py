@@ -151,7 +151,7 @@ def test_adapted_model_loads_and_records_its_provenance(adapted, base_model, lab
     assert len(info["held_out"]) == 3 * (PER_CLASS - SHOTS)
     # The base model's temperature and threshold were fitted on its own outputs.
     assert "temperature" not in info and "reject_threshold" not in info
-    assert info["adapt"]["train"] == "head" and info["adapt"]["epochs"] == 40
+    assert info["adapt"]["train"] == "top" and info["adapt"]["epochs"] == 40
     assert info["metrics"]["held_out_after"] == result.after
     clf = load_classifier(out)
     held = [str(lab / r) for r in info["held_out"]]
@@ -266,8 +266,12 @@ def test_cli_help_states_the_library_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["adapt", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default {adapt_module.DEFAULT_EPOCHS})" in text
-    assert f"(default {adapt_module.DEFAULT_LEARNING_RATE:g})" in text
+    steps, rates = adapt_module.DEFAULT_STEPS, adapt_module.DEFAULT_LEARNING_RATES
+    assert f"give {steps['top']} Adam steps for --train top" in text
+    assert f"{steps['head']} for head and bn" in text and steps["head"] == steps["bn"]
+    assert f"(default {rates['top']:g} for top, {rates['head']:g} for head and bn)" in text
+    assert rates["head"] == rates["bn"]
+    assert f"'{adapt_module.DEFAULT_TRAIN}' (default)" in text
     assert f"(default {adapt_module.DEFAULT_SHOTS})" in text
 
 
@@ -288,3 +292,14 @@ def test_top_mode_picks_the_convolution_before_pooling(backbone):
     names = [layer.name for layer in leaves(model)]
     # Only BatchNorm, activation, pooling, dropout and the head come after it.
     assert conv in names[-6:], (conv, names[-8:])
+
+
+def test_default_epochs_give_the_default_number_of_steps():
+    from bloodlib.adapt import DEFAULT_STEPS, default_epochs
+
+    # tecom, 5 shots: 21 cells (one basophil), batches of 16 -> 2 steps a pass.
+    assert default_epochs("top", 21, 16) == DEFAULT_STEPS["top"] // 2
+    # 20 shots of 5 classes: 7 steps a pass; never fewer steps than asked.
+    assert default_epochs("top", 100, 16) == -(-DEFAULT_STEPS["top"] // 7)
+    assert default_epochs("head", 3, 16) == DEFAULT_STEPS["head"]  # one batch a pass
+    assert default_epochs("top", 100_000, 16) == 1
