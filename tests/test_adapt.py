@@ -197,15 +197,6 @@ def test_top_mode_trains_the_last_convolution_and_nothing_else(base_model, lab, 
     assert not changed(other) and not changed("feature_bn")
 
 
-def test_cli_train_choices_are_the_librarys_modes(capsys):
-    from bloodlib import adapt as adapt_module
-
-    with pytest.raises(SystemExit):
-        main(["adapt", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "{" + ",".join(adapt_module.TRAIN_MODES) + "}" in text
-
-
 @pytest.mark.unit
 def test_refusals(base_model, lab, tmp_path):
     with pytest.raises(OutputPathError, match="overwrite the input model"):
@@ -259,8 +250,9 @@ def test_adapt_reads_a_real_labs_folder(base_model, tmp_path):
     assert read_sidecar(out)["classes_present"] == result.classes_present
 
 
+@pytest.mark.unit
 def test_cli_help_states_the_library_defaults(capsys):
-    """The CLI's help repeats adapt's defaults: they must not drift apart."""
+    """The CLI's help repeats adapt's modes and defaults: they must not drift apart."""
     from bloodlib import adapt as adapt_module
 
     with pytest.raises(SystemExit):
@@ -272,6 +264,7 @@ def test_cli_help_states_the_library_defaults(capsys):
     assert f"(default {rates['top']:g} for top, {rates['head']:g} for head and bn)" in text
     assert rates["head"] == rates["bn"]
     assert f"'{adapt_module.DEFAULT_TRAIN}' (default)" in text
+    assert "{" + ",".join(adapt_module.TRAIN_MODES) + "}" in text
     assert f"(default {adapt_module.DEFAULT_SHOTS})" in text
 
 
@@ -294,6 +287,7 @@ def test_top_mode_picks_the_convolution_before_pooling(backbone):
     assert conv in names[-6:], (conv, names[-8:])
 
 
+@pytest.mark.unit
 def test_default_epochs_give_the_default_number_of_steps():
     from bloodlib.adapt import DEFAULT_STEPS, default_epochs
 
