@@ -52,9 +52,14 @@ DEFAULT_LEARNING_RATES = {"head": 3e-2, "top": 3e-3, "bn": 3e-2}
 DEFAULT_BATCH_SIZE = 16
 
 
+def effective_batch(batch_size: int, n_cells: int) -> int:
+    """A batch is never larger than the support: 1 shot x 5 classes trains in batches of 5."""
+    return max(1, min(batch_size, n_cells))
+
+
 def default_epochs(train: str, n_cells: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """Passes over ``n_cells`` that give about ``DEFAULT_STEPS[train]`` Adam steps."""
-    steps_per_epoch = -(-n_cells // max(1, min(batch_size, n_cells)))
+    steps_per_epoch = -(-n_cells // effective_batch(batch_size, n_cells))
     return max(1, -(-DEFAULT_STEPS[train] // steps_per_epoch))
 
 
@@ -198,15 +203,17 @@ def _set_trainable(model: Any, train: str) -> int:
     if not dense:
         raise AdaptError("the model has no Dense head to adapt: is it a bloodlib network?")
     head = next((d for d in dense if d.name == "head"), dense[-1])
-    convs = [
-        layer
-        for layer in every
-        if isinstance(layer, keras.layers.Conv2D)
-        and not isinstance(layer, keras.layers.DepthwiseConv2D)
-    ]
-    if train == "top" and not convs:
-        raise AdaptError("the model has no convolution to adapt: use --train head")
-    top = convs[-1] if train == "top" else None
+    top = None
+    if train == "top":
+        convs = [
+            layer
+            for layer in every
+            if isinstance(layer, keras.layers.Conv2D)
+            and not isinstance(layer, keras.layers.DepthwiseConv2D)
+        ]
+        if not convs:
+            raise AdaptError("the model has no convolution to adapt: use --train head")
+        top = convs[-1]
     for layer in every:
         layer.trainable = (
             layer is head
@@ -291,6 +298,9 @@ def adapt(
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"learning_rate is {learning_rate}: give a positive rate")
     out = check_out_path(out, model_path, folder)
+    # Seed before loading: Keras draws each Dropout layer's seed from Python's `random` when
+    # the layer is built, so a model loaded first drops different units on every call.
+    config.set_seeds(seed)
     clf = load_classifier(model_path)
     if clf.info["method"] != "finetune":
         raise AdaptError(
@@ -308,7 +318,6 @@ def adapt(
         p0 = _predict(model, held["path"].tolist(), size, batch_size)
         before = _scores(p0, held["label"], classes, present)
 
-    config.set_seeds(seed)
     epochs = epochs or default_epochs(train, len(support), batch_size)
     learning_rate = learning_rate or DEFAULT_LEARNING_RATES[train]
     n_train = _set_trainable(model, train)
@@ -326,7 +335,7 @@ def adapt(
         support["path"].tolist(),
         y,
         image_size=size,
-        batch_size=min(batch_size, len(support)),
+        batch_size=effective_batch(batch_size, len(support)),
         shuffle=True,
         augment=True,
         seed=seed,

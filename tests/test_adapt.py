@@ -297,3 +297,33 @@ def test_default_epochs_give_the_default_number_of_steps():
     assert default_epochs("top", 100, 16) == -(-DEFAULT_STEPS["top"] // 7)
     assert default_epochs("head", 3, 16) == DEFAULT_STEPS["head"]  # one batch a pass
     assert default_epochs("top", 100_000, 16) == 1
+
+
+@pytest.mark.unit
+def test_same_seed_same_adapted_weights_with_dropout(lab, tmp_path):
+    """A model with Dropout adapts to the same weights twice, whatever ran before.
+
+    Keras draws a Dropout layer's seed from Python's ``random`` when the model is loaded;
+    adapt must seed before loading, or each call drops different units.
+    """
+    import random
+
+    import keras
+
+    inner = stain_network()
+    features = keras.Model(inner.input, inner.get_layer("feature_bn").output)
+    x = keras.layers.Dropout(0.5, name="drop")(features.output)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="head")(x)
+    model = keras.Model(features.input, outputs)
+    model.get_layer("head").set_weights(inner.get_layer("head").get_weights())
+    info = {"method": "finetune", "backbone": "tiny", "classes": list(CLASSES), "image_size": SIZE}
+    base = save_classifier(model, tmp_path / "models" / "drop.keras", info)
+
+    heads = []
+    for i, junk in enumerate((1, 2)):
+        random.seed(junk)  # what other code did to the global state before this call
+        out = tmp_path / f"a{i}.keras"
+        adapt(base, lab, out, shots=2, epochs=3, train="head", batch_size=4, learning_rate=0.05)
+        heads.append(load_classifier(out).model.get_layer("head").get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*heads, strict=True))
+    assert not np.array_equal(heads[0][0], inner.get_layer("head").get_weights()[0])
