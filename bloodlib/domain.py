@@ -417,6 +417,8 @@ def adapt_curve(
     if epochs is not None:
         kwargs["epochs"] = epochs
     rows = []
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="adapt-") as tmp:
         for k in shots:
             for r in range(repeats):

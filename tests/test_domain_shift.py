@@ -284,8 +284,7 @@ def stain_model(tmp_path_factory) -> Path:
 def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     cells = sample_frame(12, classes=("basophil", "eosinophil", "platelet"))
     folder = domain.synthetic_lab(cells, tmp_path / "lab")
-    work = tmp_path / "work"
-    work.mkdir()
+    work = tmp_path / "work" / "not yet made"  # made when missing
     curve = domain.adapt_curve(
         stain_model, folder, [1, 3], repeats=2, seed=5, epochs=2, batch_size=8, work_dir=work
     )
