@@ -227,7 +227,7 @@ def test_data_is_required_and_must_exist(tmp_path):
 
 def test_profiles_file_is_complete():
     profiles = runner.load_profiles()
-    assert set(profiles) == {"sample", "full", "robust", "backbones", "paper"}
+    assert set(profiles) == {"sample", "full", "accurate", "robust", "backbones", "paper"}
     for prof in profiles.values():
         # Every notebook of the study, each with its own section in every profile.
         assert set(prof["notebooks"]) == {p.stem for p in runner.find_notebooks()}
