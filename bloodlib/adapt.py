@@ -8,9 +8,10 @@ block's channels into the pooled features, BatchNorm statistics frozen), or the 
 every BatchNormalization layer (``train="bn"``: its scale, offset and running statistics,
 which carry much of a lab's colour and contrast); the other cells are held out, and the
 accuracy on them is reported before and after. Training uses the study's augmentation
-(``pipeline.augment_cell``) with Dropout off (:func:`_dropout_off`). The new model is written with ``saved.save_classifier`` and
-its sidecar records where it came from: the base model's hash, the cells used (relpaths
-and content hashes), the shots and the classes present.
+(``pipeline.augment_cell``) with Dropout off (:func:`_dropout_off`). The new model is
+written with ``saved.save_classifier`` and its sidecar records where it came from: the
+base model's hash, the cells used (relpaths and content hashes), the shots and the
+classes present.
 """
 
 from __future__ import annotations
