@@ -44,7 +44,7 @@ def test_module_entry_point_help():
         env=env,
         check=True,
     ).stdout
-    assert "--profile {sample,full,robust,backbones,paper}" in out
+    assert "--profile {sample,full,robust,accurate,backbones,paper}" in out
 
 
 def test_run_with_bad_data_prints_a_clean_error(tmp_path, capsys):
