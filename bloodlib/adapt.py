@@ -8,7 +8,7 @@ block's channels into the pooled features, BatchNorm statistics frozen), or the 
 every BatchNormalization layer (``train="bn"``: its scale, offset and running statistics,
 which carry much of a lab's colour and contrast); the other cells are held out, and the
 accuracy on them is reported before and after. Training uses the study's augmentation
-(``pipeline.augment_cell``) with Dropout off (:func:`_dropout_off`). The new model is
+(``pipeline.augment_cell``) with Dropout off (:func:`dropout_off`). The new model is
 written with ``saved.save_classifier`` and its sidecar records where it came from: the
 base model's hash, the cells used (relpaths and content hashes), the shots and the
 classes present.
@@ -16,9 +16,11 @@ classes present.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,13 +227,15 @@ def _set_trainable(model: Any, train: str) -> int:
     return len(model.trainable_weights)
 
 
-def _dropout_off(model: Any) -> list[tuple[Any, float]]:
-    """Set every Dropout layer's rate to 0 for adapting; return the rates to put back.
+@contextlib.contextmanager
+def dropout_off(model: Any) -> Iterator[None]:
+    """Within the block every Dropout layer's rate is 0; the rates come back on leaving it.
 
     On 21 support cells the units Dropout happens to drop decided more than the cells did:
     tecom, 5 shots, ``top``, draws 42-47, the same six supports: with Dropout 90.0 / 71.3 /
     89.2 / 88.9 / 79.9 / 88.2 % (mean 84.6, sd 7.4); without 88.5 / 83.5 / 87.1 / 90.3 / 86.7 /
     83.9 % (mean 86.7, sd 2.6). The flips and rotations of the augmentation regularise enough.
+    The saved model keeps the base's rates, so it has the base's architecture.
     """
     import keras
 
@@ -240,7 +244,11 @@ def _dropout_off(model: Any) -> list[tuple[Any, float]]:
     ]
     for layer, _ in rates:
         layer.rate = 0.0
-    return rates
+    try:
+        yield
+    finally:
+        for layer, rate in rates:
+            layer.rate = rate
 
 
 class _NoRetraceWarning(logging.Filter):
@@ -341,7 +349,6 @@ def adapt(
     epochs = epochs or default_epochs(train, len(support), batch_size)
     learning_rate = learning_rate or DEFAULT_LEARNING_RATES[train]
     n_train = _set_trainable(model, train)
-    dropout_rates = _dropout_off(model)
     base_cfg = clf.info.get("config") or {}
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -362,11 +369,10 @@ def adapt(
         seed=seed,
         cache=True,
     ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
-    with warnings.catch_warnings():  # the dataset shuffles itself (pipeline.make_dataset)
+    with warnings.catch_warnings(), dropout_off(model):
+        # The dataset shuffles itself (pipeline.make_dataset).
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed", category=UserWarning)
         model.fit(ds, epochs=epochs, verbose=verbose)
-    for layer, rate in dropout_rates:  # the saved model keeps the base's architecture
-        layer.rate = rate
 
     if len(held):
         p1 = _predict(model, held["path"].tolist(), size, batch_size)

@@ -314,16 +314,34 @@ def count_macs(model: keras.Model) -> int:
     return int(total)
 
 
+def crop_size(image_size: int, crop: float) -> int:
+    """Side of the centre square that ``crop`` (a fraction of the frame's side) keeps."""
+    if not 0.0 < crop <= 1.0:
+        raise ValueError(f"crop is a fraction of the frame's side in (0, 1], got {crop!r}")
+    return max(1, round(image_size * crop))
+
+
 def build_feature_extractor(
     name: str,
     image_size: int | None = None,
     weights: str | os.PathLike | None = "imagenet",
+    crop: float = 1.0,
 ) -> keras.Model:
-    """Raw 0..255 RGB in, pooled ImageNet features out (e.g. 1280-d for Lite0)."""
+    """Raw 0..255 RGB in, pooled ImageNet features out (e.g. 1280-d for Lite0).
+
+    ``crop`` < 1 keeps only the centre square of that fraction of the side (a
+    ``CenterCrop`` layer, so a saved model still takes the whole frame): PBC's cell sits in
+    the middle third of the frame, and the network then computes on crop**2 of the pixels
+    at the same resolution of the cell.
+    """
     bb = get(name)
     size = image_size or bb.input_size
+    inner = crop_size(size, crop)
     resolved = resolve_weights(bb, weights)
-    base = bb.builder((size, size, 3), resolved)
+    base = bb.builder((inner, inner, 3), resolved)
     inputs = keras.Input((size, size, 3), name="image")
-    outputs = base(preprocessing_layer(bb.preprocessing)(inputs))
+    x = inputs
+    if inner != size:
+        x = keras.layers.CenterCrop(inner, inner, name="centre_crop")(x)
+    outputs = base(preprocessing_layer(bb.preprocessing)(x))
     return keras.Model(inputs, outputs, name=f"{name}_features")

@@ -192,6 +192,36 @@ def _split(model: Any, layer: str | None) -> _Split:
     return split
 
 
+def _crop_box(model: Any, h: int, w: int) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the frame the feature map covers.
+
+    The whole ``h`` x ``w`` frame, unless a ``CenterCrop`` layer (``FinetuneConfig.crop``)
+    keeps only its centre: then the map covers that centre square and nothing else.
+    """
+    import keras
+
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if _is_model(layer):
+            stack.extend(layer.layers)
+        elif isinstance(layer, keras.layers.CenterCrop):
+            _, in_h, in_w, _ = layer.input.shape
+            ch, cw = round(layer.height * h / in_h), round(layer.width * w / in_w)
+            return (h - ch) // 2, (w - cw) // 2, ch, cw  # CenterCrop's own offsets
+    return 0, 0, h, w
+
+
+def _to_frame(cam: Any, box: tuple[int, int, int, int], h: int, w: int) -> Any:
+    """Upsample ``(N, h', w', 1)`` maps onto their box; zero outside it. ``(N, h, w)``."""
+    import tensorflow as tf
+
+    top, left, ch, cw = box
+    cam = tf.image.resize(cam, (ch, cw), method="bilinear")
+    cam = tf.pad(cam, [[0, 0], [top, h - ch - top], [left, w - cw - left], [0, 0]])
+    return cam[..., 0]
+
+
 def _class_indices(class_index: int | Sequence[int] | None, n: int) -> np.ndarray | None:
     if class_index is None:
         return None
@@ -221,7 +251,8 @@ def grad_cam(
     output (the backbone's last convolutional activation).
 
     Returns ``(N, H, W)`` float32 maps in [0, 1] (bilinearly upsampled from the
-    feature map; all zeros where no location speaks for the class).
+    feature map; all zeros where no location speaks for the class, and outside the centre
+    square a model that crops (``FinetuneConfig.crop``) never sees).
     """
     import tensorflow as tf
 
@@ -255,7 +286,7 @@ def grad_cam(
         fmap = tf.cast(fmap, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # alpha_k per image
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, (h, w), method="bilinear")[..., 0]
+        cam = _to_frame(cam, _crop_box(model, h, w), h, w)
         top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         maps.append(tf.math.divide_no_nan(cam, top).numpy())
     return np.clip(np.concatenate(maps), 0.0, 1.0).astype(np.float32)

@@ -330,8 +330,10 @@ def coverage_curves(curves: Mapping[str, tuple[Any, Any]]) -> pd.DataFrame:
 
 
 def robust_config(base_info: Mapping[str, Any], **changes: Any):
-    """The base model's recipe (its sidecar's ``config``) with ``augment_domain=True``.
+    """The base model's recipe (its sidecar's ``config``) with ``augment_domain=True``, whole frame.
 
+    ``crop`` goes back to 1: other labs' cells fill most of their frame, and the augmentation
+    zooms PBC's to match, so a centre crop would cut exactly the cells this model is for.
     Keys the sidecar holds but :class:`~bloodlib.finetune.FinetuneConfig` does not know
     (an older or newer bloodlib) are dropped rather than failing.
     """
@@ -345,7 +347,7 @@ def robust_config(base_info: Mapping[str, Any], **changes: Any):
         )
     known = {f.name for f in fields(FinetuneConfig)}
     cfg = {k: v for k, v in cfg.items() if k in known}
-    cfg.update(augment=True, augment_domain=True, **changes)
+    cfg.update(augment=True, augment_domain=True, crop=1.0, **changes)
     return FinetuneConfig(**cfg)
 
 

@@ -42,6 +42,7 @@ def cache_key(
     backbone: str,
     image_size: int,
     weights: str | os.PathLike | None = "imagenet",
+    crop: float = 1.0,
 ) -> str:
     bb = backbones.get(backbone)
     spec = {
@@ -52,6 +53,8 @@ def cache_key(
         "preprocessing": bb.preprocessing,
         "images": hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
     }
+    if crop != 1.0:  # only when cropping: the keys of whole-frame features stay as they were
+        spec["crop"] = float(crop)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -66,19 +69,22 @@ def extract(
     progress: bool = True,
     cache_root: Path | None = None,
     model=None,
+    crop: float = 1.0,
 ) -> FeatureSet:
     """Features for ``paths`` (row-aligned), from the cache when possible.
 
     ``hashes`` are the files' content hashes (the manifest's ``sha256``); they
     key the cache, so renaming or moving the data keeps the cache valid while
     any change of content invalidates it. ``model``: an already built extractor holding
-    exactly these ``weights`` (saves building a second one); by default one is built.
+    exactly these ``weights`` and ``crop`` (saves building a second one); by default one is
+    built. ``crop``: the centre fraction of the frame the network sees
+    (``backbones.build_feature_extractor``).
     """
     if len(paths) != len(hashes):
         raise ValueError("paths and hashes must have the same length")
     bb = backbones.get(backbone)
     size = int(image_size or bb.input_size)
-    key = cache_key(hashes, backbone, size, weights)
+    key = cache_key(hashes, backbone, size, weights, crop)
     root = (cache_root or config.cache_dir() / "features") / backbone
     final = root / f"{key}.npy"
     if final.is_file():
@@ -87,7 +93,7 @@ def extract(
     from bloodlib.pipeline import make_dataset  # TensorFlow only when there is work to do
 
     if model is None:
-        model = backbones.build_feature_extractor(backbone, size, weights)
+        model = backbones.build_feature_extractor(backbone, size, weights, crop)
     parts = root / f"{key}.parts{CHUNK}"
     parts.mkdir(parents=True, exist_ok=True)
     n = len(paths)

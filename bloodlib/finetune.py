@@ -62,6 +62,9 @@ class FinetuneConfig:
     # Other labs' stains, cameras and magnifications (pipeline.augment_other_lab): issue 12.
     augment_domain: bool = False
     unfreeze_from_block: int = 0  # 0: the whole backbone
+    # The network sees the centre square of this fraction of the frame's side (1.0: all of
+    # it). PBC's cell sits in the middle: 0.7 computes on half the pixels, cell unchanged.
+    crop: float = 1.0
     train_batchnorm: bool = False  # keep BN statistics frozen: small batches, stable fine-tuning
     dropout: float = 0.2
     early_stopping_patience: int = 5
@@ -189,7 +192,7 @@ def build_classifier(cfg: FinetuneConfig, n_classes: int = len(CLASSES)):
     import keras
 
     size = cfg.size
-    features = backbones.build_feature_extractor(cfg.backbone, size, cfg.weights)
+    features = backbones.build_feature_extractor(cfg.backbone, size, cfg.weights, cfg.crop)
     inputs = keras.Input((size, size, 3), name="image")
     x = features(inputs)
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
@@ -435,6 +438,7 @@ def fit_head_on_features(
                 batch_size=cfg.batch_size,
                 progress=verbose > 0,
                 model=backbone,
+                crop=cfg.crop,
             )
             for df in (train_df, val_df)
         ]
@@ -510,6 +514,8 @@ def training_identity(cfg: FinetuneConfig, train_df: pd.DataFrame, val_df: pd.Da
         "train_files": _files_digest(train_df),
         "val_files": _files_digest(val_df),
     }
+    if cfg.crop == 1.0:  # added later: models trained before it stay theirs
+        del identity["crop"]
     return json.loads(json.dumps(identity))  # as read back from JSON: lists, not tuples
 
 

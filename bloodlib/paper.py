@@ -207,6 +207,19 @@ def differences(design: str, params: Mapping[str, Any]) -> pd.DataFrame:
                 "early blocks detect edges and colours that transfer as they are; freezing them "
                 "saves time",
             ),
+        ]
+        crop = params.get("crop")
+        if crop is not None and crop < 1:
+            rows.append(
+                (
+                    "field of view",
+                    "the whole image",
+                    f"the centre {crop:.0%} of each side ({crop * crop:.0%} of the pixels)",
+                    "PBC's analyser puts the cell in the middle; the network's cost grows "
+                    "with the pixels it sees, and the cell keeps its resolution",
+                )
+            )
+        rows += [
             (
                 "label smoothing",
                 UNKNOWN,

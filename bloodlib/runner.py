@@ -252,6 +252,7 @@ class Rule:
     minimum: float | None = None
     above: float | None = None  # strictly greater than
     below: float | None = None  # strictly less than
+    maximum: float | None = None
     nullable: bool = False  # None is meaningful (e.g. "the backbone's native size")
     check: Callable[[Any], str | None] | None = None  # returns a problem, or None
 
@@ -308,6 +309,11 @@ PARAMETER_RULES: dict[str, Rule] = {
         "pixels per side: ImageNet backbones need at least 32; null is each backbone's native",
         minimum=32,
         nullable=True,
+    ),
+    "crop": Rule(
+        "the centre fraction of the frame's side the network sees; 1.0: the whole frame",
+        above=0,
+        maximum=1,
     ),
     "max_train_images": Rule("a cap on training images; null uses all", minimum=1, nullable=True),
     "n_boot": Rule("bootstrap resamples for confidence intervals", minimum=1),
@@ -389,7 +395,7 @@ def check_parameter(
         return
     problem = rule.check(value) if rule.check else None
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    bounded = (rule.minimum, rule.above, rule.below) != (None, None, None)
+    bounded = (rule.minimum, rule.above, rule.below, rule.maximum) != (None,) * 4
     if problem is None and bounded and not numeric:
         # A None default gives no type to check against; a bounded rule still means a number.
         problem = f"must be a number, not {_type_name(type(value))}"
@@ -402,6 +408,8 @@ def check_parameter(
             problem = f"must be > {rule.above}"
         elif rule.below is not None and value >= rule.below:
             problem = f"must be < {rule.below}"
+        elif rule.maximum is not None and value > rule.maximum:
+            problem = f"must be <= {rule.maximum}"
     if problem:
         raise ParameterError(f"parameter {name} = {shown} {problem} ({rule.why})")
 

@@ -333,3 +333,15 @@ def test_adapting_is_repeatable_and_trains_without_dropout(lab, tmp_path):
     assert not np.array_equal(first[0], stain_network().get_layer("head").get_weights()[0])
     for other in heads.values():  # dropout 0.5 trained exactly as no dropout
         assert all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.unit
+def test_dropout_off_restores_the_rates_when_the_block_fails():
+    """A failed fit (here, an exception in the block) leaves the model's Dropout as it was."""
+    from bloodlib.adapt import dropout_off
+
+    model = dropout_network(0.5)
+    with pytest.raises(RuntimeError), dropout_off(model):
+        assert model.get_layer("drop").rate == 0.0
+        raise RuntimeError("training failed")
+    assert model.get_layer("drop").rate == 0.5

@@ -271,3 +271,24 @@ def test_real_lite0_classifier_on_real_cells(tmp_path):
     assert cam._split(model, None).layer_name == "top_activation"
     assert heat.shape == (4, 224, 224) and heat.dtype == np.float32
     assert heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+@pytest.mark.unit
+def test_a_cropping_classifier_maps_only_the_centre_it_sees():
+    """With ``crop`` the feature map covers the centre square: the map is placed there,
+    zero outside, instead of being stretched over the whole frame."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(backbones.REGISTRY, "tiny", TINY)
+        keras.utils.set_random_seed(1)
+        cfg = FinetuneConfig(
+            backbone="tiny", image_size=tiny_models.SIZE, weights=None, crop=0.5, seed=1
+        )
+        model = build_classifier(cfg)
+    images = tiny_images()
+    assert cam._crop_box(model, 32, 32) == (8, 8, 16, 16)
+    heat = cam.grad_cam(model, images)
+    assert heat.shape == (3, 32, 32)
+    inside = np.zeros((32, 32), bool)
+    inside[8:24, 8:24] = True
+    assert np.all(heat[:, ~inside] == 0.0)
+    assert np.all(heat[:, inside].max(axis=1) == 1.0)  # each map normalised to its peak

@@ -217,11 +217,12 @@ def test_statistics_see_the_synthetic_shift(tmp_path):
 
 @pytest.mark.unit
 def test_robust_config_is_the_base_recipe_with_domain_augmentation():
-    base = dataclasses.asdict(tiny_models.finetune_config(epochs_finetune=2))
+    base = dataclasses.asdict(tiny_models.finetune_config(epochs_finetune=2, crop=0.7))
     info = {"name": "tiny_finetune", "config": {**base, "from_the_future": 1}}
     cfg = domain.robust_config(info)
     assert cfg.augment_domain and cfg.augment
     assert cfg.epochs_finetune == 2 and cfg.backbone == "tiny"
+    assert cfg.crop == 1.0  # other labs' cells fill the frame: the robust model sees all of it
     assert domain.robust_name(cfg.backbone) == "tiny_robust"
     with pytest.raises(ValueError, match="records no training config"):
         domain.robust_config({"name": "x"})

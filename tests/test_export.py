@@ -248,3 +248,25 @@ def test_cli_formats_are_exports_formats():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     fmt = next(a for a in sub.choices["export"]._actions if a.dest == "format")
     assert tuple(fmt.choices) == tuple(export.FORMATS)
+
+
+@pytest.mark.parametrize("fmt", list(export.FORMATS))
+def test_a_cropping_classifier_exports_with_its_crop(fmt, tmp_path, capsys):
+    """``FinetuneConfig.crop`` puts a CenterCrop layer in the model: every runtime keeps it."""
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx")
+        pytest.importorskip("onnxruntime")
+    from bloodlib.finetune import FinetuneConfig, build_classifier
+
+    cfg = FinetuneConfig(backbone="tiny", image_size=SIZE, weights=None, crop=0.5, seed=3)
+    model = build_classifier(cfg)
+    assert any(layer.name == "centre_crop" for layer in model.layers[1].layers)
+    path = save_classifier(model, tmp_path / "crop.keras", {"name": "crop", **INFO})
+    out = tmp_path / "exported" / OUT_NAMES[fmt]
+    assert main(["export", str(path), "--format", fmt, "--out", str(out)]) == 0
+    x = images()
+    x[:, : SIZE // 8] = 255.0  # a white border the crop removes: same answer with or without
+    expected = keras_probs(path, x)
+    assert np.max(np.abs(run_export(fmt, x, out) - expected)) < MAX_DIFF
+    unbordered = images()
+    assert np.allclose(keras_probs(path, unbordered), expected, atol=1e-6)

@@ -127,8 +127,11 @@ def test_key_changes_with_every_input(images, tmp_path):
         features.cache_key(hashes, "tiny", SIZE, weights_a),
         features.cache_key(hashes, "tiny", SIZE, weights_b),
         features.cache_key(hashes, "vgg16", SIZE, None),
+        features.cache_key(hashes, "tiny", SIZE, None, crop=0.5),
     }
-    assert len(keys) == 9
+    assert len(keys) == 10
+    # The whole frame keeps the key it had before crops existed: caches stay valid.
+    assert features.cache_key(hashes, "tiny", SIZE, None, crop=1.0) == base
 
 
 def test_changed_hash_or_size_misses_the_cache(images, tmp_path):

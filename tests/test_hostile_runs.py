@@ -267,6 +267,7 @@ def test_parameter_types_and_ranges_of_the_real_notebooks(tmp_path):
         "image_size": None,  # None means the backbone's native size
         "max_train_images": None,
         "split_fractions": [0.8, 0.1, 0.1],
+        "crop": 1,  # the whole frame, written as an integer
     }
     plans = {p.name: p.parameters for p in plan_study("sample", overrides=ok)}
     assert plans["03_fine_tuning"]["learning_rate_head"] == 1
@@ -277,6 +278,8 @@ def test_parameter_types_and_ranges_of_the_real_notebooks(tmp_path):
         ({"augment": "yes please"}, "expected a boolean"),
         ({"n_boot": 0}, "must be >= 1"),
         ({"image_size": 8}, "must be >= 32"),
+        ({"crop": 0.0}, "must be > 0"),
+        ({"crop": 1.5}, "must be <= 1"),
         # None defaults give no type: the rule's bound still demands a number
         ({"max_train_images": "abc"}, "must be a number"),
         ({"image_size": "big"}, "expected an integer"),  # 02 declares 288: its type applies
