@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,10 +345,13 @@ def robust_config(base_info: Mapping[str, Any], **changes: Any):
             f"{base_info.get('name', 'the model')}'s sidecar records no training config: the "
             "robust recipe retrains that recipe, so fine-tune the base model with notebook 03"
         )
-    known = {f.name for f in fields(FinetuneConfig)}
-    cfg = {k: v for k, v in cfg.items() if k in known}
-    cfg.update(augment=True, augment_domain=True, crop=1.0, **changes)
-    return FinetuneConfig(**cfg)
+    return replace(
+        FinetuneConfig.from_sidecar(cfg),
+        augment=True,
+        augment_domain=True,
+        crop=1.0,
+        **changes,
+    )
 
 
 def robust_name(backbone: str) -> str:

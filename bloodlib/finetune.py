@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,13 @@ class FinetuneConfig:
     @property
     def size(self) -> int:
         return int(self.image_size or backbones.get(self.backbone).input_size)
+
+    @classmethod
+    def from_sidecar(cls, config: dict[str, Any]) -> FinetuneConfig:
+        """The config a sidecar recorded; keys this bloodlib does not know (older or newer
+        versions) are dropped rather than failing."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 @dataclass
@@ -199,6 +206,21 @@ def build_classifier(cfg: FinetuneConfig, n_classes: int = len(CLASSES)):
     # float32 output keeps softmax and the loss numerically safe under mixed precision.
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(x)
     return keras.Model(inputs, outputs, name=f"{cfg.backbone}_classifier")
+
+
+def whole_frame(model, cfg: FinetuneConfig):
+    """``model`` (built with ``cfg``) without its centre crop: the same weights, whole frame.
+
+    The backbone is convolutional up to a global pooling, so it runs at any input size: the
+    copy sees the whole frame at the pixel scale the model learnt. For other labs' cells,
+    which fill their frame, where a crop would cut them (``adapt`` uses it). A model without
+    a crop is returned as it is.
+    """
+    if cfg.crop == 1.0:
+        return model
+    whole = build_classifier(replace(cfg, crop=1.0, weights=None), model.output_shape[-1])
+    whole.set_weights(model.get_weights())  # CenterCrop has no weights: the rest line up
+    return whole
 
 
 def set_trainable(model, cfg: FinetuneConfig, phase: int) -> int:

@@ -11,7 +11,7 @@ from shared_data import TECOM
 
 from bloodlib import CLASSES, stain
 from bloodlib.__main__ import main
-from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells
+from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells, leaves
 from bloodlib.config import SAMPLE_DIR
 from bloodlib.errors import OutputPathError
 from bloodlib.io import sha256_file
@@ -345,3 +345,34 @@ def test_dropout_off_restores_the_rates_when_the_block_fails():
         assert model.get_layer("drop").rate == 0.0
         raise RuntimeError("training failed")
     assert model.get_layer("drop").rate == 0.5
+
+
+@pytest.mark.unit
+def test_a_cropping_base_adapts_on_the_whole_frame(lab, tmp_path, monkeypatch):
+    """Other labs' cells fill their frame: adapt drops the base's centre crop, keeps its
+    weights, and records it."""
+    import dataclasses
+
+    import tiny_models
+
+    from bloodlib import backbones
+    from bloodlib.finetune import FinetuneConfig, build_classifier
+
+    bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
+    monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
+    cfg = FinetuneConfig(backbone="tiny", image_size=SIZE, weights=None, crop=0.5)
+    info = {
+        "method": "finetune",
+        "backbone": "tiny",
+        "classes": list(CLASSES),
+        "image_size": SIZE,
+        "config": dataclasses.asdict(cfg),
+    }
+    base = save_classifier(build_classifier(cfg), tmp_path / "cropped.keras", info)
+    out = tmp_path / "adapted.keras"
+    adapt(base, lab, out, shots=2, epochs=1, train="head", batch_size=4)
+    adapted = load_classifier(out)
+    assert "centre_crop" not in [layer.name for layer in leaves(adapted.model)]
+    assert adapted.info["config"]["crop"] == 1.0
+    assert adapted.info["adapt"]["base_crop_removed"] is True
+    assert load_classifier(base).info["config"]["crop"] == 0.5  # the base is untouched

@@ -362,3 +362,24 @@ def test_time_to_accuracy_reads_the_first_epoch_at_target():
     assert finetune.time_to_accuracy(hist, 0.85) == 40.0
     assert finetune.time_to_accuracy(hist, 0.95) is None
     assert finetune.time_to_accuracy(hist.drop(columns="seconds"), 0.5) is None
+
+
+@pytest.mark.unit
+def test_whole_frame_is_the_same_network_without_its_crop():
+    keras.utils.set_random_seed(4)
+    cfg = config(crop=0.5, weights=None)
+    cropped = build_classifier(cfg)
+    assert tuple(cropped.layers[1].get_layer("centre_crop").output.shape[1:3]) == (SIZE // 2,) * 2
+    whole = finetune.whole_frame(cropped, cfg)
+    assert "centre_crop" not in [layer.name for layer in whole.layers[1].layers]
+    assert tuple(whole.input.shape) == tuple(cropped.input.shape)
+    assert tuple(whole.layers[1].layers[-1].input.shape[1:3]) == (SIZE, SIZE)  # the backbone's
+    weights = zip(cropped.get_weights(), whole.get_weights(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in weights)
+    # A frame whose centre is the same but whose margin differs: only the whole frame sees it.
+    x = np.full((1, SIZE, SIZE, 3), 128.0, np.float32)
+    y = x.copy()
+    y[:, :4] = 255.0
+    assert np.allclose(cropped(x), cropped(y))
+    assert not np.allclose(whole(x), whole(y))
+    assert finetune.whole_frame(whole, replace(cfg, crop=1.0)) is whole
