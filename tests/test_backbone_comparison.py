@@ -151,3 +151,5 @@ def test_backbones_profile_compares_the_offline_backbones_on_full_data():
     assert nb02["image_size"] is None
     assert prof["notebooks"]["03_fine_tuning"]["backbones"] == ["efficientnet_lite0"]
     assert set(prof["notebooks"]) == set(full["notebooks"])
+    # "03_fine_tuning: as `full`", as the file says: one recipe, not a copy left behind.
+    assert prof["notebooks"]["03_fine_tuning"] == full["notebooks"]["03_fine_tuning"]
