@@ -330,9 +330,9 @@ def build_feature_extractor(
     """Raw 0..255 RGB in, pooled ImageNet features out (e.g. 1280-d for Lite0).
 
     ``crop`` < 1 keeps only the centre square of that fraction of the side (a
-    ``CenterCrop`` layer, so a saved model still takes the whole frame): PBC's cell sits in
-    the middle third of the frame, and the network then computes on crop**2 of the pixels
-    at the same resolution of the cell.
+    ``CenterCrop`` layer, so a saved model still takes the whole frame): PBC's analyser puts
+    the cell in the middle of the frame, so the network computes on crop**2 of the pixels
+    with the cell at the same resolution.
     """
     bb = get(name)
     size = image_size or bb.input_size
