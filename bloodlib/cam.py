@@ -266,6 +266,7 @@ def grad_cam(
     n, h, w = x.shape[:3]
     idx = _class_indices(class_index, n)
     split = _split(model, layer)
+    box = _crop_box(model, h, w)  # the model's, not the batch's: found once
     maps = []
     for start in range(0, n, BATCH_SIZE):
         batch = tf.convert_to_tensor(x[start : start + BATCH_SIZE], tf.float32)
@@ -286,7 +287,7 @@ def grad_cam(
         fmap = tf.cast(fmap, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # alpha_k per image
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1, keepdims=True))
-        cam = _to_frame(cam, _crop_box(model, h, w), h, w)
+        cam = _to_frame(cam, box, h, w)
         top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         maps.append(tf.math.divide_no_nan(cam, top).numpy())
     return np.clip(np.concatenate(maps), 0.0, 1.0).astype(np.float32)
