@@ -191,16 +191,12 @@ def check_out_path(out: str | Path, model_path: str | Path, folder: str | Path) 
     return out
 
 
-def leaves(layer: Any) -> list[Any]:
-    """The layers of a (nested) Keras model that hold no layers themselves, in model order."""
-    subs = getattr(layer, "layers", None)
-    return [leaf for s in subs for leaf in leaves(s)] if subs else [layer]
-
-
 def _set_trainable(model: Any, train: str) -> int:
     """Only the head (the last Dense layer) learns; in ``top`` mode also the backbone's last
     convolution, in ``bn`` mode also every BatchNorm layer."""
     import keras
+
+    from bloodlib.backbones import leaves
 
     model.trainable = True  # parents must be trainable for a leaf's weights to count
     every = leaves(model)
@@ -239,6 +235,8 @@ def dropout_off(model: Any) -> Iterator[None]:
     The saved model keeps the base's rates, so it has the base's architecture.
     """
     import keras
+
+    from bloodlib.backbones import leaves
 
     rates = [
         (layer, layer.rate) for layer in leaves(model) if isinstance(layer, keras.layers.Dropout)

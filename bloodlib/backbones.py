@@ -291,6 +291,16 @@ def weights_id(backbone: Backbone, weights: str | os.PathLike | None) -> str:
     return f"file:{Path(weights).name}:{digest}"
 
 
+def leaves(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers of a (nested) Keras model that hold no layers themselves, in model order.
+
+    A bloodlib classifier nests its backbone (``<backbone>_features``) as a sub-model: what
+    looks for a kind of layer (a crop, the last convolution, every Dropout) walks these.
+    """
+    subs = getattr(layer, "layers", None)
+    return [leaf for s in subs for leaf in leaves(s)] if subs else [layer]
+
+
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one image's forward pass (convolutions and dense layers).
 
@@ -298,10 +308,8 @@ def count_macs(model: keras.Model) -> int:
     left out: they are a rounding error next to the convolutions.
     """
     total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += count_macs(layer)
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+    for layer in leaves(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
             kh, kw, channels, multiplier = layer.kernel.shape
             _, h, w, _ = layer.output.shape
             total += h * w * kh * kw * channels * multiplier

@@ -200,12 +200,10 @@ def _crop_box(model: Any, h: int, w: int) -> tuple[int, int, int, int]:
     """
     import keras
 
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if _is_model(layer):
-            stack.extend(layer.layers)
-        elif isinstance(layer, keras.layers.CenterCrop):
+    from bloodlib.backbones import leaves
+
+    for layer in leaves(model):
+        if isinstance(layer, keras.layers.CenterCrop):
             _, in_h, in_w, _ = layer.input.shape
             ch, cw = round(layer.height * h / in_h), round(layer.width * w / in_w)
             return (h - ch) // 2, (w - cw) // 2, ch, cw  # CenterCrop's own offsets

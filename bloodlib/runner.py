@@ -109,8 +109,43 @@ class NotebookResult:
 
 
 def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, Any]]:
+    """Every profile of ``path``, complete: ``extends: BASE`` resolved (see :func:`_extend`)."""
     with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
+        raw = yaml.safe_load(fh) or {}
+    return {name: _extend(raw, name, (), path) for name in raw}
+
+
+def _extend(
+    raw: Mapping[str, Any], name: str, chain: tuple[str, ...], path: Path
+) -> dict[str, Any]:
+    """Profile ``name`` with its ``extends:`` base filled in, one notebook block at a time.
+
+    A profile that is another with a few changes says so (``extends: full``) and lists only
+    the changes: its ``common`` keys, and each notebook's keys, override the base's. The
+    recipe then lives in one place, and a change to ``full`` reaches every profile built on
+    it. The resolved profile keeps ``extends`` to say where it came from.
+    """
+    prof = raw[name]
+    if not isinstance(prof, Mapping):
+        raise RunError(f"{path}: profile {name!r} is not a mapping")
+    base_name = prof.get("extends")
+    if base_name is None:
+        return dict(prof)
+    if base_name not in raw:
+        raise RunError(f"{path}: profile {name!r} extends {base_name!r}, which is not a profile")
+    if base_name in chain or base_name == name:
+        cycle = " -> ".join((*chain, name, base_name))
+        raise RunError(f"{path}: profiles extend each other in a circle: {cycle}")
+    base = _extend(raw, base_name, (*chain, name), path)
+    notebooks = dict(base.get("notebooks") or {})
+    for nb, params in (prof.get("notebooks") or {}).items():
+        notebooks[nb] = {**(notebooks.get(nb) or {}), **(params or {})}
+    return {
+        **base,
+        **{k: v for k, v in prof.items() if k not in ("common", "notebooks")},
+        "common": {**(base.get("common") or {}), **(prof.get("common") or {})},
+        "notebooks": notebooks,
+    }
 
 
 def profile_names(path: Path = PROFILES_FILE) -> list[str]:

@@ -11,7 +11,8 @@ from shared_data import TECOM
 
 from bloodlib import CLASSES, stain
 from bloodlib.__main__ import main
-from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells, leaves
+from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells
+from bloodlib.backbones import leaves
 from bloodlib.config import SAMPLE_DIR
 from bloodlib.errors import OutputPathError
 from bloodlib.io import sha256_file
@@ -272,7 +273,7 @@ def test_cli_help_states_the_library_defaults(capsys):
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
 def test_top_mode_picks_the_convolution_before_pooling(backbone):
     """On the real architectures "top" is the 1x1 convolution that feeds the pooled features."""
-    from bloodlib.adapt import _set_trainable, leaves
+    from bloodlib.adapt import _set_trainable
     from bloodlib.finetune import FinetuneConfig, build_classifier
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))

@@ -240,6 +240,68 @@ def test_profiles_file_is_complete():
     ]
 
 
+def test_a_profile_extends_another_notebook_by_notebook(tmp_path):
+    path = tmp_path / "profiles.yml"
+    path.write_text(
+        "base:\n"
+        "  description: the base\n"
+        "  common: {seed: 1, data: null}\n"
+        "  notebooks:\n"
+        "    a: {x: 1, y: 2}\n"
+        "    b: {z: 3}\n"
+        "child:\n"
+        "  extends: base\n"
+        "  common: {seed: 7}\n"
+        "  notebooks:\n"
+        "    a: {y: 20}\n"
+        "grandchild:\n"
+        "  extends: child\n"
+        "  description: the grandchild\n"
+        "  notebooks:\n"
+        "    b: {z: 30, w: 4}\n",
+        encoding="utf-8",
+    )
+    profiles = runner.load_profiles(path)
+    child, grand = profiles["child"], profiles["grandchild"]
+    assert child["common"] == {"seed": 7, "data": None}
+    assert child["notebooks"] == {"a": {"x": 1, "y": 20}, "b": {"z": 3}}
+    assert child["description"] == "the base" and child["extends"] == "base"
+    assert grand["notebooks"] == {"a": {"x": 1, "y": 20}, "b": {"z": 30, "w": 4}}
+    assert grand["description"] == "the grandchild" and grand["common"]["seed"] == 7
+    assert "extends" not in profiles["base"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a:\n  extends: nowhere\n", "extends 'nowhere', which is not a profile"),
+        ("a:\n  extends: b\nb:\n  extends: a\n", "in a circle: a -> b -> a"),
+        ("a:\n  extends: a\n", "in a circle"),
+    ],
+)
+def test_a_profile_that_extends_nothing_or_itself_is_refused(tmp_path, text, message):
+    path = tmp_path / "profiles.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RunError, match=message):
+        runner.load_profiles(path)
+
+
+def test_shipped_variants_change_only_what_they_say():
+    """robust, accurate and backbones are `full` plus their own lines: the recipe is full's."""
+    profiles = runner.load_profiles()
+    full = profiles["full"]
+    for name, changed in {
+        "robust": {"crop", "epochs_finetune", "augment_domain"},
+        "accurate": {"image_size", "epochs_finetune", "crop"},
+        "backbones": set(),
+    }.items():
+        prof = profiles[name]
+        assert prof["extends"] == "full" and prof["common"] == full["common"]
+        nb03, full03 = prof["notebooks"]["03_fine_tuning"], full["notebooks"]["03_fine_tuning"]
+        assert {k for k in nb03.keys() | full03.keys() if nb03.get(k) != full03.get(k)} <= changed
+    assert profiles["robust"]["notebooks"]["03_fine_tuning"]["crop"] == 1.0
+
+
 def test_data_keywords_match_bloodlib_source(tmp_path):
     source = pytest.importorskip("bloodlib.source")
     assert runner.DATA_KEYWORDS is source.KEYWORDS  # one constant, not a copy
