@@ -133,7 +133,7 @@ def _extend(
         return dict(prof)
     if base_name not in raw:
         raise RunError(f"{path}: profile {name!r} extends {base_name!r}, which is not a profile")
-    if base_name in chain or base_name == name:
+    if base_name in (*chain, name):
         cycle = " -> ".join((*chain, name, base_name))
         raise RunError(f"{path}: profiles extend each other in a circle: {cycle}")
     base = _extend(raw, base_name, (*chain, name), path)
