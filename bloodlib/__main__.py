@@ -344,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         "adapt",
         parents=[common],
         help="fine-tune a saved network on a few labelled cells of a new lab",
-        description="Train a fine-tuned .keras model's head (and with --train bn its "
-        "BatchNorm layers) on K labelled cells per class of FOLDER (one sub-folder per class, "
+        description="Train a fine-tuned .keras model's head (and what --train names with it) "
+        "on K labelled cells per class of FOLDER (one sub-folder per class, "
         "any subset of the classes); the other cells are held out and scored before and after. "
         "Writes NEW_MODEL with a sidecar recording the base model and the cells used.",
     )
@@ -360,20 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_at_least_one,
         metavar="E",
         help="passes over those cells (default: as many as give 200 Adam steps for --train "
-        "top, 80 for head and bn)",
+        "top and block, 80 for head and bn)",
     )
     adapt.add_argument("--seed", type=int, metavar="S", help="seed of the draw and the training")
     adapt.add_argument(
         "--train",
-        choices=("head", "top", "bn"),
+        choices=("head", "top", "block", "bn"),
         help="what learns: 'top' (default): the head and the backbone's last convolution; "
+        "'block': the head, the backbone's last block and the convolution after it; "
         "'head': the head only; 'bn': the head and the BatchNorm layers",
     )
     adapt.add_argument(
         "--learning-rate",
         type=float,
         metavar="LR",
-        help="Adam's learning rate (default 0.003 for top, 0.03 for head and bn)",
+        help="Adam's learning rate (default 0.003 for top, 0.0005 for block, 0.03 for head and bn)",
     )
     adapt.add_argument("--verbose", action="store_true", help="print Keras' progress per epoch")
     adapt.set_defaults(func=cmd_adapt)

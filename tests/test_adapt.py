@@ -260,9 +260,13 @@ def test_cli_help_states_the_library_defaults(capsys):
         main(["adapt", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     steps, rates = adapt_module.DEFAULT_STEPS, adapt_module.DEFAULT_LEARNING_RATES
-    assert f"give {steps['top']} Adam steps for --train top" in text
+    assert f"give {steps['top']} Adam steps for --train top and block" in text
+    assert steps["top"] == steps["block"]
     assert f"{steps['head']} for head and bn" in text and steps["head"] == steps["bn"]
-    assert f"(default {rates['top']:g} for top, {rates['head']:g} for head and bn)" in text
+    assert (
+        f"(default {rates['top']:g} for top, {rates['block']:g} for block, "
+        f"{rates['head']:g} for head and bn)" in text
+    )
     assert rates["head"] == rates["bn"]
     assert f"'{adapt_module.DEFAULT_TRAIN}' (default)" in text
     assert "{" + ",".join(adapt_module.TRAIN_MODES) + "}" in text
@@ -377,3 +381,46 @@ def test_a_cropping_base_adapts_on_the_whole_frame(lab, tmp_path, monkeypatch):
     assert adapted.info["config"]["crop"] == 1.0
     assert adapted.info["adapt"]["base_crop_removed"] is True
     assert load_classifier(base).info["config"]["crop"] == 0.5  # the base is untouched
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
+def test_block_mode_trains_the_last_block_and_what_follows_it(backbone):
+    """The "block" mode: the head, every weighted layer of the backbone's last block and the top
+    convolution after it; BatchNorm and everything before that block stay frozen."""
+    import keras
+
+    from bloodlib import backbones
+    from bloodlib.adapt import _set_trainable
+    from bloodlib.finetune import FinetuneConfig, build_classifier
+
+    model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
+    n = _set_trainable(model, "block", backbone)
+    bb = backbones.get(backbone)
+    every = leaves(model)
+    last = max(i for i in (bb.block_index(layer.name) for layer in every) if i is not None)
+    learning = [layer for layer in every if layer.trainable and layer.weights]
+    names = {layer.name for layer in learning}
+    assert "head" in names
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in learning)
+    assert {bb.block_index(name) for name in names} <= {last, None}
+    # The whole last block learns (its depthwise convolution too), and "top"'s convolution.
+    block = {
+        layer.name
+        for layer in every
+        if bb.block_index(layer.name) == last
+        and layer.weights
+        and not isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert len(block) >= 2 and block <= names
+    assert n == sum(len(layer.trainable_weights) for layer in learning)
+    _set_trainable(model, "top")
+    top = {layer.name for layer in every if layer.trainable and layer.weights}
+    assert top < names
+
+
+@pytest.mark.unit
+def test_block_mode_refuses_a_backbone_without_blocks(base_model, lab, tmp_path):
+    with pytest.raises(AdaptError, match="--train top"):
+        adapt(base_model, lab, tmp_path / "b.keras", shots=2, epochs=1, train="block")
+    assert not (tmp_path / "b.keras").exists()
