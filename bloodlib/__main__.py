@@ -366,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--train",
         choices=("head", "top", "block", "bn"),
-        help="what learns: 'top' (default): the head and the backbone's last convolution; "
-        "'block': the head, the backbone's last block and the convolution after it; "
+        help="what learns: 'block' (default): the head, the backbone's last block and the "
+        "convolution after it; 'top': the head and the backbone's last convolution; "
         "'head': the head only; 'bn': the head and the BatchNorm layers",
     )
     adapt.add_argument(

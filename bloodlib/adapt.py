@@ -53,7 +53,7 @@ TRAIN_MODES = ("head", "top", "block", "bn")
 #: 2.5e-4 87.8 %. (The last four 1x1 convolutions at 3e-3, "top"'s rate, collapsed onto one
 #: class; at 5e-4 they gave 88.4 % too.)
 DEFAULT_SHOTS = 5
-DEFAULT_TRAIN = "top"
+DEFAULT_TRAIN = "block"
 #: Adam steps (batches), not epochs: what the rates were tuned for. Epochs follow from the
 #: number of cells, so 20 cells per class take about as long as 5.
 DEFAULT_STEPS = {"head": 80, "top": 200, "block": 200, "bn": 80}
@@ -365,12 +365,12 @@ def adapt(
         raise AdaptError(
             f"{Path(model_path).name} is an SVM: adapt fine-tunes a network (a .keras model)"
         )
-    if train == "block":  # refuse a backbone without known blocks before any work
+    cells, ignored = labelled_cells(folder)
+    support, held = choose_support(cells, shots, seed)
+    if train == "block":  # refuse a backbone without known blocks before training
         from bloodlib.backbones import leaves
 
         _last_block_on(leaves(clf.model), clf.info.get("backbone"))
-    cells, ignored = labelled_cells(folder)
-    support, held = choose_support(cells, shots, seed)
     classes = clf.classes
     present = [c for c in classes if c in set(cells["label"])]
     model = clf.model

@@ -99,7 +99,15 @@ def base_model(tmp_path_factory) -> Path:
 def adapted(base_model, lab, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapted") / "models" / "lab.keras"
     result = adapt(
-        base_model, lab, out, shots=SHOTS, epochs=40, learning_rate=0.05, batch_size=8, seed=3
+        base_model,
+        lab,
+        out,
+        shots=SHOTS,
+        epochs=40,
+        learning_rate=0.05,
+        batch_size=8,
+        seed=3,
+        train="top",  # the tiny network has no blocks for the default "block"
     )
     return result, out
 
@@ -229,7 +237,10 @@ def test_cli(base_model, lab, tmp_path, capsys):
     assert main([*argv, str(base_model)]) == 2
     err = capsys.readouterr().err
     assert "overwrite the input model" in err and "Traceback" not in err
-    assert main([*argv, str(out), "--shots", "1", "--epochs", "1", "--seed", "5"]) == 0
+    assert (
+        main([*argv, str(out), "--shots", "1", "--epochs", "1", "--seed", "5", "--train", "top"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "adapted on 3 cells" in text and "held-out accuracy" in text
     assert read_sidecar(out)["adapt"]["seed"] == 5
@@ -242,7 +253,7 @@ def test_adapt_reads_a_real_labs_folder(base_model, tmp_path):
     cells, _ = labelled_cells(TECOM)
     assert set(cells["label"]) <= set(CLASSES) and len(cells["label"].unique()) >= 2
     out = tmp_path / "tecom.keras"
-    result = adapt(base_model, TECOM, out, shots=1, epochs=1, batch_size=8)
+    result = adapt(base_model, TECOM, out, shots=1, epochs=1, batch_size=8, train="top")
     assert len(result.support) == cells["label"].nunique()
     assert len(result.held_out) == len(cells) - len(result.support)
     spent = set(result.classes_present) - set(result.held_out["label"])

@@ -287,7 +287,15 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     folder = domain.synthetic_lab(cells, tmp_path / "lab")
     work = tmp_path / "work" / "not yet made"  # made when missing
     curve = domain.adapt_curve(
-        stain_model, folder, [1, 3], repeats=2, seed=5, epochs=2, batch_size=8, work_dir=work
+        stain_model,
+        folder,
+        [1, 3],
+        repeats=2,
+        seed=5,
+        epochs=2,
+        batch_size=8,
+        work_dir=work,
+        train="top",  # the tiny network has no blocks for adapt's default "block"
     )
     assert list(curve["shots"]) == [1, 1, 3, 3] and list(curve["seed"]) == [5, 6, 5, 6]
     assert list(curve["n_support"]) == [3, 3, 9, 9]
