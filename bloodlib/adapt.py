@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -244,8 +245,14 @@ def _last_block_on(every: list[Any], backbone: str | None) -> list[Any]:
             f"no blocks known for backbone {backbone!r}: use --train top or --train head"
         )
     last = max(known)
-    if bb.block_marker_at_end:  # the marker closes its block: the last one starts after k-1's
-        marks = [n for n, i in enumerate(indices) if i is not None and i <= last - 1]
+    if bb.block_marker_at_end:
+        # The marker closes its block, so the last block starts after block k-1's own marker
+        # (Inception's "mixed9"; its "mixed9_1" is a concatenation inside block 10).
+        marks = [
+            n
+            for n, layer in enumerate(every)
+            if indices[n] == last - 1 and re.fullmatch(bb.block_pattern, layer.name)
+        ]
         start = marks[-1] + 1 if marks else 0
     else:
         start = indices.index(last)

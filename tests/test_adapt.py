@@ -435,3 +435,32 @@ def test_block_mode_refuses_a_backbone_without_blocks(base_model, lab, tmp_path)
     with pytest.raises(AdaptError, match="--train top"):
         adapt(base_model, lab, tmp_path / "b.keras", shots=2, epochs=1, train="block")
     assert not (tmp_path / "b.keras").exists()
+
+
+@pytest.mark.unit
+def test_block_mode_on_inception_starts_after_the_previous_blocks_marker():
+    """Inception names its blocks by the concatenation that closes them ("mixed9"), and block
+    10 holds concatenations called "mixed9_0" / "mixed9_1": the last block is everything after
+    "mixed9" itself, its branch convolutions included."""
+    import keras
+
+    from bloodlib.adapt import _set_trainable
+    from bloodlib.finetune import FinetuneConfig, build_classifier
+
+    model = build_classifier(FinetuneConfig(backbone="inception_v3", image_size=75, weights=None))
+    _set_trainable(model, "block", "inception_v3")
+    every = leaves(model)
+    names = [layer.name for layer in every]
+    start = names.index("mixed9")
+    convs = [
+        n
+        for n, layer in enumerate(every)
+        if isinstance(layer, keras.layers.Conv2D) and layer.trainable
+    ]
+    assert len(convs) >= 6  # block 10's branches: 1x1, 3x3 pairs, pooled 1x1
+    assert min(convs) > start
+    assert all(
+        layer.trainable
+        for layer in every[start + 1 :]
+        if isinstance(layer, keras.layers.Conv2D) or layer.name == "head"
+    )
