@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -238,24 +237,13 @@ def _last_block_on(every: list[Any], backbone: str | None) -> list[Any]:
     from bloodlib import backbones
 
     bb = backbones.REGISTRY.get(backbone or "")
-    indices = [bb.block_index(layer.name) if bb else None for layer in every]
-    known = [i for i in indices if i is not None]
+    names = [layer.name for layer in every]
+    known = [i for i in map(bb.block_index, names) if i is not None] if bb else []
     if not known:
         raise AdaptError(
             f"no blocks known for backbone {backbone!r}: use --train top or --train head"
         )
-    last = max(known)
-    if bb.block_marker_at_end:
-        # The marker closes its block, so the last block starts after block k-1's own marker
-        # (Inception's "mixed9"; its "mixed9_1" is a concatenation inside block 10).
-        marks = [
-            n
-            for n, layer in enumerate(every)
-            if indices[n] == last - 1 and re.fullmatch(bb.block_pattern, layer.name)
-        ]
-        start = marks[-1] + 1 if marks else 0
-    else:
-        start = indices.index(last)
+    start = bb.block_start(names, max(known))
     return [
         layer
         for layer in every[start:]

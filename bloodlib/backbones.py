@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,27 @@ class Backbone:
             return None
         m = re.match(self.block_pattern, layer_name)
         return int(m.group(1)) if m else None
+
+    def block_start(self, layer_names: Sequence[str], k: int) -> int:
+        """Where block ``k`` begins in ``layer_names`` (the model's layer order): the first
+        layer of block ``k``, or the one after block ``k-1``'s closing marker (Inception's
+        "mixed9" exactly: its "mixed9_0" / "mixed9_1" are concatenations inside blocks).
+        ``len(layer_names)`` when no such block exists; 0 for ``k <= 0``."""
+        if k <= 0:
+            return 0
+        for n, name in enumerate(layer_names):
+            idx = self.block_index(name)
+            if idx is None:
+                continue
+            if not self.block_marker_at_end and idx >= k:
+                return n
+            if (
+                self.block_marker_at_end
+                and idx >= k - 1
+                and re.fullmatch(self.block_pattern or "", name)
+            ):
+                return n + 1
+        return len(layer_names)
 
 
 def _keras_app(fn_name: str) -> Callable[[tuple[int, int, int], str | None], keras.Model]:

@@ -232,17 +232,11 @@ def set_trainable(model, cfg: FinetuneConfig, phase: int) -> int:
         feat.trainable = False
     else:
         feat.trainable = True
-        k = cfg.unfreeze_from_block
-        started = k <= 0
-        for layer in base.layers:
-            idx = bb.block_index(layer.name)
-            if not bb.block_marker_at_end and idx is not None and idx >= k:
-                started = True
-            layer.trainable = started
+        start = bb.block_start([layer.name for layer in base.layers], cfg.unfreeze_from_block)
+        for n, layer in enumerate(base.layers):
+            layer.trainable = n >= start
             if not cfg.train_batchnorm and layer.__class__.__name__ == "BatchNormalization":
                 layer.trainable = False
-            if bb.block_marker_at_end and idx is not None and idx >= k - 1:
-                started = True  # the marker closes block k-1: block k starts with the next layer
     return len(model.trainable_weights)
 
 

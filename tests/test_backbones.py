@@ -348,3 +348,21 @@ def test_recorded_compute_matches_the_network(name):
     assert model.output_shape == (None, bb.feature_dim)
     assert model.count_params() == bb.params
     assert backbones.count_macs(model) / 1e9 == pytest.approx(bb.gmacs, abs=1e-3)
+
+
+@pytest.mark.unit
+def test_block_start_finds_a_blocks_first_layer_or_the_layer_after_its_marker():
+    """One rule for "unfreeze from block k" (finetune) and "the last block" (adapt)."""
+    from bloodlib import backbones
+
+    lite = backbones.get("efficientnet_lite0")
+    names = ["stem_conv", "block1_dwconv", "block1_project_conv", "block2_expand_conv", "top_conv"]
+    assert lite.block_start(names, 0) == 0
+    assert lite.block_start(names, 2) == 3
+    assert lite.block_start(names, 9) == len(names)
+    inception = backbones.get("inception_v3")
+    # Block 10 starts after the layer named exactly "mixed9", not after "mixed9_0".
+    names = ["c1", "mixed8", "c2", "mixed9_0", "c3", "mixed9", "c4", "mixed9_1", "c5", "mixed10"]
+    assert inception.block_start(names, 10) == names.index("mixed9") + 1
+    assert inception.block_start(names, 9) == names.index("mixed8") + 1
+    assert inception.block_start(names, 12) == len(names)
