@@ -338,6 +338,7 @@ PARAMETER_RULES: dict[str, Rule] = {
     "learning_rate_head": Rule("a learning rate must be positive", above=0),
     "learning_rate_finetune": Rule("a learning rate must be positive", above=0),
     "label_smoothing": Rule("a fraction of the target mass, 0 (off) up to below 1", 0, below=1),
+    "ema_momentum": Rule("the average's momentum, 0 (off) up to below 1", 0, below=1),
     "warmup_epochs": Rule("epochs of learning-rate warm-up in phase 2 (0: none)", minimum=0),
     "unfreeze_from_block": Rule("a block index (0 unfreezes the whole backbone)", minimum=0),
     "image_size": Rule(

@@ -383,3 +383,26 @@ def test_whole_frame_is_the_same_network_without_its_crop():
     assert np.allclose(cropped(x), cropped(y))
     assert not np.allclose(whole(x), whole(y))
     assert finetune.whole_frame(whole, replace(cfg, crop=1.0)) is whole
+
+
+def test_ema_is_what_validation_scores_and_the_model_keeps(data, tmp_path):
+    """With a momentum of ~1 the average stays at phase 2's first step: validation (on the
+    average) barely moves while the raw weights learn at a high rate, and the kept model is it."""
+    cfg = config(
+        epochs_finetune=3, learning_rate_finetune=3e-2, schedule="constant", ema_momentum=0.999999
+    )
+    result = train(cfg, *data, tmp_path, "tiny_ema", verbose=0)
+    assert read_sidecar(result.model_path)["config"]["ema_momentum"] == 0.999999
+    phase2 = result.history[result.history["phase"] == "fine-tune"]
+    assert len(phase2) == 3
+    np.testing.assert_allclose(phase2["val_loss"], phase2["val_loss"].iloc[0], rtol=1e-4)
+    raw = train(replace(cfg, ema_momentum=0.0), *data, tmp_path, "tiny_raw", verbose=0)
+    moved = raw.history[raw.history["phase"] == "fine-tune"]["val_loss"]
+    assert np.ptp(moved) > 1e-3  # without the average, the same training moves validation
+
+
+def test_training_identity_omits_the_defaults_added_later(data):
+    """Runs trained before ``crop`` and ``ema_momentum`` existed keep their identity."""
+    identity = finetune.training_identity(config(), *data)
+    assert "crop" not in identity and "ema_momentum" not in identity
+    assert finetune.training_identity(config(ema_momentum=0.99), *data)["ema_momentum"] == 0.99
