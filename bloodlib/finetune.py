@@ -56,7 +56,9 @@ class FinetuneConfig:
     warmup_epochs: float = 0.0
     optimizer: str = "adamw"  # "adamw", "adam" or "sgd"
     # Phase 2 keeps an exponential moving average of the weights (0: off); validation, the
-    # checkpoint and the saved model use the average. 0.995 averages over ~200 steps.
+    # checkpoint and the saved model use the average. 0.997 averages over ~330 steps (about
+    # 2 epochs of the dev data): on the accurate recipe, seeds 42 / 43 98.98 / 99.19 % against
+    # 99.34 / 98.76 % without; the mean did not move, so it is off by default.
     ema_momentum: float = 0.0
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1

@@ -385,9 +385,9 @@ def test_whole_frame_is_the_same_network_without_its_crop():
     assert finetune.whole_frame(whole, replace(cfg, crop=1.0)) is whole
 
 
-def test_ema_is_what_validation_scores_and_the_model_keeps(data, tmp_path):
+def test_ema_is_what_validation_scores(data, tmp_path):
     """With a momentum of ~1 the average stays at phase 2's first step: validation (on the
-    average) barely moves while the raw weights learn at a high rate, and the kept model is it."""
+    average) barely moves while the raw weights learn at a high rate."""
     cfg = config(
         epochs_finetune=3, learning_rate_finetune=3e-2, schedule="constant", ema_momentum=0.999999
     )
