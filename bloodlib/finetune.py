@@ -668,11 +668,9 @@ def _train_and_save(
             set_trainable(model, cfg, phase=2)
             _compile(model, cfg, learning_rate_finetune(cfg, steps), ema=True)
         model._initial_epoch = None  # BackupAndRestore of phase 1 set it; phase 2 has its own
-        # The backup first, while the model holds the raw weights (the optimizer the average);
-        # then the swap, so that validation, the checkpoint and early stopping see the average.
-        first = [_backup(train_dir / "backup_phase2")]
-        if cfg.ema_momentum:
-            first.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        # With an average: validation runs on it, the checkpoint saves it, and the backup, last,
+        # saves the raw weights (the optimizer holds the average), so a resume goes on exactly.
+        swap_in, swap_out = _average_swaps() if cfg.ema_momentum else ([], [])
         _fit(
             model,
             train_ds,
@@ -681,8 +679,10 @@ def _train_and_save(
             epochs=cfg.epochs_head + cfg.epochs_finetune,
             class_weight=class_weight,
             callbacks=[
-                *first,
+                *swap_in,
                 *common,
+                *swap_out,
+                _backup(train_dir / "backup_phase2"),
                 keras.callbacks.EarlyStopping(
                     monitor=CHECKPOINT_MONITOR,
                     mode=CHECKPOINT_MODE,
@@ -809,6 +809,37 @@ def _history_logger(path: Path, start: float | None = None):
             write_with(path, lambda tmp: rows.to_csv(tmp, index=False), suffix=".csv")
 
     return AtomicCSVLogger()
+
+
+def _average_swaps() -> tuple[list, list]:
+    """Callbacks before and after the checkpoint and the log, for ``ema_momentum``.
+
+    Keras' ``SwapEMAWeights`` puts the average in the model while validating; at an epoch's
+    end the first list puts it in again (for the checkpoint) and the second takes it out, so
+    the backup that follows, which must come after the log and the checkpoint (a backed-up
+    epoch is logged and checkpointed), saves the raw weights the next epoch trains on.
+    """
+    import keras
+
+    class AtEpochEnd(keras.callbacks.SwapEMAWeights):
+        """Swaps the weights and their average at each epoch's end, and at no other time."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._swap_variables()
+
+        def on_test_begin(self, logs=None):
+            pass
+
+        def on_test_end(self, logs=None):
+            pass
+
+        def on_predict_begin(self, logs=None):
+            pass
+
+        def on_predict_end(self, logs=None):
+            pass
+
+    return [keras.callbacks.SwapEMAWeights(), AtEpochEnd()], [AtEpochEnd()]
 
 
 def _backup(path: Path):

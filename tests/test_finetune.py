@@ -207,8 +207,9 @@ class Interrupt(keras.callbacks.BackupAndRestore):
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_resumes_where_it_stopped(tmp_path, data, monkeypatch):
-    cfg = config(epochs_head=1, epochs_finetune=2)
+@pytest.mark.parametrize("ema_momentum", [0.0, 0.5])
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, data, monkeypatch, ema_momentum):
+    cfg = config(epochs_head=1, epochs_finetune=2, ema_momentum=ema_momentum)
     train_dir = tmp_path / "train" / "tiny_ft"
     model_path = tmp_path / "models" / "tiny_ft.keras"
 
