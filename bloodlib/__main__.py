@@ -119,8 +119,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from bloodlib.adapt import adapt
+    from bloodlib.adapt import AdaptError, adapt
 
+    if args.entropy_weight is not None and args.unlabelled is None:
+        raise AdaptError("--entropy-weight weighs the unlabelled cells: give --unlabelled FOLDER")
     # Unset options take adapt()'s defaults, so each default is stated once, there.
     given = {
         "shots": args.shots,
@@ -128,6 +130,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "train": args.train,
         "learning_rate": args.learning_rate,
+        "unlabelled": args.unlabelled,
+        "entropy_weight": args.entropy_weight,
     }
     result = adapt(
         args.model,
@@ -376,7 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LR",
         help="Adam's learning rate (default 0.003 for top, 0.0005 for block, 0.03 for head and bn)",
     )
-    adapt.add_argument("--verbose", action="store_true", help="print Keras' progress per epoch")
+    adapt.add_argument(
+        "--unlabelled",
+        metavar="FOLDER",
+        help="the lab's cells without labels (any layout; may be FOLDER itself, whose labels "
+        "are then not read): the loss also lowers the entropy of the predictions on them",
+    )
+    adapt.add_argument(
+        "--entropy-weight",
+        type=float,
+        metavar="W",
+        help="weight of that entropy in the loss (default 0.3; needs --unlabelled)",
+    )
+    adapt.add_argument("--verbose", action="store_true", help="show the training's progress")
     adapt.set_defaults(func=cmd_adapt)
 
     convert = sub.add_parser(

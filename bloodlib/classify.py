@@ -28,8 +28,7 @@ from bloodlib.errors import OutputPathError
 from bloodlib.io import write_with
 from bloodlib.saved import load_classifier, sidecar_path
 
-#: Manifest statuses that still decode to an RGB image the model can read.
-CLASSIFIABLE = {"ok", "unknown_class", "odd_size"}
+CLASSIFIABLE = manifest.CLASSIFIABLE  # the statuses a model can read, kept under this name
 
 
 @dataclass

@@ -95,6 +95,9 @@ DEFECTS: tuple[str, ...] = (
     "duplicate",
 )
 STATUSES: tuple[str, ...] = ("ok", *DEFECTS)
+#: Statuses of a file that still decodes to an RGB image a network can read (a cell outside
+#: the class layout, or of an unusual size): what classify predicts and adapt learns from.
+CLASSIFIABLE = frozenset({"ok", "unknown_class", "odd_size"})
 # Defects of where a file is or how it is named, not of what it holds.
 _LOCATION_DEFECTS = {"hidden", "non_image_extension", "unknown_class"}
 

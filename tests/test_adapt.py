@@ -282,6 +282,7 @@ def test_cli_help_states_the_library_defaults(capsys):
     assert f"'{adapt_module.DEFAULT_TRAIN}' (default)" in text
     assert "{" + ",".join(adapt_module.TRAIN_MODES) + "}" in text
     assert f"(default {adapt_module.DEFAULT_SHOTS})" in text
+    assert f"(default {adapt_module.DEFAULT_ENTROPY_WEIGHT:g}; needs --unlabelled)" in text
 
 
 @pytest.mark.unit
@@ -464,3 +465,74 @@ def test_block_mode_on_inception_starts_after_the_previous_blocks_marker():
         for layer in every[start + 1 :]
         if isinstance(layer, keras.layers.Conv2D) or layer.name == "head"
     )
+
+
+def _mean_entropy(model_path: Path, paths: list[str], present: list[str]) -> float:
+    """Mean entropy of a model's predictions renormalised over the classes ``present``."""
+    clf = load_classifier(model_path)
+    p = clf.predict_proba(paths, progress=False, engine="keras")
+    p = p[:, [clf.classes.index(c) for c in present]]
+    p = p / p.sum(axis=1, keepdims=True)
+    return float(np.mean(-(p * np.log(p + 1e-12)).sum(axis=1)))
+
+
+@pytest.mark.unit
+def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, tmp_path):
+    from bloodlib.adapt import unlabelled_cells
+
+    cells, _ = labelled_cells(lab)
+    support, held = choose_support(cells, SHOTS, seed=3)
+    unl = unlabelled_cells(lab, set(support["sha256"]), seed=3)
+    assert sorted(unl["sha256"]) == sorted(held["sha256"])  # labels unread, support left out
+    mixed = tmp_path / "mixed"
+    shutil.copytree(lab / "Platelet", mixed / "any" / "layout")
+    first = next((lab / "Platelet").iterdir())
+    shutil.copy(first, mixed / "copy_of_a_cell.jpg")  # same content: counted once
+    shutil.copy(first, mixed / ".hidden.jpg")
+    (mixed / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
+    got = unlabelled_cells(mixed, set(), seed=3)
+    assert len(got) == PER_CLASS and got["sha256"].is_unique
+    assert not got["relpath"].str.contains("hidden|broken").any()
+    few = unlabelled_cells(mixed, set(), seed=3, limit=7)
+    assert len(few) == 7 and few.equals(unlabelled_cells(mixed, set(), seed=3, limit=7))
+    with pytest.raises(AdaptError, match="no usable image besides the labelled cells"):
+        unlabelled_cells(mixed, set(got["sha256"]), seed=3)
+
+
+@pytest.mark.unit
+def test_unlabelled_cells_lower_the_entropy_of_their_predictions(base_model, lab, tmp_path):
+    """The entropy term does what it says: on the same draw, seed and steps, the cells it saw
+    without labels end up predicted with less entropy than with a weight of 0."""
+    kw = dict(shots=SHOTS, epochs=15, learning_rate=0.05, batch_size=8, seed=3, train="top")
+    plain = adapt(base_model, lab, tmp_path / "w0.keras", unlabelled=lab, entropy_weight=0.0, **kw)
+    sharp = adapt(base_model, lab, tmp_path / "w2.keras", unlabelled=lab, entropy_weight=2.0, **kw)
+    held = [str(lab / r) for r in plain.held_out["relpath"]]
+    present = plain.classes_present
+    h0 = _mean_entropy(tmp_path / "w0.keras", held, present)
+    h2 = _mean_entropy(tmp_path / "w2.keras", held, present)
+    assert h2 < h0 - 0.05
+    info = read_sidecar(tmp_path / "w2.keras")["adapt"]["unlabelled"]
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(plain.held_out["sha256"])).encode()).hexdigest()
+    assert info == {"cells": len(held), "sha256": digest, "entropy_weight": 2.0}
+    report = sharp.report()
+    assert f"also learnt from {len(held)} unlabelled cells (entropy weight 2)" in report
+    assert "the held-out accuracy is transductive" in report
+
+
+@pytest.mark.unit
+def test_unlabelled_refusals(base_model, lab, tmp_path, capsys):
+    with pytest.raises(OutputPathError, match="inside the unlabelled folder"):
+        adapt(base_model, lab, tmp_path / "cells" / "new.keras", unlabelled=tmp_path / "cells")
+    assert not (tmp_path / "cells").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="entropy_weight"):
+        adapt(base_model, lab, tmp_path / "new.keras", unlabelled=lab, entropy_weight=-1.0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AdaptError, match="no usable image"):
+        adapt(base_model, lab, tmp_path / "new.keras", unlabelled=empty, train="top")
+    argv = ["adapt", str(base_model), str(lab), "--out", str(tmp_path / "new.keras")]
+    assert main([*argv, "--entropy-weight", "0.5"]) == 2
+    assert "give --unlabelled FOLDER" in capsys.readouterr().err
+    assert not (tmp_path / "new.keras").exists()
