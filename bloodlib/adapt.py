@@ -231,6 +231,30 @@ def unlabelled_cells(
     return good[["relpath", "path", "sha256"]].sort_values("relpath").reset_index(drop=True)
 
 
+def _augmented(
+    paths: list[str],
+    labels: np.ndarray | None,
+    size: int,
+    batch: int,
+    seed: int,
+    repeat: bool = False,
+) -> Any:
+    """Shuffled, augmented batches (the study's augmentation), decoded once and kept in memory."""
+    from bloodlib.pipeline import make_dataset
+
+    return make_dataset(
+        paths,
+        labels,
+        image_size=size,
+        batch_size=batch,
+        shuffle=True,
+        augment=True,
+        seed=seed,
+        cache=True,
+        repeat=repeat,
+    )
+
+
 def _fit_with_entropy(
     model: Any,
     support: Any,
@@ -453,7 +477,6 @@ def adapt(
     import keras
 
     from bloodlib import config
-    from bloodlib.pipeline import make_dataset
 
     start = time.perf_counter()
     if train not in TRAIN_MODES:
@@ -510,15 +533,8 @@ def adapt(
     import tensorflow as tf
 
     y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    ds = make_dataset(
-        support["path"].tolist(),
-        y,
-        image_size=size,
-        batch_size=effective_batch(batch_size, len(support)),
-        shuffle=True,
-        augment=True,
-        seed=seed,
-        cache=True,
+    ds = _augmented(
+        support["path"].tolist(), y, size, effective_batch(batch_size, len(support)), seed
     ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
     with warnings.catch_warnings(), dropout_off(model):
         if unl is None:
@@ -532,15 +548,9 @@ def adapt(
             )
             model.fit(ds, epochs=epochs, verbose=verbose)
         else:
-            stream = make_dataset(
-                unl["path"].tolist(),
-                image_size=size,
-                batch_size=min(UNLABELLED_BATCH, len(unl)),
-                shuffle=True,
-                augment=True,
-                seed=seed + 1,  # not the support's augmentation stream
-                cache=True,
-                repeat=True,
+            # seed + 1: not the support's shuffle and augmentation stream
+            stream = _augmented(
+                unl["path"].tolist(), None, size, min(UNLABELLED_BATCH, len(unl)), seed + 1, True
             )
             present_idx = [classes.index(c) for c in present]
             _fit_with_entropy(
