@@ -262,6 +262,21 @@ def test_adapt_reads_a_real_labs_folder(base_model, tmp_path):
     assert read_sidecar(out)["classes_present"] == result.classes_present
 
 
+@pytest.mark.data
+@pytest.mark.skipif(not TECOM.is_dir(), reason="tecom (external-dev) is not on this machine")
+def test_adapt_learns_from_a_real_labs_unlabelled_cells(base_model, tmp_path):
+    """tecom as its own unlabelled folder: every cell but the support's contents, labels unread."""
+    out = tmp_path / "tecom_unl.keras"
+    result = adapt(
+        base_model, TECOM, out, shots=1, epochs=1, batch_size=8, train="top", unlabelled=TECOM
+    )
+    unl = result.unlabelled
+    assert not set(unl["sha256"]) & set(result.support["sha256"]) and unl["sha256"].is_unique
+    assert set(unl["sha256"]) == set(result.held_out["sha256"]) - set(result.support["sha256"])
+    assert read_sidecar(out)["adapt"]["unlabelled"]["cells"] == len(unl)
+    assert "the held-out accuracy is transductive" in result.report()
+
+
 @pytest.mark.unit
 def test_cli_help_states_the_library_defaults(capsys):
     """The CLI's help repeats adapt's modes and defaults: they must not drift apart."""
