@@ -177,8 +177,7 @@ def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
             f"{folder} has no class folder: put each lab's cells in a sub-folder named for "
             f"its class ({', '.join(CLASSES)}; any case)"
         )
-    hidden = files["relpath"].str.split("/").apply(lambda ps: any(p.startswith(".") for p in ps))
-    good = files[classed & (files["status"] == "ok") & ~hidden]
+    good = files[classed & (files["status"] == "ok")]  # not "hidden", even when it decodes
     empty = sorted(set(files.loc[classed, "folder"]) - set(good["folder"]))
     if empty:
         raise AdaptError(
@@ -218,8 +217,7 @@ def unlabelled_cells(
         raise AdaptError(f"not a folder: {folder}")
     rows = [manifest.inspect_file(folder, rel) for rel, _, _ in manifest.list_files(folder)]
     files = pd.DataFrame(rows, columns=["relpath", "path", "status", "sha256"])
-    hidden = files["relpath"].str.split("/").apply(lambda ps: any(p.startswith(".") for p in ps))
-    good = files[files["status"].isin(manifest.CLASSIFIABLE) & ~hidden]
+    good = files[files["status"].isin(manifest.CLASSIFIABLE)]  # hidden files are "hidden"
     good = good[~good["sha256"].isin(exclude)].drop_duplicates("sha256")
     if good.empty:
         raise AdaptError(

@@ -223,9 +223,8 @@ def classify_folder(
     files = pd.DataFrame(rows)
     if files.empty:
         files = pd.DataFrame(columns=["relpath", "path", "label", "status", "reason", "sha256"])
+    # Hidden files (macOS ._ copies, thumbnails) have the status "hidden" even when they decode.
     ok = files["status"].isin(CLASSIFIABLE)
-    # Hidden files are defects even when they happen to decode (macOS ._ copies).
-    ok &= ~files["relpath"].str.split("/").apply(lambda ps: any(p.startswith(".") for p in ps))
     good = files[ok].reset_index(drop=True)
     skipped = files[~ok][["relpath", "status", "reason"]].reset_index(drop=True)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 from shared_data import TECOM
 
 from bloodlib import CLASSES, stain
@@ -127,6 +128,17 @@ def test_support_is_k_per_class_drawn_with_the_seed(lab):
     assert list(other["relpath"]) != list(support["relpath"])
     everything, none_left = choose_support(cells, PER_CLASS + 10, seed=3)
     assert len(everything) == len(cells) and none_left.empty
+
+
+@pytest.mark.unit
+def test_hidden_images_in_class_folders_are_not_cells(lab, tmp_path):
+    copy = tmp_path / "lab"
+    shutil.copytree(lab, copy)
+    tiny_models.write_cell(copy / "Platelet" / "._PLT_copy.jpg", 2, seed=601)  # decodes
+    tiny_models.write_cell(copy / "Basophil" / ".thumbs" / "BA.jpg", 0, seed=602)
+    cells, ignored = labelled_cells(copy)
+    assert ignored == {"notes": 1} and len(cells) == 3 * PER_CLASS
+    assert not cells["relpath"].str.contains("/[.]").any()
 
 
 @pytest.mark.unit
@@ -503,11 +515,13 @@ def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, t
     shutil.copytree(lab / "Platelet", mixed / "any" / "layout")
     first = next((lab / "Platelet").iterdir())
     shutil.copy(first, mixed / "copy_of_a_cell.jpg")  # same content: counted once
-    shutil.copy(first, mixed / ".hidden.jpg")
+    # Hidden files that decode to cells of their own (macOS copies, thumbnails) are left out.
+    tiny_models.write_cell(mixed / ".hidden.jpg", 0, seed=501)
+    tiny_models.write_cell(mixed / ".thumbs" / "cell.jpg", 1, seed=502)
     (mixed / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
     got = unlabelled_cells(mixed, set(), seed=3)
     assert len(got) == PER_CLASS and got["sha256"].is_unique
-    assert not got["relpath"].str.contains("hidden|broken").any()
+    assert not got["relpath"].str.contains("hidden|thumbs|broken").any()
     few = unlabelled_cells(mixed, set(), seed=3, limit=7)
     assert len(few) == 7 and few.equals(unlabelled_cells(mixed, set(), seed=3, limit=7))
     with pytest.raises(AdaptError, match="no usable image besides the labelled cells"):

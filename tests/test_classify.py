@@ -44,7 +44,7 @@ def keras_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def flat_folder(tmp_path) -> Path:
-    """Five good JPEGs of classes 0..4, and three files that cannot be classified."""
+    """Five good JPEGs of classes 0..4, and four files that cannot be classified."""
     folder = tmp_path / "incoming"
     for c in range(5):
         write_cell(folder / f"cell_{c}.jpg", c, seed=c)
@@ -54,6 +54,7 @@ def flat_folder(tmp_path) -> Path:
     (folder / "corrupt.jpg").write_bytes(good[: len(good) // 2])
     (folder / "notes.jpg").write_text("cell counts: 12, 15, 9\n")
     (folder / "._cell_0.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"\0" * 400)
+    write_cell(folder / ".thumbs" / "cell_1.jpg", 1, seed=1)  # decodes, but hidden
     return folder
 
 
@@ -74,20 +75,27 @@ def test_flat_folder_with_defects(keras_model, flat_folder, tmp_path):
 
     assert result.out_csv == out and out.is_file()
     csv = pd.read_csv(out, keep_default_na=False)
-    assert len(csv) == len(result.table) == 8
+    assert len(csv) == len(result.table) == 9
     assert set(csv["relpath"]) == {
         *(f"cell_{c}.jpg" for c in range(5)),
         "corrupt.jpg",
         "notes.jpg",
         "._cell_0.jpg",
+        ".thumbs/cell_1.jpg",
     }
     assert os.listdir(out.parent) == ["predictions.csv"]  # written atomically
 
     skipped = result.skipped.set_index("relpath")
-    assert sorted(skipped.index) == ["._cell_0.jpg", "corrupt.jpg", "notes.jpg"]
+    assert sorted(skipped.index) == [
+        "._cell_0.jpg",
+        ".thumbs/cell_1.jpg",
+        "corrupt.jpg",
+        "notes.jpg",
+    ]
     assert skipped.loc["corrupt.jpg", "status"] in {"truncated", "corrupt"}
     assert skipped.loc["notes.jpg", "status"] == "not_image"
     assert skipped.loc["._cell_0.jpg", "status"] == "hidden"
+    assert skipped.loc[".thumbs/cell_1.jpg", "status"] == "hidden"
     assert all(len(r) > 0 for r in skipped["reason"])
 
     table = csv.set_index("relpath")
@@ -117,7 +125,7 @@ def test_flat_folder_with_defects(keras_model, flat_folder, tmp_path):
 
     report = result.report()
     assert "classified 5 images" in report
-    assert "skipped 3 file(s)" in report
+    assert "skipped 4 file(s)" in report
     assert "corrupt.jpg" in report and str(out) in report
 
 
@@ -179,9 +187,9 @@ def test_cli_classify(keras_model, flat_folder, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "classified 5 images" in proc.stdout
-    assert "skipped 3 file(s)" in proc.stdout
+    assert "skipped 4 file(s)" in proc.stdout
     csv = pd.read_csv(out)
-    assert len(csv) == 8
+    assert len(csv) == 9
     assert (csv["status"] == "classified").sum() == 5
 
 
@@ -222,7 +230,7 @@ def svm_model(tmp_path, monkeypatch) -> Path:
 
 def test_svm_model_classifies_a_folder(svm_model, flat_folder, layout_folder, tmp_path):
     result = classify_folder(svm_model, flat_folder, tmp_path / "svm.csv", progress=False)
-    assert len(result.table) == 8 and len(result.skipped) == 3
+    assert len(result.table) == 9 and len(result.skipped) == 4
     done = result.table[result.table["status"] == "classified"].set_index("relpath")
     assert [done.loc[f"cell_{c}.jpg", "predicted"] for c in range(5)] == list(CLASSES[:5])
     assert int(result.differential["count"].sum()) == 5
