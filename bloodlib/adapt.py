@@ -24,7 +24,7 @@ import hashlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,19 @@ def _augmented(
     )
 
 
+def entropy_among(p: Any, present: Sequence[int]) -> Any:
+    """Entropy (nats) of each row of probabilities ``p``, renormalised over the class indices
+    ``present``: 0 for a certain answer, ln(len(present)) when every class is equally likely.
+
+    The unlabelled term of :func:`adapt` (its mean over a batch); takes tensors or arrays.
+    """
+    import tensorflow as tf
+
+    p = tf.gather(tf.cast(p, tf.float32), list(present), axis=1)
+    p = p / tf.reduce_sum(p, axis=1, keepdims=True)
+    return -tf.reduce_sum(p * tf.math.log(p + 1e-8), axis=1)
+
+
 def _fit_with_entropy(
     model: Any,
     support: Any,
@@ -272,7 +285,6 @@ def _fit_with_entropy(
 
     optimizer = keras.optimizers.Adam(learning_rate)
     cross_entropy = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    keep = tf.constant(present)
     variables = model.trainable_variables
     stream = iter(unlabelled)
 
@@ -280,10 +292,7 @@ def _fit_with_entropy(
     def step(x: tf.Tensor, y: tf.Tensor, u: tf.Tensor) -> None:
         with tf.GradientTape() as tape:
             loss = cross_entropy(y, model(x, training=True))
-            p = tf.gather(model(u, training=True), keep, axis=1)
-            p = p / tf.reduce_sum(p, axis=1, keepdims=True)
-            entropy = -tf.reduce_mean(tf.reduce_sum(p * tf.math.log(p + 1e-8), axis=1))
-            loss += weight * entropy
+            loss += weight * tf.reduce_mean(entropy_among(model(u, training=True), present))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
 
     from bloodlib.progress import tqdm

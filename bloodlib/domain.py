@@ -390,6 +390,23 @@ def upsert_metrics(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
     return scoring.write_metrics(run_dir, [*models, dict(entry)], **extra)
 
 
+#: Columns of :func:`adapt_curve`'s table (also when no number of shots was given).
+CURVE_COLUMNS = (
+    "shots",
+    "repeat",
+    "seed",
+    "n_support",
+    "n_held_out",
+    "n_unlabelled",
+    "classes_not_held_out",
+    "before_accuracy_present",
+    "accuracy_present",
+    "balanced_accuracy_present",
+    "accuracy_all",
+    "seconds",
+)
+
+
 def adapt_curve(
     model_path: str | Path,
     folder: str | Path,
@@ -400,6 +417,7 @@ def adapt_curve(
     train: str | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
+    unlabelled: bool = False,
     work_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """``adapt.adapt`` for each number of cells per class, ``repeats`` times (seeds ``seed + r``).
@@ -407,8 +425,10 @@ def adapt_curve(
     Each adapted model is scored on the cells *not* used to adapt it (``after``), beside the
     base model on the same cells (``before``); the adapted models are deleted afterwards
     (``work_dir``: where they are written meanwhile, a temporary folder by default).
-    Columns: shots, repeat, seed, n_support, n_held_out, classes_not_held_out,
-    before_accuracy_present, accuracy_present, balanced_accuracy_present, accuracy_all, seconds.
+    ``unlabelled``: also learn from the lab's other cells without their labels (``bloodlib
+    adapt --unlabelled FOLDER`` on the labelled folder itself). The held-out cells are then
+    among them: the score is transductive, as for a lab that adapts on the batch it classifies.
+    Columns: :data:`CURVE_COLUMNS`.
     """
     from bloodlib import adapt
 
@@ -421,6 +441,8 @@ def adapt_curve(
         kwargs["batch_size"] = batch_size
     if epochs is not None:
         kwargs["epochs"] = epochs
+    if unlabelled:
+        kwargs["unlabelled"] = folder
     rows = []
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -438,6 +460,7 @@ def adapt_curve(
                         "seed": seed + r,
                         "n_support": int(len(res.support)),
                         "n_held_out": int(len(res.held_out)),
+                        "n_unlabelled": 0 if res.unlabelled is None else len(res.unlabelled),
                         "classes_not_held_out": ", ".join(
                             c for c in res.classes_present if c not in held
                         ),
@@ -450,7 +473,7 @@ def adapt_curve(
                 )
                 out.unlink(missing_ok=True)
                 out.with_suffix(".json").unlink(missing_ok=True)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
 def adapt_summary(curve: pd.DataFrame) -> pd.DataFrame:
@@ -460,6 +483,7 @@ def adapt_summary(curve: pd.DataFrame) -> pd.DataFrame:
         {
             "repeats": g.size(),
             "n_held_out": g["n_held_out"].mean(),
+            "n_unlabelled": g["n_unlabelled"].mean(),
             "before": g["before_accuracy_present"].mean(),
             "accuracy_present": g["accuracy_present"].mean(),
             "min": g["accuracy_present"].min(),
@@ -640,3 +664,30 @@ def adapt_sentence(summary: pd.DataFrame, zero_shot_present: float, repeats: int
     else:
         text += f" Each point is the mean of {repeats} draws; the band spans their range."
     return text
+
+
+def unlabelled_sentence(with_unlabelled: pd.DataFrame, without: pd.DataFrame) -> str:
+    """Adapting with the lab's unlabelled cells beside the same numbers of shots without."""
+    if with_unlabelled.empty:
+        return "Adapting with unlabelled cells was not run (`unlabelled_shots` is empty)."
+    plain = without.set_index("shots")["accuracy_present"]
+    parts = []
+    for s in with_unlabelled.itertuples():
+        also = f" (without them: {_pct(plain[s.shots])})" if s.shots in plain.index else ""
+        parts.append(f"{_pct(s.accuracy_present)} with {int(s.shots)} per class{also}")
+    return (
+        f"Adding the lab's other cells without their labels ({int(with_unlabelled['n_unlabelled'].max())} "
+        f"unlabelled cells, `adapt --unlabelled`): {'; '.join(parts)}. The scored cells were "
+        "among the unlabelled ones, so the score is transductive: what a lab gets when it "
+        "adapts on the very batch it then classifies."
+    )
+
+
+def entropy_sentence(entropy: Mapping[str, np.ndarray], n_classes: int) -> str:
+    """Mean entropy of the predictions per set of cells, beside its ceiling ln(n_classes)."""
+    means = ", ".join(f"{name} {float(np.mean(e)):.2f}" for name, e in entropy.items())
+    return (
+        f"Mean entropy of the base model's predictions among the {n_classes} classes present "
+        f"(nats): {means}; at most ln {n_classes} = {np.log(n_classes):.2f}, when every class "
+        "is equally likely."
+    )

@@ -19,6 +19,8 @@ from bloodlib.plots import _STYLE, _image_axis, _thumbnail
 
 #: Colours of the two labs in every figure of the notebook.
 LAB_COLOURS = ("#4c72b0", "#dd8452")
+#: Adapting with the lab's unlabelled cells as well (seaborn's third "deep" colour).
+UNLABELLED_COLOUR = "#55a868"
 
 
 def plot_predicted_instead(table: pd.DataFrame, title: str = "") -> Figure:
@@ -146,8 +148,15 @@ def plot_coverage(curves: pd.DataFrame, thresholds: Mapping[str, Any] | None = N
     return fig
 
 
-def plot_shots(summary: pd.DataFrame, zero_shot: float | None = None) -> Figure:
-    """Held-out accuracy (classes present) against labelled cells per class, with its range."""
+def plot_shots(
+    summary: pd.DataFrame,
+    zero_shot: float | None = None,
+    unlabelled: pd.DataFrame | None = None,
+) -> Figure:
+    """Held-out accuracy (classes present) against labelled cells per class, with its range.
+
+    ``unlabelled``: the same summary for adapting with the lab's unlabelled cells too.
+    """
     with sns.axes_style(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
         x = summary["shots"]
@@ -161,6 +170,20 @@ def plot_shots(summary: pd.DataFrame, zero_shot: float | None = None) -> Figure:
                 color=LAB_COLOURS[1],
                 label="range over draws",
             )
+        if unlabelled is not None and len(unlabelled):
+            ax.errorbar(
+                unlabelled["shots"],
+                100 * unlabelled["accuracy_present"],
+                yerr=100
+                * np.abs(
+                    unlabelled[["min", "max"]].to_numpy().T
+                    - unlabelled["accuracy_present"].to_numpy()
+                ),
+                fmt="D",
+                color=UNLABELLED_COLOUR,
+                capsize=3,
+                label="adapted + unlabelled cells (transductive)",
+            )
         ax.plot(x, 100 * summary["before"], "s--", color="grey", label="base model, same cells")
         if zero_shot is not None:
             ax.axhline(100 * zero_shot, color=LAB_COLOURS[0], ls=":", label="zero-shot, all cells")
@@ -171,6 +194,22 @@ def plot_shots(summary: pd.DataFrame, zero_shot: float | None = None) -> Figure:
         ax.set_xlabel("labelled cells per class used to adapt")
         ax.set_ylabel("accuracy on the other cells (%)")
         ax.set_title("Adapting with a few labelled cells of the new lab")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_entropy(entropy: Mapping[str, np.ndarray], n_classes: int) -> Figure:
+    """Histograms of the per-cell entropy of the predictions, one per set of cells."""
+    ceiling = float(np.log(n_classes))
+    with sns.axes_style(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+        bins = np.linspace(0, max(ceiling, 1e-3), 31)
+        for colour, (name, e) in zip(LAB_COLOURS, entropy.items(), strict=False):
+            ax.hist(e, bins=bins, density=True, alpha=0.55, color=colour, label=name)
+        ax.axvline(ceiling, color="grey", ls=":", label=f"ln {n_classes}: all classes equal")
+        ax.set_xlabel("entropy of the prediction among the classes present (nats)")
+        ax.set_ylabel("density of cells")
+        ax.set_title("How unsure the base model is, cell by cell")
         ax.legend(fontsize=8)
     return fig
 

@@ -308,9 +308,10 @@ def _names_problem(value: Any) -> str | None:
     return None
 
 
-def _shots_problem(value: Any) -> str | None:
-    if not isinstance(value, list) or not value:
-        return "expected a non-empty list of cells per class, e.g. [1, 5, 20]"
+def _shots_problem(value: Any, empty_ok: bool = False) -> str | None:
+    if not isinstance(value, list) or not (value or empty_ok):
+        kind = "a list" if empty_ok else "a non-empty list"
+        return f"expected {kind} of cells per class, e.g. [1, 5, 20]"
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
         return f"every number of shots must be an integer >= 1, got {value!r}"
     return None
@@ -361,6 +362,10 @@ PARAMETER_RULES: dict[str, Rule] = {
     "split_fractions": Rule("(train, val, test) fractions of the data", check=_fractions_problem),
     "backbones": Rule("backbones of bloodlib.backbones.REGISTRY", check=_names_problem),
     "shots": Rule("labelled cells per class for adapting, each at least 1", check=_shots_problem),
+    "unlabelled_shots": Rule(
+        "labelled cells per class for adapting with the lab's unlabelled cells too; [] skips",
+        check=lambda v: _shots_problem(v, empty_ok=True),
+    ),
     "adapt_repeats": Rule("draws of support cells per number of shots", minimum=1),
     "other_lab": Rule(
         "a folder of another lab's cells in the class layout; null: a synthetic lab",

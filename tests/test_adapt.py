@@ -529,6 +529,24 @@ def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, t
 
 
 @pytest.mark.unit
+def test_entropy_among_the_classes_present():
+    from bloodlib.adapt import entropy_among
+
+    p = np.array(
+        [
+            [0.25, 0.25, 0.25, 0.25],  # uniform over all four
+            [0.0, 1.0, 0.0, 0.0],  # certain
+            [0.5, 0.0, 0.5, 0.0],  # split between two of the three present
+            [0.1, 0.3, 0.3, 0.3],  # mostly on class 3, which the lab does not have
+        ]
+    )
+    present = [0, 1, 2]
+    q = np.array([1, 3, 3]) / 7  # the last row renormalised over the classes present
+    want = [np.log(3), 0.0, np.log(2), -np.sum(q * np.log(q))]
+    np.testing.assert_allclose(np.asarray(entropy_among(p, present)), want, atol=1e-5)
+
+
+@pytest.mark.unit
 def test_unlabelled_cells_lower_the_entropy_of_their_predictions(base_model, lab, tmp_path):
     """The entropy term does what it says: on the same draw, seed and steps, the cells it saw
     without labels end up predicted with less entropy than with a weight of 0."""

@@ -310,6 +310,17 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     assert "mean of 2 draws" in text and "30.0 %" in text
     with pytest.raises(ValueError, match="at least once"):
         domain.adapt_curve(stain_model, folder, [1], repeats=0)
+    assert (curve["n_unlabelled"] == 0).all()
+
+    # With the lab's own cells unlabelled: every cell but the support, on the same draws.
+    both = domain.adapt_curve(
+        stain_model, folder, [1], seed=5, epochs=2, batch_size=8, train="top", unlabelled=True
+    )
+    assert list(both["n_support"]) == [3] and list(both["n_unlabelled"]) == [33]
+    assert list(both["before_accuracy_present"]) == list(curve["before_accuracy_present"][:1])
+    text = domain.unlabelled_sentence(domain.adapt_summary(both), summary)
+    assert "33 unlabelled" in text and "transductive" in text
+    assert "not run" in domain.unlabelled_sentence(domain.adapt_summary(both.iloc[:0]), summary)
 
 
 # --- sentences and record ------------------------------------------------------------------
@@ -375,3 +386,36 @@ def test_tecom_is_five_white_cell_classes_with_larger_nuclei():
     table = domain.shift_table(stats)
     # Issue 12: in tecom the white cell fills most of the frame, in PBC about a third of it.
     assert table.loc["nucleus_fraction", "tecom"] > 1.3 * table.loc["nucleus_fraction", "PBC"]
+
+
+@pytest.mark.unit
+def test_entropy_figure_and_sentence():
+    from bloodlib import domain_plots as dplots
+
+    entropy = {"PBC test": np.array([0.0, 0.1, 0.2]), "other lab": np.array([0.9, 1.0, 1.1])}
+    text = domain.entropy_sentence(entropy, 5)
+    assert "PBC test 0.10" in text and "other lab 1.00" in text and "ln 5 = 1.61" in text
+    fig = dplots.plot_entropy(entropy, 5)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["PBC test", "other lab"]
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(np.log(5))
+
+
+@pytest.mark.unit
+def test_shots_figure_shows_the_unlabelled_points():
+    from bloodlib import domain_plots as dplots
+
+    summary = pd.DataFrame(
+        {"shots": [1, 5], "repeats": [2, 2], "accuracy_present": [0.6, 0.8], "min": [0.5, 0.7],
+         "max": [0.7, 0.9], "before": [0.4, 0.4]}
+    )  # fmt: skip
+    both = summary.iloc[1:].assign(accuracy_present=0.85, min=0.8, max=0.95)
+    ax = dplots.plot_shots(summary, 0.4, both).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "adapted + unlabelled cells (transductive)" in labels
+    marker = next(c for c in ax.containers if hasattr(c, "lines")).lines[0]
+    assert list(marker.get_xdata()) == [5] and list(marker.get_ydata()) == [85.0]
+    plain = dplots.plot_shots(summary, 0.4).axes[0]
+    assert "adapted + unlabelled cells (transductive)" not in [
+        t.get_text() for t in plain.get_legend().get_texts()
+    ]

@@ -390,3 +390,12 @@ def test_other_lab_is_checked_and_passed_absolute(tmp_path, monkeypatch):
         plan_study("sample", overrides={"other_lab": "nowhere"})
     with pytest.raises(runner.ParameterError, match="shots"):
         plan_study("sample", overrides={"shots": [0, 5]})
+    with pytest.raises(runner.ParameterError, match="non-empty list"):
+        plan_study("sample", overrides={"shots": []})
+    # Adapting with unlabelled cells too may be switched off, but not given nonsense.
+    (nb05,) = [
+        p for p in plan_study("sample", overrides={"unlabelled_shots": []}) if p.name == nb05.name
+    ]
+    assert nb05.parameters["unlabelled_shots"] == []
+    with pytest.raises(runner.ParameterError, match="unlabelled_shots"):
+        plan_study("sample", overrides={"unlabelled_shots": [5, 0]})
