@@ -567,6 +567,13 @@ def test_unlabelled_cells_lower_the_entropy_of_their_predictions(base_model, lab
     assert f"also learnt from {len(held)} unlabelled cells (entropy weight 2)" in report
     assert "the held-out accuracy is transductive" in report
 
+    # Repeatable: the unlabelled stream is seeded too, so the same call gives the same weights.
+    again = adapt(base_model, lab, tmp_path / "w2b.keras", unlabelled=lab, entropy_weight=2.0, **kw)
+    assert again.after == sharp.after
+    first, second = (load_classifier(tmp_path / n).model for n in ("w2.keras", "w2b.keras"))
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
 
 @pytest.mark.unit
 def test_unlabelled_refusals(base_model, lab, tmp_path, capsys):
