@@ -220,12 +220,14 @@ def predict(
     *,
     normalize: str | None = None,
     zoom: float | None = None,
+    tta: bool = False,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """The model's own probabilities (every class) for ``paths``, after the chosen transform."""
+    """The model's own probabilities (every class) for ``paths``, after the chosen transform
+    (``tta``: averaged over the 8 flips and rotations, as ``classify --tta``)."""
     transform = stain.make_transform(normalize, zoom)
     return clf.predict_proba(
-        list(paths), batch_size=batch_size, progress=False, transform=transform
+        list(paths), batch_size=batch_size, progress=False, transform=transform, tta=tta
     )
 
 

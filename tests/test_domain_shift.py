@@ -176,6 +176,15 @@ def test_score_agrees_with_classify(vertex_model, vertex_lab):
     rejected = domain.score(proba, lab.cells["label"], clf.classes, temperature=1.5, threshold=0.9)
     default = classify_folder(vertex_model, vertex_lab, progress=False).metrics
     assert rejected["coverage"] == pytest.approx(default["coverage"])
+    # Test-time augmentation reaches the model as classify --tta passes it.
+    seen = {}
+    real = clf.predict_proba
+    clf.predict_proba = lambda paths, **kw: seen.update(kw) or real(paths, **kw)
+    flipped = domain.predict(clf, lab.cells["path"], tta=True)
+    assert seen["tta"] is True
+    with_tta = classify_folder(vertex_model, vertex_lab, progress=False, tta=True, reject_below=0)
+    tta_scored = domain.score(flipped, lab.cells["label"], clf.classes)
+    assert tta_scored["accuracy"] == pytest.approx(with_tta.metrics["accuracy"])
 
 
 @pytest.mark.unit
