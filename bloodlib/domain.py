@@ -677,9 +677,10 @@ def unlabelled_sentence(with_unlabelled: pd.DataFrame, without: pd.DataFrame) ->
     for s in with_unlabelled.itertuples():
         also = f" (without them: {_pct(plain[s.shots])})" if s.shots in plain.index else ""
         parts.append(f"{_pct(s.accuracy_present)} with {int(s.shots)} per class{also}")
+    n = int(with_unlabelled["n_unlabelled"].max())
     return (
-        f"Adding the lab's other cells without their labels ({int(with_unlabelled['n_unlabelled'].max())} "
-        f"unlabelled cells, `adapt --unlabelled`): {'; '.join(parts)}. The scored cells were "
+        f"Adding the lab's other cells without their labels ({n} unlabelled cells, "
+        f"`adapt --unlabelled`): {'; '.join(parts)}. The scored cells were "
         "among the unlabelled ones, so the score is transductive: what a lab gets when it "
         "adapts on the very batch it then classifies."
     )
