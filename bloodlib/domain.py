@@ -321,19 +321,22 @@ def remedy_row(remedy: str, cells: str, scored: Mapping[str, Any], **extra: Any)
     }
 
 
-def adapt_rows(summary: pd.DataFrame, n_present: int, suffix: str = "") -> list[dict[str, Any]]:
+def adapt_rows(
+    summary: pd.DataFrame, present: Sequence[str], suffix: str = ""
+) -> list[dict[str, Any]]:
     """Rows of the comparison table from :func:`adapt_summary`: one per number of shots,
-    scored on the held-out cells among the ``n_present`` classes the lab has."""
+    scored on the held-out cells among the classes ``present`` in the lab."""
     return [
-        {
-            "remedy": f"adapt, {s.shots} per class{suffix}",
-            "cells": "other lab",
-            "classes": f"{n_present} present",
-            "n": int(round(s.n_held_out)),
-            "accuracy": s.accuracy_present,
-            "balanced_accuracy": s.balanced_accuracy_present,
-            "coverage": 1.0,
-        }
+        remedy_row(
+            f"adapt, {s.shots} per class{suffix}",
+            "other lab",
+            {
+                "n": int(round(s.n_held_out)),
+                "accuracy": s.accuracy_present,
+                "balanced_accuracy": s.balanced_accuracy_present,
+                "classes_allowed": list(present),
+            },
+        )
         for s in summary.itertuples()
     ]
 

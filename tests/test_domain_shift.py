@@ -330,11 +330,12 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     text = domain.unlabelled_sentence(domain.adapt_summary(both), summary)
     assert "33 unlabelled" in text and "transductive" in text
     assert "not run" in domain.unlabelled_sentence(domain.adapt_summary(both.iloc[:0]), summary)
-    rows = domain.adapt_rows(domain.adapt_summary(both), 3, " + unlabelled")
+    present = ["basophil", "eosinophil", "platelet"]
+    rows = domain.adapt_rows(domain.adapt_summary(both), present, " + unlabelled")
     assert [(r["remedy"], r["classes"], r["n"]) for r in rows] == [
         ("adapt, 1 per class + unlabelled", "3 present", 33)
     ]
-    assert [r["remedy"] for r in domain.adapt_rows(summary, 3)] == [
+    assert [r["remedy"] for r in domain.adapt_rows(summary, present)] == [
         "adapt, 1 per class",
         "adapt, 3 per class",
     ]
