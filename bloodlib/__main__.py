@@ -144,6 +144,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from bloodlib.ensemble import build_ensemble
+
+    print(build_ensemble(args.models, args.out).report())
+    return 0
+
+
 def _probability(text: str) -> float:
     """argparse type: a number in 0..1."""
     try:
@@ -394,6 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adapt.add_argument("--verbose", action="store_true", help="show the training's progress")
     adapt.set_defaults(func=cmd_adapt)
+
+    ensemble = sub.add_parser(
+        "ensemble",
+        parents=[common],
+        help="average several fine-tuned networks (e.g. a run's training seeds) into one model",
+        description="Write one .keras model whose output is the mean of the members' class "
+        "probabilities, with a sidecar listing each member's name, seed and SHA-256. The members "
+        "must be fine-tuned networks with the same classes, backbone, input size and weights "
+        "(e.g. runs/NAME/models/*_finetune.keras and *_finetune_seed<N>.keras of a run with "
+        "-p n_seeds=3). classify, export and notebook 04's scoring take it as one model.",
+    )
+    ensemble.add_argument("models", nargs="+", metavar="MODEL", help="fine-tuned .keras models")
+    ensemble.add_argument("--out", required=True, metavar="ENSEMBLE.keras", help="model to write")
+    ensemble.set_defaults(func=cmd_ensemble)
 
     convert = sub.add_parser(
         "convert-model",

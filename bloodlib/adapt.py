@@ -503,6 +503,12 @@ def adapt(
         raise AdaptError(
             f"{Path(model_path).name} is an SVM: adapt fine-tunes a network (a .keras model)"
         )
+    if clf.info.get("ensemble"):
+        raise AdaptError(
+            f"{Path(model_path).name} is an ensemble of {len(clf.info['ensemble']['members'])} "
+            "networks: adapt each member (its sidecar's ensemble.members names them), then "
+            "average the adapted networks with python -m bloodlib ensemble"
+        )
     cells, ignored = labelled_cells(folder)
     support, held = choose_support(cells, shots, seed)
     unl = None

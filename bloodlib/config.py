@@ -50,6 +50,8 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
 
 #: What a model trained with a later seed of a run adds to its name (``<name>_seed43``).
 SEED_SUFFIX = "_seed"
+#: Ends the name of a run's seed ensemble: ``<backbone>_finetune_ensemble``.
+ENSEMBLE_SUFFIX = "_ensemble"
 
 
 def training_seeds(seed: int = DEFAULT_SEED, n_seeds: int = 1) -> list[int]:
@@ -66,6 +68,11 @@ def seed_model_name(base: str, seed: int, first_seed: int) -> str:
     """The model name for training seed ``seed``: ``base`` for the run's first seed (so every
     reader still finds ``<backbone>_finetune`` / ``<backbone>_svm``), ``base_seed<N>`` else."""
     return base if seed == first_seed else f"{base}{SEED_SUFFIX}{seed}"
+
+
+def ensemble_name(base: str) -> str:
+    """The model name of the average of ``base``'s training seeds (``bloodlib.ensemble``)."""
+    return f"{base}{ENSEMBLE_SUFFIX}"
 
 
 def split_seed_name(name: str) -> tuple[str, int | None]:

@@ -197,6 +197,14 @@ def base_model_path(run_dir: str | Path, model_name: str | None = None) -> Path:
                 f"model_name = {model_name!r}: no {path}; the run's networks are: "
                 f"{', '.join(sorted(p.name for p in models.glob('*.keras'))) or 'none'}"
             )
+        from bloodlib.saved import read_sidecar
+
+        if read_sidecar(path).get("ensemble"):
+            raise ValueError(
+                f"model_name = {model_name!r} is an ensemble: this notebook adapts and retrains "
+                "its base network, so give one of its members; score the ensemble on the lab's "
+                "cells with python -m bloodlib classify"
+            )
         return path
     found = sorted(models.glob("*_finetune.keras"))
     if not found:

@@ -139,6 +139,8 @@ def evaluate_model(
         "model_path": model_path.relative_to(model_path.parents[1]).as_posix(),
         "paper_accuracy": ev.PAPER_RESULTS.get((info["backbone"], info["method"])),
     }
+    if info.get("ensemble"):  # bloodlib.ensemble: the networks it averages, by name
+        entry["ensemble"] = [m["name"] for m in info["ensemble"]["members"]]
     return Evaluation(
         entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1), probs.get("val"), y_val
     )
@@ -597,11 +599,13 @@ def seed_spread(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     with ``seed``, ``test_accuracy`` and ``balanced_accuracy``); ``name`` is the group's first
     entry (the first seed's model when it comes first). Keys: :data:`SPREAD_KEYS`. Two entries
     of one group with the same seed are an error: the same training counted twice would shrink
-    the spread.
+    the spread. An ensemble's entry (``ensemble`` set: an average of the seeds, not one more
+    of them) is left out.
     """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for e in entries:
-        groups.setdefault(seed_group(e), []).append(e)
+        if not e.get("ensemble"):
+            groups.setdefault(seed_group(e), []).append(e)
     rows = []
     for (model, tta), members in groups.items():
         seeds = [m.get("seed") for m in members]

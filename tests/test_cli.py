@@ -30,7 +30,7 @@ def test_help_is_instant_and_lists_commands():
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout
-    for command in ("run", "kernel", "classify", "scan", "sample-info"):
+    for command in ("run", "kernel", "classify", "ensemble", "scan", "sample-info"):
         assert command in out
     assert "HEAVY []" in out
 
