@@ -203,3 +203,14 @@ def test_scored_and_studied_as_an_ensemble(members, cells, tmp_path):
     with pytest.raises(ValueError, match="is an ensemble"):
         domain.base_model_path(tmp_path, "m_ensemble")
     assert domain.base_model_path(tmp_path, "m_seed43") == members[1]
+
+
+def test_an_ensemble_exports_like_one_network(members, tmp_path, monkeypatch):
+    from bloodlib import backbones
+    from bloodlib.export import export_model
+
+    bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
+    monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
+    ens = build_ensemble(members, tmp_path / "ens.keras").model_path
+    result = export_model(ens, "tflite", tmp_path / "ens.tflite")
+    assert "outputs match Keras" in result.report() and (tmp_path / "ens.tflite").is_file()
