@@ -460,7 +460,10 @@ def recipe_differences(
             continue  # a TTA entry shares its network's recipe
         seen.add(path)
         info = read_sidecar(Path(run_dir) / path)
-        params: dict[str, Any] = {**info.get("config", {}), **extra}
+        config = info.get("config")
+        if config is None and info.get("ensemble"):  # its members' recipe (seeds aside)
+            config = info["ensemble"]["members"][0].get("config")
+        params: dict[str, Any] = {**(config or {}), **extra}
         params.update(data=data, backbones=[info["backbone"]], image_size=info["image_size"])
         table = paper.differences(info["method"], params)
         table.insert(0, "model", info["name"])

@@ -33,7 +33,7 @@ def member(tmp_path: Path, name: str, scale: float, seed: int, seconds: float, *
     sidecar = {
         **INFO,
         "name": name,
-        "config": {"seed": seed},
+        "config": {"seed": seed, "epochs_head": 2, "epochs_finetune": 3, "label_smoothing": 0.25},
         "metrics": {"train_seconds": seconds},
         "temperature": 0.5,
         **info,
@@ -199,6 +199,13 @@ def test_scored_and_studied_as_an_ensemble(members, cells, tmp_path):
         e.pop("ensemble")
     spread = scoring.seed_spread([*seeds, entry])
     assert [(r["model"], r["n_seeds"]) for r in spread] == [("m", 2)]
+    # Notebook 04's recipe table: an ensemble's is its members' (they differ in seed only).
+    first = scoring.evaluate_model(members[0], split, n_boot=10)
+    recipes = scoring.recipe_differences(
+        tmp_path, [first, scoring.Evaluation(entry, *[None] * 5)], "x"
+    )
+    here = {m: t["here"].tolist() for m, t in recipes.groupby("model")}
+    assert here["m_ensemble"] == here["m"] and any("0.25" in str(v) for v in here["m"])
     # Notebook 05 adapts and retrains its base: it takes a member, never the average.
     with pytest.raises(ValueError, match="is an ensemble"):
         domain.base_model_path(tmp_path, "m_ensemble")
