@@ -25,7 +25,14 @@ from typing import Any
 
 from bloodlib.errors import BloodlibError, OutputPathError
 from bloodlib.io import sha256_file
-from bloodlib.saved import Classifier, load_classifier, read_sidecar, save_classifier, sidecar_path
+from bloodlib.saved import (
+    Classifier,
+    load_classifier,
+    model_seed,
+    read_sidecar,
+    save_classifier,
+    sidecar_path,
+)
 
 #: Sidecar fields the members must share: they say what the outputs mean and what the
 #: model expects as input. (``preprocessing`` and ``crop`` live inside each network.)
@@ -69,8 +76,6 @@ class EnsembleResult:
 
 def member_record(clf: Classifier) -> dict[str, Any]:
     """What the ensemble's sidecar keeps of one member: enough to find and check it again."""
-    from bloodlib.scoring import model_seed
-
     return {
         "name": clf.info["name"],
         "seed": model_seed(clf.info),

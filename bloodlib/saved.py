@@ -166,6 +166,13 @@ def binding_sha256(info: dict[str, Any], model_sha256: str) -> str:
     ).hexdigest()
 
 
+def model_seed(info: dict[str, Any]) -> int | None:
+    """The training seed a sidecar records: ``seed`` (SVM) or ``config.seed`` (fine-tuned);
+    ``None`` for a model saved before bloodlib recorded it, or an ensemble of seeds."""
+    seed = info.get("seed", (info.get("config") or {}).get("seed"))
+    return None if seed is None else int(seed)
+
+
 def read_sidecar(model_path: str | Path) -> dict[str, Any]:
     """The validated sidecar of ``model_path`` (its binding to the model is checked on load)."""
     path = sidecar_path(model_path)

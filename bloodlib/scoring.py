@@ -20,6 +20,7 @@ from bloodlib import CLASS_INDEX, CLASSES
 from bloodlib import evaluate as ev
 from bloodlib.config import DEFAULT_SEED
 from bloodlib.io import read_json, write_json
+from bloodlib.saved import model_seed
 
 #: Model files a run folder holds (each beside its JSON sidecar).
 MODEL_SUFFIXES = (".keras", ".joblib", ".skops")
@@ -144,13 +145,6 @@ def evaluate_model(
     return Evaluation(
         entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1), probs.get("val"), y_val
     )
-
-
-def model_seed(info: Mapping[str, Any]) -> int | None:
-    """The training seed a sidecar records: ``seed`` (SVM) or ``config.seed`` (fine-tuned);
-    ``None`` for a model saved before bloodlib recorded it."""
-    seed = info.get("seed", (info.get("config") or {}).get("seed"))
-    return None if seed is None else int(seed)
 
 
 def seed_models(
