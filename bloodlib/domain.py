@@ -179,6 +179,21 @@ def shift_table(stats: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 # --- predicting and scoring ----------------------------------------------------------------
 
 
+def seed_ensemble_path(model_path: str | Path) -> Path | None:
+    """The ensemble of ``model_path``'s training seeds beside it (notebook 03 writes it when
+    ``n_seeds`` > 1), if there is one and ``model_path`` is among its members; else ``None``."""
+    from bloodlib.config import ensemble_name
+    from bloodlib.io import sha256_file
+    from bloodlib.saved import read_sidecar
+
+    model_path = Path(model_path)
+    path = model_path.with_name(f"{ensemble_name(model_path.stem)}.keras")
+    if not path.is_file():
+        return None
+    members = (read_sidecar(path).get("ensemble") or {}).get("members") or []
+    return path if sha256_file(model_path) in {m.get("model_sha256") for m in members} else None
+
+
 def base_model_path(run_dir: str | Path, model_name: str | None = None) -> Path:
     """The model to study: ``models/<model_name>`` (``.keras`` optional), else the fine-tuned one.
 

@@ -221,3 +221,14 @@ def test_an_ensemble_exports_like_one_network(members, tmp_path, monkeypatch):
     ens = build_ensemble(members, tmp_path / "ens.keras").model_path
     result = export_model(ens, "tflite", tmp_path / "ens.tflite")
     assert "outputs match Keras" in result.report() and (tmp_path / "ens.tflite").is_file()
+
+
+def test_notebook_05_finds_the_seed_ensemble_of_its_base(members, tmp_path):
+    from bloodlib import domain
+
+    assert domain.seed_ensemble_path(members[0]) is None  # a run with one seed
+    out = tmp_path / "models" / "m_ensemble.keras"
+    build_ensemble(members[1:], out)  # an ensemble without m: not m's seeds
+    assert domain.seed_ensemble_path(members[0]) is None
+    build_ensemble(members, out)
+    assert domain.seed_ensemble_path(members[0]) == out
