@@ -212,9 +212,10 @@ def base_model_path(run_dir: str | Path, model_name: str | None = None) -> Path:
                 f"model_name = {model_name!r}: no {path}; the run's networks are: "
                 f"{', '.join(sorted(p.name for p in models.glob('*.keras'))) or 'none'}"
             )
-        from bloodlib.saved import read_sidecar
+        from bloodlib.saved import read_sidecar, sidecar_path
 
-        if read_sidecar(path).get("ensemble"):
+        # (A missing sidecar is load_classifier's to report, with its fix.)
+        if sidecar_path(path).is_file() and read_sidecar(path).get("ensemble"):
             raise ValueError(
                 f"model_name = {model_name!r} is an ensemble: this notebook adapts and retrains "
                 "its base network, so give one of its members; score the ensemble on the lab's "
