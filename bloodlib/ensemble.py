@@ -10,9 +10,10 @@ take one network, and loading it runs no code. Its sidecar lists each member's n
 and SHA-256, and its ``metrics.train_seconds`` is the members' training time added up
 (what the ensemble cost to train).
 
-Why: networks trained with different seeds agree on PBC (within 0.3 points on the dev
-test) but not on another lab's cells, where each seed fails on different cells; averaging
-their probabilities keeps what they agree on (README, "Using bloodlib on your own
+Why: networks trained with different seeds agree on PBC (six seeds of one recipe within 0.5
+points on the dev test) but not on another lab's cells, where each seed fails on different
+cells; averaging their probabilities keeps what they agree on. On tecom it lifts the result
+above the members' mean without making it dependable (README, "Using bloodlib on your own
 microscope").
 """
 
