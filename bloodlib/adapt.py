@@ -35,7 +35,12 @@ import pandas as pd
 from bloodlib import CLASSES, manifest, reject
 from bloodlib.config import DEFAULT_SEED
 from bloodlib.errors import BloodlibError, OutputPathError
-from bloodlib.saved import load_classifier, save_classifier, sidecar_path
+from bloodlib.saved import (
+    load_classifier,
+    refuse_overwriting_inputs,
+    save_classifier,
+    sidecar_path,
+)
 
 #: What ``train`` may name: the layers that learn while adapting.
 TRAIN_MODES = ("head", "top", "block", "bn")
@@ -315,13 +320,8 @@ def check_out_path(
     out = Path(out)
     if out.suffix != ".keras":
         raise OutputPathError(f"--out {out}: an adapted network is saved as a .keras file")
+    refuse_overwriting_inputs(out, sidecar_path(out), [model_path])
     target = out.resolve()
-    model = Path(model_path).resolve()
-    if target in {model, sidecar_path(model)} or sidecar_path(target) == sidecar_path(model):
-        raise OutputPathError(
-            f"--out {out} would overwrite the input model {Path(model_path).name} or its "
-            "sidecar: give the adapted model a new name"
-        )
     for what, where in (("labelled", folder), ("unlabelled", unlabelled)):
         root = None if where is None else Path(where).resolve()
         if root is not None and (root == target or root in target.parents):

@@ -31,6 +31,7 @@ from bloodlib.saved import (
     load_classifier,
     model_seed,
     read_sidecar,
+    refuse_overwriting_inputs,
     save_classifier,
     sidecar_path,
 )
@@ -125,15 +126,8 @@ def check_out_path(out: str | Path, model_paths: Sequence[str | Path]) -> Path:
     out = Path(out)
     if out.suffix != ".keras":
         raise OutputPathError(f"--out {out}: an ensemble is saved as a .keras file")
-    target = out.resolve()
-    for p in model_paths:
-        model = Path(p).resolve()
-        if target == model or sidecar_path(target) == sidecar_path(model):
-            raise OutputPathError(
-                f"--out {out} would overwrite the member {Path(p).name} or its sidecar: give "
-                "the ensemble a new name"
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    refuse_overwriting_inputs(out, sidecar_path(out), model_paths, role="member")
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
     return out
 
 

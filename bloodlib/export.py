@@ -34,7 +34,11 @@ from bloodlib import CLASSES, IMAGE_SUFFIXES
 from bloodlib.config import DEFAULT_SEED, SAMPLE_DIR
 from bloodlib.errors import BloodlibError, OutputPathError
 from bloodlib.io import read_json, sha256_file, write_json
-from bloodlib.saved import binding_sha256, load_classifier, sidecar_path
+from bloodlib.saved import (
+    binding_sha256,
+    load_classifier,
+    refuse_overwriting_inputs,
+)
 
 #: Export formats and the suffix their ``--out`` must carry ("" for a SavedModel folder).
 FORMATS: dict[str, str] = {"tflite": ".tflite", "onnx": ".onnx", "savedmodel": ""}
@@ -131,13 +135,8 @@ def _is_our_export(out: Path, fmt: str, source_sha: str) -> bool:
 
 def check_out(model_path: Path, out: Path, fmt: str, source_sha: str, force: bool) -> None:
     """Refuse an ``--out`` that would overwrite the model, its sidecar or unrelated files."""
-    model, side = model_path.resolve(), sidecar_path(model_path).resolve()
-    targets = {out.resolve(), export_sidecar_path(out).resolve()}
-    if targets & {model, side}:
-        raise OutputPathError(
-            f"--out {out} would overwrite the model being exported ({model_path}) or its sidecar; "
-            "choose another name"
-        )
+    refuse_overwriting_inputs(out, export_sidecar_path(out), [model_path], "model being exported")
+    model = model_path.resolve()
     if out.resolve() in model.parents:
         raise OutputPathError(
             f"--out {out} is a folder that holds the model itself; choose another"

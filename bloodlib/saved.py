@@ -21,14 +21,14 @@ import json
 import re
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bloodlib.errors import UnsafeModelError
+from bloodlib.errors import OutputPathError, UnsafeModelError
 from bloodlib.io import atomic_path, json_default, read_json, sha256_file, write_json
 
 #: Kept for callers of the old name: the one content hash lives in ``bloodlib.io``.
@@ -57,6 +57,28 @@ class SidecarError(UnsafeModelError):
 
 def sidecar_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
+
+
+def refuse_overwriting_inputs(
+    out: str | Path,
+    out_sidecar: str | Path,
+    inputs: Sequence[str | Path],
+    role: str = "input model",
+) -> None:
+    """OutputPathError when ``out`` or its sidecar would replace an input model or its sidecar.
+
+    The one check behind ``adapt``, ``ensemble`` and ``export``'s ``--out``: an output never
+    overwrites an input. ``out_sidecar`` is the sidecar the command writes beside ``out``
+    (an export's differs from a model's). Paths are compared resolved, so a relative path,
+    ``..`` or a symbolic link to an input is caught too.
+    """
+    written = {Path(out).resolve(), Path(out_sidecar).resolve()}
+    for p in inputs:
+        if written & {Path(p).resolve(), sidecar_path(p).resolve()}:
+            raise OutputPathError(
+                f"--out {out} would overwrite the {role} {Path(p).name} or its sidecar: "
+                "give the new file another name"
+            )
 
 
 # --- formats -----------------------------------------------------------------------------

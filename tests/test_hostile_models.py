@@ -282,6 +282,28 @@ def test_out_that_cannot_be_created_fails_before_classifying(model_copy, cells, 
         classify_folder(model_copy, cells, blocker / "p.csv", progress=False)
 
 
+@pytest.mark.parametrize(
+    "out", ["m.keras", "m.json", "m.h5", "sub/../m.keras", "link.keras", "elsewhere.keras"]
+)
+def test_refuse_overwriting_inputs_sees_through_names(tmp_path, out):
+    """adapt, ensemble and export share this check: the model, its sidecar (also through a
+    model of another suffix, whose sidecar is the same file), ``..`` and symbolic links."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"model")
+    sidecar_path(model).write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.keras").symlink_to(model)
+    target = tmp_path / out
+    if out == "elsewhere.keras":
+        saved.refuse_overwriting_inputs(target, sidecar_path(target), [tmp_path / "x.keras", model])
+        return
+    with pytest.raises(OutputPathError, match="would overwrite the member m.keras"):
+        saved.refuse_overwriting_inputs(target, sidecar_path(target), [model], role="member")
+    # An export's sidecar is named otherwise: its own clash is caught the same way.
+    with pytest.raises(OutputPathError, match="would overwrite"):
+        saved.refuse_overwriting_inputs(tmp_path / "e.onnx", sidecar_path(model), [model])
+
+
 @pytest.mark.parametrize("option", ["--batch-size", "--workers"])
 @pytest.mark.parametrize("value", ["0", "-3", "x"])
 def test_numeric_options_are_checked_by_argparse(
