@@ -339,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lab.add_argument(
         "--normalize",
-        choices=("none", "reinhard"),
-        help="fine-tuned networks: move colours to PBC's (Reinhard: mean and spread per "
-        "CIELAB channel) before the model",
+        choices=("none", "reinhard", "macenko"),
+        help="fine-tuned networks: move colours to PBC's before the model. reinhard: each "
+        "image's mean and spread per CIELAB channel; macenko: the two stains, estimated "
+        "once from up to 64 of the folder's cells, re-coloured with PBC's",
     )
     lab.add_argument(
         "--rescale-cell",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,7 @@ class ClassifyResult:
     temperature: float = 1.0
     normalize: str = "none"
     zoom: float | None = None  # the lab-wide zoom of --rescale-cell
+    lab_stains: Any = None  # the lab's stain.StainVectors of --normalize macenko
     n_uncertain: int = 0
     #: Labelled cells left out of the metrics because --classes excludes their class.
     excluded: dict[str, int] = field(default_factory=dict)
@@ -69,6 +71,8 @@ class ClassifyResult:
             lines.append(f"predictions restricted to: {', '.join(self.classes_allowed)}")
         if self.normalize != "none" or self.zoom is not None:
             parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
+            if self.lab_stains is not None:
+                parts[-1] += " (stains estimated from the folder's cells)"
             if self.zoom is not None:
                 parts.append(f"zoom x{self.zoom:.2f} (cells to PBC's size)")
             lines.append("normalised before the model: " + ", ".join(parts))
@@ -188,8 +192,9 @@ def classify_folder(
     classes. ``reject_below`` marks cells whose (temperature-scaled, restricted)
     probability is below it ``uncertain``, with their prediction still shown; None takes
     the sidecar's ``reject_threshold`` if a study recorded one, 0 turns rejection off.
-    ``normalize`` (``reinhard``) and ``rescale_cell`` move the images towards PBC's
-    colours and cell size first (fine-tuned networks only; see ``bloodlib.stain``).
+    ``normalize`` (``reinhard`` per image, ``macenko`` with the folder's stains) and
+    ``rescale_cell`` move the images towards PBC's colours and cell size first (fine-tuned
+    networks only; see ``bloodlib.stain``).
     """
     import time
 
@@ -235,10 +240,14 @@ def classify_folder(
     table["reason"] = np.where(ok, "", files["reason"])
     for col in ("predicted", "probability", "top3"):
         table[col] = None
-    zoom = None
-    if rescale_cell and len(good):
-        zoom = _lab_zoom(good["path"].tolist(), clf.image_size, normalize)
-    transform = stain.make_transform(normalize, zoom)
+    zoom, lab_stains = None, None
+    if (rescale_cell or normalize == "macenko") and len(good):
+        sample = lab_sample(good["path"].tolist(), clf.image_size)
+        if normalize == "macenko":
+            lab_stains = stain.macenko_stains(sample, source=str(folder))
+        if rescale_cell:
+            zoom = stain.lab_zoom(sample, normalize, stains=lab_stains)
+    transform = stain.make_transform(normalize, zoom, stains=lab_stains)
     n_uncertain = 0
     if len(good):
         proba = clf.predict_proba(
@@ -320,16 +329,18 @@ def classify_folder(
         temperature=temperature,
         normalize=normalize,
         zoom=zoom,
+        lab_stains=lab_stains,
         n_uncertain=n_uncertain,
         excluded=excluded,
     )
 
 
-def _lab_zoom(paths: list[str], image_size: int, normalize: str) -> float:
-    """``--rescale-cell``'s one zoom for the folder, from up to ``stain.ZOOM_SAMPLE`` cells."""
+def lab_sample(paths: list[str], image_size: int) -> list[np.ndarray]:
+    """The cells a folder's lab-wide normalisation is measured on: up to
+    ``stain.ZOOM_SAMPLE`` of them, evenly spread over the sorted paths (so every class of a
+    class layout contributes), decoded as the model sees them."""
     from bloodlib import stain
     from bloodlib.pipeline import load_images
 
     pick = np.unique(np.linspace(0, len(paths) - 1, min(stain.ZOOM_SAMPLE, len(paths))).round())
-    images = load_images([paths[int(i)] for i in pick], image_size)
-    return stain.lab_zoom(list(images), normalize)
+    return list(load_images([paths[int(i)] for i in pick], image_size))

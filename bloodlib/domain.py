@@ -231,11 +231,24 @@ def base_model_path(run_dir: str | Path, model_name: str | None = None) -> Path:
     return found[0]
 
 
-def lab_zoom(paths: Sequence[str], image_size: int, normalize: str | None = None) -> float:
-    """The one zoom ``classify --rescale-cell`` would use for these cells (same sample)."""
-    from bloodlib.classify import _lab_zoom
+def lab_stains(paths: Sequence[str], image_size: int) -> stain.StainVectors:
+    """The lab's stains ``classify --normalize macenko`` would estimate (same sample)."""
+    from bloodlib.classify import lab_sample
 
-    return _lab_zoom(list(paths), image_size, stain.check_normalize(normalize))
+    return stain.macenko_stains(lab_sample(list(paths), image_size))
+
+
+def lab_zoom(
+    paths: Sequence[str],
+    image_size: int,
+    normalize: str | None = None,
+    stains: stain.StainVectors | None = None,
+) -> float:
+    """The one zoom ``classify --rescale-cell`` would use for these cells (same sample)."""
+    from bloodlib.classify import lab_sample
+
+    sample = lab_sample(list(paths), image_size)
+    return stain.lab_zoom(sample, stain.check_normalize(normalize), stains=stains)
 
 
 def predict(
@@ -244,12 +257,14 @@ def predict(
     *,
     normalize: str | None = None,
     zoom: float | None = None,
+    stains: stain.StainVectors | None = None,
     tta: bool = False,
     batch_size: int = 32,
 ) -> np.ndarray:
     """The model's own probabilities (every class) for ``paths``, after the chosen transform
-    (``tta``: averaged over the 8 flips and rotations, as ``classify --tta``)."""
-    transform = stain.make_transform(normalize, zoom)
+    (``tta``: averaged over the 8 flips and rotations, as ``classify --tta``; ``stains``:
+    the lab's, for ``macenko``)."""
+    transform = stain.make_transform(normalize, zoom, stains=stains)
     return clf.predict_proba(
         list(paths), batch_size=batch_size, progress=False, transform=transform, tta=tta
     )

@@ -266,7 +266,9 @@ def test_synthetic_other_lab_shifts_colour_and_size():
 @pytest.mark.unit
 def test_transform_choices():
     assert stain.make_transform() is None and stain.make_transform("none", 1.0) is None
-    with pytest.raises(ValueError, match="reinhard"):
+    with pytest.raises(ValueError, match="reinhard, macenko"):
+        stain.make_transform("vahadane")
+    with pytest.raises(ValueError, match="needs the lab's stains"):
         stain.make_transform("macenko")
     batch = np.stack(sample_cells(2, size=64))
     out = stain.make_transform("reinhard", 0.5)(batch)
@@ -279,6 +281,90 @@ def test_transform_choices():
     assert ref == stain.PBC_REFERENCE
 
 
+# --- Macenko: two stains, estimated once per lab -----------------------------------------
+
+#: Two made-up stains (unit optical-density vectors) and backgrounds for synthetic labs.
+LAB_A = ((0.75, 0.62, 0.23), (0.20, 0.93, 0.30)), (250.0, 240.0, 170.0)  # yellow slide
+LAB_B = ((0.65, 0.70, 0.29), (0.15, 0.97, 0.19)), (240.0, 225.0, 200.0)
+
+
+def stained(amounts: np.ndarray, stains, background) -> np.ndarray:
+    """RGB 0..255 of the two stain amounts ``(h, w, 2)`` on a background (Beer-Lambert)."""
+    od = amounts @ np.asarray(stains, np.float64)
+    return ((np.asarray(background) + 1.0) * np.exp(-od) - 1.0).astype(np.float32)
+
+
+def synthetic_amounts(n: int, size: int = 48) -> list[np.ndarray]:
+    """Cells as discs: a nucleus (nuclear stain) in a ring of cytoplasm (eosin), on clear
+    slide; some pixels of each stain alone, as Macenko's extreme angles assume."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    r = np.hypot(yy, xx)
+    out = []
+    for _ in range(n):
+        a = np.zeros((size, size, 2))
+        a[..., 0] = (r < size * 0.18) * rng.uniform(0.8, 1.6)
+        a[..., 1] = ((r >= size * 0.18) & (r < size * 0.33)) * rng.uniform(1.0, 2.0)
+        out.append(a * rng.uniform(0.9, 1.1, (size, size, 1)))
+    return out
+
+
+@pytest.mark.unit
+def test_macenko_recovers_a_labs_stains_and_maps_them_to_the_reference():
+    amounts = synthetic_amounts(6)
+    lab_a = [stained(a, *LAB_A) for a in amounts]
+    est = stain.macenko_stains(lab_a, source="lab A")
+    assert est.source == "lab A"
+    np.testing.assert_allclose(est.background, LAB_A[1], atol=1.5)
+    for got, true in zip(est.stains, LAB_A[0], strict=True):  # nuclear first, then eosin
+        assert np.dot(got, true) / np.linalg.norm(true) > 0.99
+    assert stain.StainVectors.from_dict(est.to_dict()) == est
+    # The same cells stained as lab B: lab A's cells, normalised to B, look like them.
+    lab_b = [stained(a, *LAB_B) for a in amounts]
+    ref_b = stain.macenko_stains(lab_b)
+    for a_img, b_img in zip(lab_a, lab_b, strict=True):
+        moved = stain.macenko(a_img, est, ref_b)
+        assert moved.dtype == np.float32 and moved.shape == a_img.shape
+        assert np.abs(moved - b_img).mean() < 3.0 < np.abs(a_img - b_img).mean()
+    # Pooled over the lab, not per image: a cell with twice the stain stays darker.
+    dark = stained(amounts[0] * 2, *LAB_A)
+    assert stain.macenko(dark, est, ref_b).mean() < stain.macenko(lab_a[0], est, ref_b).mean() - 5
+
+
+@pytest.mark.unit
+def test_macenko_brings_a_shifted_lab_towards_pbc_and_refuses_blank_frames():
+    cells = sample_cells(8)
+    moved = [stain.other_lab(c, zoom_factor=1.0) for c in cells]
+    stains = stain.macenko_stains(moved)
+    back = [stain.macenko(m, stains) for m in moved]
+    before = np.median([stain.lab_distance(m) for m in moved])
+    assert np.median([stain.lab_distance(b) for b in back]) < 0.6 * before
+    out = stain.make_transform("macenko", 0.8, stains=stains)(np.stack(moved[:2]))
+    assert out.shape == (2, 224, 224, 3) and 0 <= out.min() and out.max() <= 255
+    assert 0.25 < stain.lab_zoom(moved, "macenko") < 4.0  # stains estimated from the cells
+    blank = [np.full((32, 32, 3), 200.0, np.float32)] * 3
+    with pytest.raises(ValueError, match="too few to estimate the stains"):
+        stain.macenko_stains(blank)
+
+
+@pytest.mark.unit
+def test_classify_with_macenko_estimates_the_folders_stains(keras_model, tmp_path, capsys):
+    folder = tmp_path / "lab"
+    for i, cell in enumerate(sample_cells(8, size=96)):
+        (folder / CLASSES[i]).mkdir(parents=True)
+        Image.fromarray(stain.other_lab(cell).round().astype(np.uint8)).save(
+            folder / CLASSES[i] / f"c{i}.png"
+        )
+    result = classify_folder(keras_model, folder, progress=False, normalize="macenko")
+    assert result.lab_stains is not None and result.zoom is None
+    assert "colours: macenko (stains estimated from the folder's cells)" in result.report()
+    assert (result.table["status"] == "classified").all()
+    out = tmp_path / "p.csv"
+    assert main(["classify", str(keras_model), str(folder), "--out", str(out),
+                 "--normalize", "macenko", "--rescale-cell"]) == 0  # fmt: skip
+    assert "macenko" in capsys.readouterr().out and out.is_file()
+
+
 @pytest.mark.unit
 def test_classify_with_normalisation(keras_model, lab_folder, tmp_path):
     result = classify_folder(
@@ -288,7 +374,7 @@ def test_classify_with_normalisation(keras_model, lab_folder, tmp_path):
     assert "normalised before the model: colours: reinhard" in result.report()
     assert (result.table["status"] == "classified").all()
     with pytest.raises(ValueError, match="unknown colour normalisation"):
-        classify_folder(keras_model, lab_folder, progress=False, normalize="macenko")
+        classify_folder(keras_model, lab_folder, progress=False, normalize="vahadane")
 
 
 @pytest.mark.data
