@@ -386,3 +386,11 @@ def test_tecom_cells_are_larger_and_colour_normalises():
     assert stain.lab_zoom(cells, "reinhard") < 0.85  # shrink: their cells fill more frame
     for cell in cells:
         assert stain.lab_distance(stain.reinhard(cell)) < 0.25 * stain.lab_distance(cell)
+    # Macenko with the lab's dyes: a yellow slide, dyes that absorb (non-negative red density
+    # for the nuclear stain), and cells moved most of the way to PBC's colours.
+    stains = stain.macenko_stains(cells)
+    assert stains.background[2] < stains.background[0] - 40  # tecom's slide is yellow
+    assert stains.stains[0][0] > stains.stains[1][0]  # the nuclear dye absorbs more red
+    moved = [stain.macenko(c, stains) for c in cells]
+    before = np.median([stain.lab_distance(c) for c in cells])
+    assert np.median([stain.lab_distance(m) for m in moved]) < 0.5 * before
