@@ -15,6 +15,7 @@ falls below a threshold are marked ``uncertain`` (``reject_below``, or the sidec
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class ClassifyResult:
     normalize: str = "none"
     zoom: float | None = None  # the lab-wide zoom of --rescale-cell
     lab_stains: Any = None  # the lab's stain.StainVectors of --normalize macenko
+    look: Any = None  # stain.FolderLook: how far the folder's cells are from PBC's look
+    adapted: bool = False  # the model was adapted to another lab (``adapt``): no PBC warning
     n_uncertain: int = 0
     #: Labelled cells left out of the metrics because --classes excludes their class.
     excluded: dict[str, int] = field(default_factory=dict)
@@ -69,6 +72,24 @@ class ClassifyResult:
             lines.append(f"predictions written to {self.out_csv}")
         if self.classes_allowed is not None:
             lines.append(f"predictions restricted to: {', '.join(self.classes_allowed)}")
+        if self.look is not None and self.look.unlike_pbc and not self.adapted:
+            fix = (
+                "adapt the model with 5 labelled cells per class (python -m bloodlib adapt)"
+                if self.normalize != "none" or self.zoom is not None
+                else "try --normalize reinhard --rescale-cell, and adapt the model with 5 "
+                "labelled cells per class (python -m bloodlib adapt)"
+            )
+            lines.append(
+                f"WARNING: these cells do not look like PBC's: {self.look.describe()}. A "
+                "model trained on PBC, as bloodlib's runs are, is much less accurate on such "
+                f"cells than on PBC's test split: {fix}; see the README, 'Using bloodlib on "
+                "your own microscope'"
+            )
+        elif self.look is not None:
+            lines.append(
+                f"look: {self.look.describe()}"
+                + (" (the model was adapted to another lab's cells)" if self.adapted else "")
+            )
         if self.normalize != "none" or self.zoom is not None:
             parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
             if self.lab_stains is not None:
@@ -240,6 +261,14 @@ def classify_folder(
     table["reason"] = np.where(ok, "", files["reason"])
     for col in ("predicted", "probability", "top3"):
         table[col] = None
+    # Does the folder look like PBC? A lab pointing a PBC model at its own cells should hear
+    # it before trusting the answers (README, "Using bloodlib on your own microscope").
+    look = None
+    if len(good):
+        try:
+            look = stain.folder_look(lab_sample(good["path"].tolist(), stain.LOOK_SIZE))
+        except Exception as exc:  # advisory only: never the reason a classification fails
+            warnings.warn(f"could not measure the cells' look: {exc}", stacklevel=2)
     zoom, lab_stains = None, None
     if (rescale_cell or normalize == "macenko") and len(good):
         sample = lab_sample(good["path"].tolist(), clf.image_size)
@@ -330,6 +359,8 @@ def classify_folder(
         normalize=normalize,
         zoom=zoom,
         lab_stains=lab_stains,
+        look=look,
+        adapted="adapt" in clf.info,
         n_uncertain=n_uncertain,
         excluded=excluded,
     )

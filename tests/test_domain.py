@@ -365,6 +365,68 @@ def test_classify_with_macenko_estimates_the_folders_stains(keras_model, tmp_pat
     assert "macenko" in capsys.readouterr().out and out.is_file()
 
 
+# --- does a folder look like PBC? -------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_folder_look_tells_pbc_cells_from_another_labs():
+    cells = sample_cells(16, size=stain.LOOK_SIZE)
+    pbc = stain.folder_look(cells)
+    assert not pbc.unlike_pbc and pbc.n_cells == 16
+    assert pbc.colour_distance < 0.6 * stain.SHIFT_COLOUR_DISTANCE
+    assert 0.7 < pbc.nucleus_ratio < 1.4
+    other = stain.folder_look([stain.other_lab(c) for c in cells])
+    assert other.unlike_pbc and other.nucleus_ratio > 1.25 * pbc.nucleus_ratio
+    assert other.to_dict()["unlike_pbc"] is True
+    blank = stain.folder_look([np.full((32, 32, 3), 230.0, np.float32)])
+    assert blank.nucleus_ratio is None and "nuclei" not in blank.describe()
+
+
+def write_lab(folder: Path, shift: bool) -> Path:
+    for i, cell in enumerate(sample_cells(8, size=96)):
+        img = stain.other_lab(cell) if shift else cell
+        (folder / CLASSES[i]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.round().astype(np.uint8)).save(folder / CLASSES[i] / f"c{i}.png")
+    return folder
+
+
+@pytest.mark.unit
+def test_classify_warns_when_the_cells_do_not_look_like_pbc(keras_model, tmp_path, capsys):
+    pbc = classify_folder(keras_model, write_lab(tmp_path / "pbc", False), progress=False)
+    assert pbc.look is not None and not pbc.look.unlike_pbc
+    assert "WARNING" not in pbc.report() and "look: median colour distance" in pbc.report()
+    other = write_lab(tmp_path / "other", True)
+    shifted = classify_folder(keras_model, other, progress=False)
+    assert shifted.look.unlike_pbc
+    warning = [line for line in shifted.report().splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and "try --normalize reinhard --rescale-cell" in warning[0]
+    normalised = classify_folder(keras_model, other, progress=False, normalize="reinhard")
+    assert "WARNING" in normalised.report() and "try --normalize" not in normalised.report()
+    assert main(["classify", str(keras_model), str(other), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "WARNING: these cells do not look like PBC's" in capsys.readouterr().out
+    # A model adapted to a lab has seen such cells: no warning, the distance still shown.
+    adapted = tmp_path / "adapted" / "m.keras"
+    info = {**read_sidecar(keras_model), "adapt": {"seed": 42}}
+    info = {k: v for k, v in info.items() if k not in ("model_sha256", "binding_sha256")}
+    save_classifier(tiny_models.vertex_classifier(SIZE), adapted, info)
+    report = classify_folder(adapted, other, progress=False).report()
+    assert "WARNING" not in report and "adapted to another lab's cells" in report
+
+
+@pytest.mark.unit
+def test_a_failed_look_never_stops_a_classification(keras_model, tmp_path, monkeypatch):
+    from bloodlib import classify
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(classify, "lab_sample", broken)
+    with pytest.warns(UserWarning, match="could not measure the cells' look: decoder exploded"):
+        result = classify_folder(keras_model, write_lab(tmp_path / "lab", True), progress=False)
+    assert result.look is None and (result.table["status"] == "classified").all()
+    assert "look:" not in result.report() and "WARNING" not in result.report()
+
+
 @pytest.mark.unit
 def test_classify_with_normalisation(keras_model, lab_folder, tmp_path):
     result = classify_folder(
