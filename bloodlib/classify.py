@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bloodlib import manifest, reject
+from bloodlib import manifest, reject, stain
 from bloodlib.errors import OutputPathError
 from bloodlib.io import write_with
 from bloodlib.saved import load_classifier, sidecar_path
@@ -53,8 +52,8 @@ class ClassifyResult:
     temperature: float = 1.0
     normalize: str = "none"
     zoom: float | None = None  # the lab-wide zoom of --rescale-cell
-    lab_stains: Any = None  # the lab's stain.StainVectors of --normalize macenko
-    look: Any = None  # stain.FolderLook: how far the folder's cells are from PBC's look
+    lab_stains: stain.StainVectors | None = None  # the lab's dyes, with --normalize macenko
+    look: stain.FolderLook | None = None  # how far the folder's cells are from PBC's look
     adapted: bool = False  # the model was adapted to another lab (``adapt``): no PBC warning
     n_uncertain: int = 0
     #: Labelled cells left out of the metrics because --classes excludes their class.
@@ -229,7 +228,6 @@ def classify_folder(
         out_csv = check_output_path(out_csv, folder, model_path)
     if reject_below is not None and not 0.0 <= reject_below <= 1.0:
         raise ValueError(f"reject_below is {reject_below}: give a probability in 0..1")
-    from bloodlib import stain
 
     normalize = stain.check_normalize(normalize)
     clf = load_classifier(model_path, trust_pickle=trust_pickle)
@@ -370,7 +368,6 @@ def lab_sample(paths: list[str], image_size: int) -> list[np.ndarray]:
     """The cells a folder's lab-wide normalisation is measured on: up to
     ``stain.ZOOM_SAMPLE`` of them, evenly spread over the sorted paths (so every class of a
     class layout contributes), decoded as the model sees them."""
-    from bloodlib import stain
     from bloodlib.pipeline import load_images
 
     pick = np.unique(np.linspace(0, len(paths) - 1, min(stain.ZOOM_SAMPLE, len(paths))).round())

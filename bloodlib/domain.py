@@ -231,26 +231,6 @@ def base_model_path(run_dir: str | Path, model_name: str | None = None) -> Path:
     return found[0]
 
 
-def lab_stains(paths: Sequence[str], image_size: int) -> stain.StainVectors:
-    """The lab's stains ``classify --normalize macenko`` would estimate (same sample)."""
-    from bloodlib.classify import lab_sample
-
-    return stain.macenko_stains(lab_sample(list(paths), image_size))
-
-
-def lab_zoom(
-    paths: Sequence[str],
-    image_size: int,
-    normalize: str | None = None,
-    stains: stain.StainVectors | None = None,
-) -> float:
-    """The one zoom ``classify --rescale-cell`` would use for these cells (same sample)."""
-    from bloodlib.classify import lab_sample
-
-    sample = lab_sample(list(paths), image_size)
-    return stain.lab_zoom(sample, stain.check_normalize(normalize), stains=stains)
-
-
 def predict(
     clf: Any,
     paths: Sequence[str],

@@ -168,21 +168,6 @@ class StainVectors:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StainVectors:
-        try:
-            bg = tuple(float(v) for v in d["background"])
-            vec = tuple(tuple(float(v) for v in s) for s in d["stains"])
-            amount = tuple(float(v) for v in d["max_amount"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"stain vectors need background (3 numbers), stains (2 x 3) and max_amount "
-                f"(2); got {d!r}"
-            ) from exc
-        if len(bg) != 3 or len(vec) != 2 or any(len(v) != 3 for v in vec) or len(amount) != 2:
-            raise ValueError(f"not valid stain vectors: {d!r}")
-        return cls(bg, vec, amount, str(d.get("source", "")))  # type: ignore[arg-type]
-
 
 #: PBC's stains, measured with :func:`macenko_stains` on 320 images of
 #: ``PBC_dataset_normal_DIB`` (40 per class: ``groupby(label).sample(40, random_state=0)``

@@ -318,7 +318,6 @@ def test_macenko_recovers_a_labs_stains_and_maps_them_to_the_reference():
     np.testing.assert_allclose(est.background, LAB_A[1], atol=1.5)
     for got, true in zip(est.stains, LAB_A[0], strict=True):  # nuclear first, then eosin
         assert np.dot(got, true) / np.linalg.norm(true) > 0.99
-    assert stain.StainVectors.from_dict(est.to_dict()) == est
     # The same cells stained as lab B: lab A's cells, normalised to B, look like them.
     lab_b = [stained(a, *LAB_B) for a in amounts]
     ref_b = stain.macenko_stains(lab_b)
