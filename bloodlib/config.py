@@ -52,6 +52,8 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
 SEED_SUFFIX = "_seed"
 #: Ends the name of a run's seed ensemble: ``<backbone>_finetune_ensemble``.
 ENSEMBLE_SUFFIX = "_ensemble"
+#: Notebook 05's robust network (``<backbone>_robust``): notebook 05 scores it itself.
+ROBUST_SUFFIX = "_robust"
 
 
 def training_seeds(seed: int = DEFAULT_SEED, n_seeds: int = 1) -> list[int]:
@@ -68,6 +70,11 @@ def seed_model_name(base: str, seed: int, first_seed: int) -> str:
     """The model name for training seed ``seed``: ``base`` for the run's first seed (so every
     reader still finds ``<backbone>_finetune`` / ``<backbone>_svm``), ``base_seed<N>`` else."""
     return base if seed == first_seed else f"{base}{SEED_SUFFIX}{seed}"
+
+
+def robust_name(backbone: str) -> str:
+    """The model name of notebook 05's network trained with other labs' looks (issue 12)."""
+    return f"{backbone}{ROBUST_SUFFIX}"
 
 
 def ensemble_name(base: str) -> str:

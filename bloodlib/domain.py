@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from bloodlib import CLASSES, reject, stain
-from bloodlib.config import DEFAULT_SEED
+from bloodlib.config import DEFAULT_SEED, robust_name
 from bloodlib.io import read_json, write_json
 
 #: Cells per lab whose colour and size are measured (a random subset drawn with the seed):
@@ -393,10 +393,6 @@ def robust_config(base_info: Mapping[str, Any], **changes: Any):
         crop=1.0,
         **changes,
     )
-
-
-def robust_name(backbone: str) -> str:
-    return f"{backbone}_robust"
 
 
 def train_robust(

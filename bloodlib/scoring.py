@@ -71,6 +71,17 @@ def saved_models(run_dir: str | Path) -> list[Path]:
     )
 
 
+def study_models(run_dir: str | Path) -> list[Path]:
+    """The models notebook 04 scores: notebooks 02 and 03's, without notebook 05's robust
+    network (scored by notebook 05 itself), so that notebook 04 reports the same models
+    whether or not notebook 05 has run in this folder before."""
+    from bloodlib.config import ROBUST_SUFFIX, split_seed_name
+
+    return [
+        p for p in saved_models(run_dir) if not split_seed_name(p.stem)[0].endswith(ROBUST_SUFFIX)
+    ]
+
+
 def evaluate_model(
     model_path: str | Path,
     split: pd.DataFrame,

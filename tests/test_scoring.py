@@ -134,6 +134,9 @@ def test_metrics_round_trip_and_saved_models(tmp_path):
     for name in ("a.json", "b.json", "notes.json"):
         (tmp_path / "models" / name).write_text("{}")
     assert [p.name for p in scoring.saved_models(tmp_path)] == ["a.keras", "b.joblib"]
+    for name in ("x_robust.keras", "x_robust.json"):  # notebook 05's, scored there
+        (tmp_path / "models" / name).write_text("{}")
+    assert [p.name for p in scoring.study_models(tmp_path)] == ["a.keras", "b.joblib"]
     y = np.zeros(3, dtype=int)
     path = scoring.write_metrics(tmp_path, [_result("a", y, y), {"name": "b"}], split={"seed": 1})
     assert path == tmp_path / "metrics.json"
