@@ -32,6 +32,7 @@ RECIPE = (
     "learning_rate_finetune",
     "batch_size",
     "augment_domain",
+    "augment_stain",
     "seed",
 )
 

@@ -66,6 +66,8 @@ class FinetuneConfig:
     augment: bool = True
     # Other labs' stains, cameras and magnifications (pipeline.augment_other_lab): issue 12.
     augment_domain: bool = False
+    # Other labs' dyes: each cell re-stained in optical density (pipeline.restain): issue 12.
+    augment_stain: bool = False
     unfreeze_from_block: int = 0  # 0: the whole backbone
     # The network sees the centre square of this fraction of the frame's side (1.0: all of
     # it). PBC's cell sits in the middle: 0.7 computes on half the pixels, cell unchanged.
@@ -314,6 +316,7 @@ def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch
         shuffle=True,
         augment=cfg.augment,
         augment_domain=cfg.augment_domain,
+        augment_stain=cfg.augment_stain,
         seed=cfg.seed,
         cache=cfg.cache_images,
     )
@@ -538,7 +541,7 @@ def training_identity(cfg: FinetuneConfig, train_df: pd.DataFrame, val_df: pd.Da
         "train_files": _files_digest(train_df),
         "val_files": _files_digest(val_df),
     }
-    for key, default in (("crop", 1.0), ("ema_momentum", 0.0)):
+    for key, default in (("crop", 1.0), ("ema_momentum", 0.0), ("augment_stain", False)):
         if identity[key] == default:  # added later: models trained before it stay theirs
             del identity[key]
     return json.loads(json.dumps(identity))  # as read back from JSON: lists, not tuples

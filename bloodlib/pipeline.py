@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from bloodlib.config import DEFAULT_SEED
+from bloodlib.stain import PBC_STAINS
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -128,6 +129,43 @@ def augment_other_lab(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
+#: Ranges of :func:`restain`, from what separates another lab's dyes from PBC's
+#: (``stain.macenko_stains`` on tecom's cells: both dye directions 20-26 degrees away, about
+#: twice the amount, a slide of (255, 255, 175) against PBC's (246, 222, 195)).
+STAIN_DIRECTION = 0.25  # each dye's OD vector + U(-0.25, 0.25) per channel: up to ~25 degrees
+STAIN_AMOUNT = (0.6, 2.0)  # each dye's amount times this factor (log-uniform)
+STAIN_BACKGROUND = (170.0, 255.0)  # the slide's light, per channel
+
+
+def restain(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Re-stain a PBC cell as another lab might: other dyes, other amounts, another slide.
+
+    Beer-Lambert, as in Macenko's normalisation (``stain.macenko``) but run backwards: each
+    pixel's optical density against PBC's slide is unmixed into PBC's two dyes
+    (``stain.PBC_STAINS``) and a residual, and re-mixed with randomly turned dye vectors,
+    scaled amounts and a random slide colour. Unlike per-channel gains or a hue shift, it
+    moves the nucleus's and the granules' colours each along its own dye, as a stain does.
+    Float 0..255 in and out, same shape.
+    """
+    s = tf.random.experimental.stateless_split(seed, num=3)
+    dyes = np.asarray(PBC_STAINS.stains, np.float32)
+    basis = np.vstack([dyes, np.cross(dyes[0], dyes[1])])
+    basis[2] /= np.linalg.norm(basis[2])  # the residual: what neither dye explains
+    bg = tf.constant(np.asarray(PBC_STAINS.background, np.float32) + 1.0)
+    od = -tf.math.log((tf.reshape(image, [-1, 3]) + 1.0) / bg)
+    amounts = od @ tf.constant(np.linalg.inv(basis))  # od = amounts @ basis
+    turned = tf.constant(dyes) + tf.random.stateless_uniform(
+        [2, 3], s[0], -STAIN_DIRECTION, STAIN_DIRECTION
+    )
+    turned = turned / tf.norm(turned, axis=1, keepdims=True)
+    new_basis = tf.concat([turned, tf.constant(basis[2:])], axis=0)
+    lo, hi = np.log(STAIN_AMOUNT)
+    scale = tf.concat([tf.exp(tf.random.stateless_uniform([2], s[1], lo, hi)), [1.0]], axis=0)
+    new_bg = tf.random.stateless_uniform([3], s[2], *STAIN_BACKGROUND) + 1.0
+    rgb = new_bg * tf.exp(-((amounts * scale) @ new_basis)) - 1.0
+    return tf.clip_by_value(tf.reshape(rgb, tf.shape(image)), 0.0, 255.0)
+
+
 def make_dataset(
     paths: Sequence[str],
     labels: Sequence[int] | np.ndarray | None = None,
@@ -137,6 +175,7 @@ def make_dataset(
     shuffle: bool = False,
     augment: bool = False,
     augment_domain: bool = False,
+    augment_stain: bool = False,
     seed: int = DEFAULT_SEED,
     cache: bool | str = False,
     preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None,
@@ -149,12 +188,13 @@ def make_dataset(
     ``paths``. ``cache`` keeps decoded, resized uint8 images in memory
     (``True``) or in files under the given path prefix, before augmentation;
     without it memory does not grow with the dataset. ``augment_domain`` adds
-    :func:`augment_other_lab` to ``augment``'s flips and rotations (it needs ``augment``).
+    :func:`augment_other_lab` to ``augment``'s flips and rotations, ``augment_stain``
+    :func:`restain` (both need ``augment``).
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    if augment_domain and not augment:
-        raise ValueError("augment_domain=True needs augment=True")
+    if (augment_domain or augment_stain) and not augment:
+        raise ValueError("augment_domain and augment_stain need augment=True")
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("make_dataset needs at least one image path")
@@ -190,6 +230,8 @@ def make_dataset(
         def _augment(xy, i):
             key = tf.stack([tf.cast(seed, tf.int64), i])
             x = augment_cell(tf.cast(xy[0], tf.float32), key)
+            if augment_stain:
+                x = restain(x, tf.stack([key[0] + 2, key[1]]))
             if augment_domain:
                 x = augment_other_lab(x, tf.stack([key[0] + 1, key[1]]))
             return x, xy[1]

@@ -259,10 +259,56 @@ def test_other_lab_augmentation_is_seeded_bounded_and_changes_the_cell():
     assert np.abs(a - image.numpy()).mean() > 1.0
 
 
-def test_augment_domain_needs_augment(tmp_path):
+@pytest.mark.parametrize("option", ["augment_domain", "augment_stain"])
+def test_other_lab_augmentation_needs_augment(tmp_path, option):
     from bloodlib.pipeline import make_dataset
 
     path = tmp_path / "a.jpg"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     with pytest.raises(ValueError, match="augment=True"):
-        make_dataset([str(path)], augment_domain=True)
+        make_dataset([str(path)], **{option: True})
+
+
+def _dyed(amounts: np.ndarray, dyes: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """RGB 0..255 of pixels holding ``amounts`` (n, 2) of two dyes, by Beer-Lambert."""
+    return (background + 1.0) * np.exp(-(amounts @ dyes)) - 1.0
+
+
+def test_restain_keeps_shape_and_range_and_is_deterministic():
+    import tensorflow as tf
+
+    from bloodlib.pipeline import restain
+
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (32, 48, 3)), tf.float32)
+    a = restain(image, tf.constant([1, 2], tf.int64)).numpy()
+    b = restain(image, tf.constant([1, 2], tf.int64)).numpy()
+    c = restain(image, tf.constant([1, 3], tf.int64)).numpy()
+    assert a.shape == (32, 48, 3)
+    assert 0.0 <= a.min() and a.max() <= 255.0
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0
+
+
+def test_restain_moves_each_dye_along_itself_and_the_slide_to_a_new_light(monkeypatch):
+    """With the dyes' directions held, a pixel of one dye stays that dye, in a new amount;
+    the empty slide takes the drawn light, and every pixel's light scales with it."""
+    import tensorflow as tf
+
+    from bloodlib import pipeline
+    from bloodlib.stain import PBC_STAINS
+
+    dyes = np.asarray(PBC_STAINS.stains)
+    bg = np.asarray(PBC_STAINS.background)
+    amounts = np.array([[0.0, 0.0], [0.8, 0.0], [0.0, 0.8], [0.5, 0.5]])
+    image = tf.constant(_dyed(amounts, dyes, bg).reshape(1, 4, 3), tf.float32)
+    monkeypatch.setattr(pipeline, "STAIN_DIRECTION", 0.0)
+    monkeypatch.setattr(pipeline, "STAIN_AMOUNT", (1.5, 1.5 + 1e-6))
+    out = pipeline.restain(image, tf.constant([4, 2], tf.int64)).numpy().reshape(4, 3)
+    light = out[0]  # the empty slide: the drawn background, the same in every pixel
+    assert all(pipeline.STAIN_BACKGROUND[0] <= v <= pipeline.STAIN_BACKGROUND[1] for v in light)
+    np.testing.assert_allclose(out, _dyed(amounts * 1.5, dyes, light), atol=0.05)
+    # The same amounts, unscaled and on PBC's own slide, come back as they went in.
+    monkeypatch.setattr(pipeline, "STAIN_AMOUNT", (1.0, 1.0 + 1e-6))
+    monkeypatch.setattr(pipeline, "STAIN_BACKGROUND", (bg.min(), bg.min() + 1e-6))
+    same = pipeline.restain(image, tf.constant([4, 2], tf.int64)).numpy().reshape(4, 3)
+    np.testing.assert_allclose(same, _dyed(amounts, dyes, np.full(3, bg.min())), atol=0.05)
