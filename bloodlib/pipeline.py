@@ -136,6 +136,12 @@ STAIN_DIRECTION = 0.25  # each dye's OD vector + U(-0.25, 0.25) per channel: up 
 STAIN_AMOUNT = (0.6, 2.0)  # each dye's amount times this factor (log-uniform)
 STAIN_BACKGROUND = (170.0, 255.0)  # the slide's light, per channel
 
+# PBC's two dyes and the residual direction neither explains: optical density = amounts @ basis.
+_PBC_DYES = np.asarray(PBC_STAINS.stains, np.float32)
+_PBC_RESIDUAL = np.cross(_PBC_DYES[0], _PBC_DYES[1])[None]
+_PBC_RESIDUAL /= np.linalg.norm(_PBC_RESIDUAL)
+_PBC_UNMIX = np.linalg.inv(np.vstack([_PBC_DYES, _PBC_RESIDUAL])).astype(np.float32)
+
 
 def restain(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Re-stain a PBC cell as another lab might: other dyes, other amounts, another slide.
@@ -148,17 +154,14 @@ def restain(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     Float 0..255 in and out, same shape.
     """
     s = tf.random.experimental.stateless_split(seed, num=3)
-    dyes = np.asarray(PBC_STAINS.stains, np.float32)
-    basis = np.vstack([dyes, np.cross(dyes[0], dyes[1])])
-    basis[2] /= np.linalg.norm(basis[2])  # the residual: what neither dye explains
     bg = tf.constant(np.asarray(PBC_STAINS.background, np.float32) + 1.0)
     od = -tf.math.log((tf.reshape(image, [-1, 3]) + 1.0) / bg)
-    amounts = od @ tf.constant(np.linalg.inv(basis))  # od = amounts @ basis
-    turned = tf.constant(dyes) + tf.random.stateless_uniform(
+    amounts = od @ tf.constant(_PBC_UNMIX)
+    turned = tf.constant(_PBC_DYES) + tf.random.stateless_uniform(
         [2, 3], s[0], -STAIN_DIRECTION, STAIN_DIRECTION
     )
     turned = turned / tf.norm(turned, axis=1, keepdims=True)
-    new_basis = tf.concat([turned, tf.constant(basis[2:])], axis=0)
+    new_basis = tf.concat([turned, tf.constant(_PBC_RESIDUAL, tf.float32)], axis=0)
     lo, hi = np.log(STAIN_AMOUNT)
     scale = tf.concat([tf.exp(tf.random.stateless_uniform([2], s[1], lo, hi)), [1.0]], axis=0)
     new_bg = tf.random.stateless_uniform([3], s[2], *STAIN_BACKGROUND) + 1.0

@@ -294,7 +294,7 @@ def test_restain_moves_each_dye_along_itself_and_the_slide_to_a_new_light(monkey
     light = out[0]  # the empty slide: the drawn background, the same in every pixel
     assert all(pipeline.STAIN_BACKGROUND[0] <= v <= pipeline.STAIN_BACKGROUND[1] for v in light)
     np.testing.assert_allclose(out, _dyed(amounts * 1.5, dyes, light), atol=0.05)
-    # The same amounts, unscaled and on PBC's own slide, come back as they went in.
+    # Unscaled, under a grey light: the same dyes in the same amounts, only the light changed.
     monkeypatch.setattr(pipeline, "STAIN_AMOUNT", (1.0, 1.0 + 1e-6))
     monkeypatch.setattr(pipeline, "STAIN_BACKGROUND", (bg.min(), bg.min() + 1e-6))
     same = pipeline.restain(image, tf.constant([4, 2], tf.int64)).numpy().reshape(4, 3)
