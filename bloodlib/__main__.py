@@ -339,10 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lab.add_argument(
         "--normalize",
-        choices=("none", "reinhard", "macenko"),
+        # stain.NORMALIZE_METHODS, written out so that --help imports no numpy (a test
+        # checks that the two agree)
+        choices=("none", "reinhard", "macenko", "reinhard+macenko"),
         help="fine-tuned networks: move colours to PBC's before the model. reinhard: each "
         "image's mean and spread per CIELAB channel; macenko: the two stains, estimated "
-        "once from up to 64 of the folder's cells, re-coloured with PBC's",
+        "once from up to 64 of the folder's cells, re-coloured with PBC's; "
+        "reinhard+macenko: predict after each and multiply the probabilities (twice the "
+        "compute; the steadiest with no labelled cell on tecom: README)",
     )
     lab.add_argument(
         "--rescale-cell",

@@ -9,7 +9,8 @@ For another lab's cells (see ``bloodlib.reject`` and ``bloodlib.stain``): predic
 can be restricted to the classes the lab has (``classes``), cells whose probability
 falls below a threshold are marked ``uncertain`` (``reject_below``, or the sidecar's
 ``reject_threshold``), and images can be moved towards PBC's colours and scale first
-(``normalize="reinhard"``, ``rescale_cell=True``).
+(``normalize="reinhard"``, ``rescale_cell=True``; ``"reinhard+macenko"`` predicts once
+after each and multiplies the answers).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 
 from bloodlib import manifest, reject, stain
 from bloodlib.errors import OutputPathError
+from bloodlib.evaluate import evaluate, log_average, per_class_table
 from bloodlib.io import write_with
 from bloodlib.saved import load_classifier, sidecar_path
 
@@ -51,7 +53,8 @@ class ClassifyResult:
     reject_threshold: float | None = None
     temperature: float = 1.0
     normalize: str = "none"
-    zoom: float | None = None  # the lab-wide zoom of --rescale-cell
+    #: The lab-wide zoom of --rescale-cell, per colour normalisation it was measured after.
+    zoom: dict[str, float] | None = None
     lab_stains: stain.StainVectors | None = None  # the lab's dyes, with --normalize macenko
     look: stain.FolderLook | None = None  # how far the folder's cells are from PBC's look
     adapted: bool = False  # the model was adapted to another lab (``adapt``): no PBC warning
@@ -93,8 +96,12 @@ class ClassifyResult:
             parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
             if self.lab_stains is not None:
                 parts[-1] += " (stains estimated from the folder's cells)"
+            if len(stain.normalize_views(self.normalize)) > 1:
+                parts[-1] += " (one prediction after each, multiplied)"
             if self.zoom is not None:
-                parts.append(f"zoom x{self.zoom:.2f} (cells to PBC's size)")
+                zooms = [f"x{z:.2f}" + (f" after {v}" if len(self.zoom) > 1 else "")
+                         for v, z in self.zoom.items()]  # fmt: skip
+                parts.append(f"zoom {', '.join(zooms)} (cells to PBC's size)")
             lines.append("normalised before the model: " + ", ".join(parts))
         if self.reject_threshold is not None:
             lines.append(
@@ -124,8 +131,6 @@ class ClassifyResult:
                     f"accepted cells: coverage {m['coverage']:.4f} ({m['n_accepted']} of "
                     f"{m['n']}), accuracy {'n/a' if acc is None else f'{acc:.4f}'}"
                 )
-            from bloodlib.evaluate import per_class_table
-
             lines.append(per_class_table(m).round(4).to_string())
         if self.unscored:
             lines.append(
@@ -267,25 +272,29 @@ def classify_folder(
             look = stain.folder_look(lab_sample(good["path"].tolist(), stain.LOOK_SIZE))
         except Exception as exc:  # advisory only: never the reason a classification fails
             warnings.warn(f"could not measure the cells' look: {exc}", stacklevel=2)
+    views = stain.normalize_views(normalize)
     zoom, lab_stains = None, None
-    if (rescale_cell or normalize == "macenko") and len(good):
+    if (rescale_cell or "macenko" in views) and len(good):
         sample = lab_sample(good["path"].tolist(), clf.image_size)
-        if normalize == "macenko":
+        if "macenko" in views:
             lab_stains = stain.macenko_stains(sample, source=str(folder))
-        if rescale_cell:
-            zoom = stain.lab_zoom(sample, normalize, stains=lab_stains)
-    transform = stain.make_transform(normalize, zoom, stains=lab_stains)
+        if rescale_cell:  # measured after each colour move, as the network will see the cells
+            zoom = {v: stain.lab_zoom(sample, v, stains=lab_stains) for v in views}
     n_uncertain = 0
     if len(good):
-        proba = clf.predict_proba(
-            good["path"].tolist(),
-            hashes=good["sha256"].tolist(),
-            batch_size=batch_size,
-            progress=progress,
-            engine=engine,
-            tta=tta,
-            transform=transform,
-        )
+        probas = [
+            clf.predict_proba(
+                good["path"].tolist(),
+                hashes=good["sha256"].tolist(),
+                batch_size=batch_size,
+                progress=progress,
+                engine=engine,
+                tta=tta,
+                transform=stain.make_transform(v, zoom and zoom[v], stains=lab_stains),
+            )
+            for v in views
+        ]
+        proba = probas[0] if len(probas) == 1 else log_average(probas)
         shown = reject.restrict(proba, classes, allowed, temperature)
         order = np.argsort(-shown, axis=1)
         pred = [answers[i] for i in order[:, 0]]
@@ -330,8 +339,6 @@ def classify_folder(
         unscored = folders[~labelled].value_counts().sort_index().to_dict()
         excluded = labels[labelled & ~scored].value_counts().sort_index().to_dict()
     if scored.any():
-        from bloodlib.evaluate import evaluate
-
         y = labels[scored].map({c: i for i, c in enumerate(answers)}).to_numpy()
         metrics = evaluate(y, shown[scored], answers, n_boot=200)
         metrics.update(reject.accepted_metrics(shown[scored], y, threshold))

@@ -232,6 +232,19 @@ def logits_from_proba(proba: Any, eps: float = 1e-7) -> np.ndarray:
     return np.log(np.clip(np.asarray(proba, dtype=np.float64), eps, 1.0))
 
 
+def log_average(probas: Sequence[Any]) -> np.ndarray:
+    """Several predictions of the same cells combined by their normalised geometric mean.
+
+    The mean of the log-probabilities, softmaxed again (a product of experts): a class
+    scores high only when every prediction gives it weight, so one view's confident
+    mistake is vetoed by another that finds the class unlikely, where an arithmetic mean
+    would let it through at half strength.
+    """
+    if not len(probas):
+        raise ValueError("log_average needs at least one prediction")
+    return softmax(np.mean([logits_from_proba(p) for p in probas], axis=0))
+
+
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

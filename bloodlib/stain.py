@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-#: Names accepted by ``--normalize`` (``none`` leaves colours alone).
-NORMALIZE_METHODS = ("none", "reinhard", "macenko")
+#: Names accepted by ``--normalize`` (``none`` leaves colours alone). A name joined by ``+``
+#: predicts once per normalisation and multiplies the answers (:func:`normalize_views`).
+NORMALIZE_METHODS = ("none", "reinhard", "macenko", "reinhard+macenko")
 
 #: Zoom factors outside this range mean the segmentation failed (a blank frame, a smear
 #: with no stained nucleus): the image is then left at its scale rather than distorted.
@@ -422,6 +423,19 @@ def check_normalize(normalize: str | None) -> str:
     return name
 
 
+def normalize_views(normalize: str | None) -> tuple[str, ...]:
+    """The single normalisations behind a ``--normalize`` name, each predicted on its own.
+
+    ``reinhard+macenko`` is two views of every cell whose class probabilities are combined
+    by their normalised geometric mean (``evaluate.log_average``): a class must be likely
+    after both moves. The two fail differently on another lab (README, "Using bloodlib on
+    your own microscope"): Reinhard moves each image by its own colours, so a pale
+    neutrophil can look eosinophilic; Macenko moves the lab's two dyes alike, and maps a
+    red-brown eosinophil to PBC's purple. Each view's mistakes are rarely the other's.
+    """
+    return tuple(check_normalize(normalize).split("+"))
+
+
 def lab_zoom(
     images: Sequence[np.ndarray],
     normalize: str | None = None,
@@ -463,6 +477,11 @@ def make_colour(
     ``macenko`` needs the lab's ``stains`` (:func:`macenko_stains` on many of its cells).
     """
     name = check_normalize(normalize)
+    if len(normalize_views(name)) > 1:
+        raise ValueError(
+            f"{name!r} is several views of each cell, not one colour move: make one transform "
+            "per name of stain.normalize_views(...) and combine the predictions"
+        )
     if name == "reinhard":
         return lambda im: reinhard(im, reference)
     if name == "macenko":

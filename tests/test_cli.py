@@ -197,3 +197,14 @@ def test_sample_info(tmp_path, monkeypatch, capsys):
     assert main(["sample-info"]) == 0
     out = capsys.readouterr().out
     assert "platelet" in out and "3 images" in out
+
+
+def test_classify_normalisations_are_stains():
+    """--normalize's choices are written out in the parser (--help imports no numpy)."""
+    from bloodlib import stain
+    from bloodlib.__main__ import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "classify" in a.choices)
+    normalize = next(a for a in sub.choices["classify"]._actions if a.dest == "normalize")
+    assert tuple(normalize.choices) == stain.NORMALIZE_METHODS

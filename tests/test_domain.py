@@ -17,6 +17,7 @@ from bloodlib import CLASSES, reject, stain
 from bloodlib.__main__ import main
 from bloodlib.classify import classify_folder
 from bloodlib.config import SAMPLE_DIR
+from bloodlib.evaluate import log_average
 from bloodlib.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
 
 SIZE = tiny_models.SIZE
@@ -346,14 +347,23 @@ def test_macenko_brings_a_shifted_lab_towards_pbc_and_refuses_blank_frames():
         stain.macenko_stains(blank)
 
 
-@pytest.mark.unit
-def test_classify_with_macenko_estimates_the_folders_stains(keras_model, tmp_path, capsys):
-    folder = tmp_path / "lab"
+@pytest.fixture
+def stained_lab(tmp_path) -> Path:
+    """Eight real sample cells, one per class, moved to the synthetic other lab's look."""
+    folder = tmp_path / "stained_lab"
     for i, cell in enumerate(sample_cells(8, size=96)):
         (folder / CLASSES[i]).mkdir(parents=True)
         Image.fromarray(stain.other_lab(cell).round().astype(np.uint8)).save(
             folder / CLASSES[i] / f"c{i}.png"
         )
+    return folder
+
+
+@pytest.mark.unit
+def test_classify_with_macenko_estimates_the_folders_stains(
+    keras_model, stained_lab, tmp_path, capsys
+):
+    folder = stained_lab
     result = classify_folder(keras_model, folder, progress=False, normalize="macenko")
     assert result.lab_stains is not None and result.zoom is None
     assert "colours: macenko (stains estimated from the folder's cells)" in result.report()
@@ -436,6 +446,29 @@ def test_classify_with_normalisation(keras_model, lab_folder, tmp_path):
     assert (result.table["status"] == "classified").all()
     with pytest.raises(ValueError, match="unknown colour normalisation"):
         classify_folder(keras_model, lab_folder, progress=False, normalize="vahadane")
+
+
+@pytest.mark.unit
+def test_classify_with_both_normalisations_multiplies_the_two_predictions(keras_model, stained_lab):
+    assert stain.normalize_views("Reinhard+Macenko") == ("reinhard", "macenko")
+    assert stain.normalize_views(None) == ("none",)
+    with pytest.raises(ValueError, match="several views of each cell"):
+        stain.make_transform("reinhard+macenko")
+    runs = {
+        name: classify_folder(
+            keras_model, stained_lab, progress=False, normalize=name, rescale_cell=True
+        )
+        for name in ("reinhard", "macenko", "reinhard+macenko")
+    }
+    both = runs["reinhard+macenko"]
+    # Each view keeps its own zoom, measured after its own colour move, and the lab's stains.
+    assert both.zoom == runs["reinhard"].zoom | runs["macenko"].zoom
+    assert both.lab_stains == runs["macenko"].lab_stains
+    assert "one prediction after each, multiplied" in both.report()
+    p = {n: r.table[[f"p_{c}" for c in CLASSES]].to_numpy(float) for n, r in runs.items()}
+    assert not np.array_equal(p["reinhard"], p["macenko"])  # two views that differ ...
+    expected = log_average([p["reinhard"], p["macenko"]])  # ... multiplied
+    np.testing.assert_allclose(p["reinhard+macenko"], expected, atol=2e-6)  # CSV: 6 decimals
 
 
 @pytest.mark.data

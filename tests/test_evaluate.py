@@ -26,6 +26,7 @@ from bloodlib.evaluate import (
     evaluate,
     expected_calibration_error,
     fit_temperature,
+    log_average,
     logits_from_proba,
     misclassified,
     per_class_table,
@@ -209,6 +210,23 @@ def test_softmax_and_logits_from_proba():
     assert np.isfinite(logits_from_proba(np.array([[1.0, 0.0]]))).all()
     with pytest.raises(ValueError):
         softmax(z, temperature=0)
+
+
+def test_log_average_is_a_product_of_experts():
+    # View 1 is sure of class 0, view 2 finds class 0 unlikely; both give class 1 weight.
+    a = np.array([[0.80, 0.18, 0.02]])
+    b = np.array([[0.02, 0.55, 0.43]])
+    combined = log_average([a, b])
+    np.testing.assert_allclose(combined.sum(axis=1), 1.0)
+    assert combined.argmax() == 1  # the class both views allow wins ...
+    assert ((a + b) / 2).argmax() == 0  # ... where the arithmetic mean keeps one view's pick
+    # Normalised geometric mean: proportional to sqrt(a * b).
+    expected = np.sqrt(a * b) / np.sqrt(a * b).sum()
+    np.testing.assert_allclose(combined, expected, rtol=1e-6)
+    np.testing.assert_allclose(log_average([b]), b, rtol=1e-6)  # one view: unchanged
+    assert np.isfinite(log_average([np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])])).all()
+    with pytest.raises(ValueError, match="at least one"):
+        log_average([])
 
 
 def test_missing_classes_are_robust_and_quiet():
