@@ -78,8 +78,8 @@ class ClassifyResult:
             fix = (
                 "adapt the model with 5 labelled cells per class (python -m bloodlib adapt)"
                 if self.normalize != "none" or self.zoom is not None
-                else "try --normalize reinhard --rescale-cell, and adapt the model with 5 "
-                "labelled cells per class (python -m bloodlib adapt)"
+                else "try --normalize reinhard+macenko --rescale-cell, and adapt the model "
+                "with 5 labelled cells per class (python -m bloodlib adapt)"
             )
             lines.append(
                 f"WARNING: these cells do not look like PBC's: {self.look.describe()}. A "

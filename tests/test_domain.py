@@ -408,7 +408,7 @@ def test_classify_warns_when_the_cells_do_not_look_like_pbc(keras_model, tmp_pat
     shifted = classify_folder(keras_model, other, progress=False)
     assert shifted.look.unlike_pbc
     warning = [line for line in shifted.report().splitlines() if line.startswith("WARNING")]
-    assert len(warning) == 1 and "try --normalize reinhard --rescale-cell" in warning[0]
+    assert len(warning) == 1 and "try --normalize reinhard+macenko --rescale-cell" in warning[0]
     normalised = classify_folder(keras_model, other, progress=False, normalize="reinhard")
     assert "WARNING" in normalised.report() and "try --normalize" not in normalised.report()
     assert main(["classify", str(keras_model), str(other), "--out", str(tmp_path / "p.csv")]) == 0
