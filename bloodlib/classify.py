@@ -93,11 +93,14 @@ class ClassifyResult:
                 + (" (the model was adapted to another lab's cells)" if self.adapted else "")
             )
         if self.normalize != "none" or self.zoom is not None:
-            parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
+            notes = []
             if self.lab_stains is not None:
-                parts[-1] += " (stains estimated from the folder's cells)"
+                notes.append("stains estimated from the folder's cells")
             if len(stain.normalize_views(self.normalize)) > 1:
-                parts[-1] += " (one prediction after each, multiplied)"
+                notes.append("one prediction after each, multiplied")
+            parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
+            if notes:
+                parts[-1] += f" ({'; '.join(notes)})"
             if self.zoom is not None:
                 zooms = [f"x{z:.2f}" + (f" after {v}" if len(self.zoom) > 1 else "")
                          for v, z in self.zoom.items()]  # fmt: skip
