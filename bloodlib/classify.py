@@ -220,9 +220,10 @@ def classify_folder(
     classes. ``reject_below`` marks cells whose (temperature-scaled, restricted)
     probability is below it ``uncertain``, with their prediction still shown; None takes
     the sidecar's ``reject_threshold`` if a study recorded one, 0 turns rejection off.
-    ``normalize`` (``reinhard`` per image, ``macenko`` with the folder's stains) and
-    ``rescale_cell`` move the images towards PBC's colours and cell size first (fine-tuned
-    networks only; see ``bloodlib.stain``).
+    ``normalize`` (``reinhard`` per image, ``macenko`` with the folder's stains,
+    ``reinhard+macenko`` predicted after each and multiplied) and ``rescale_cell`` move
+    the images towards PBC's colours and cell size first (fine-tuned networks only; see
+    ``bloodlib.stain``).
     """
     import time
 
