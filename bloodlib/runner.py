@@ -22,7 +22,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -783,7 +785,20 @@ def _ipc_kernel_manager() -> type:
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:
             kwargs.setdefault("transport", "ipc")
+            # jupyter_client's default socket names ("kernel-ipc-1"...) are relative to the
+            # working directory, the notebooks folder: a killed run left them there, in the
+            # user's file browser. A private folder (mode 0700) per kernel, short enough for
+            # a socket path, keeps them out of it; a clean shutdown removes it.
+            if kwargs["transport"] == "ipc" and "ip" not in kwargs:
+                self._socket_dir = tempfile.mkdtemp(prefix="bloodlib-kernel-")
+                kwargs["ip"] = os.path.join(self._socket_dir, "ipc")
             super().__init__(**kwargs)
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            folder = getattr(self, "_socket_dir", None)
+            if folder and not restart:  # a restarted kernel binds in the same folder
+                shutil.rmtree(folder, ignore_errors=True)
 
     return IPCKernelManager
 

@@ -368,13 +368,27 @@ def test_weights_check_accepts_local_files_and_the_offline_backbone(monkeypatch,
     runner.check_weights(_plans(backbones=["efficientnet_lite0"]))
 
 
-def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd):
-    """papermill's kernels use Unix sockets: no unencrypted loopback TCP, no warning per start."""
+def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd, monkeypatch):
+    """papermill's kernels use Unix sockets: no unencrypted loopback TCP, no warning per start.
+    The sockets live in a private temporary folder, removed when the kernel stops, never in
+    the notebooks folder (the kernel's working directory), where a killed run left them."""
+    import stat
+    import tempfile
+
+    sockets = tmp_path / "tmp"
+    sockets.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets))
     notebooks = write_study(tmp_path / "notebooks")
     _run(notebooks, tmp_path / "runs")
     err = capfd.readouterr().err
     assert "without encryption" not in err
-    assert runner._ipc_kernel_manager()(kernel_name=KERNEL).transport == "ipc"
+    assert not [p.name for p in notebooks.iterdir() if "ipc" in p.name]
+    assert not list(sockets.iterdir())  # every kernel's folder removed at its shutdown
+    manager = runner._ipc_kernel_manager()(kernel_name=KERNEL)
+    assert manager.transport == "ipc"
+    folder = Path(manager.ip).parent
+    assert folder.parent == sockets and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert len(manager.ip) < 100  # a Unix socket path has room for ~107 bytes
 
 
 def test_other_lab_is_checked_and_passed_absolute(tmp_path, monkeypatch):

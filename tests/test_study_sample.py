@@ -178,6 +178,8 @@ def test_killed_fine_tuning_resumes_from_its_last_epoch(tmp_path):
         proc.wait()
     done = len(pd.read_csv(history))
     assert not (tmp_path / "killed" / "models" / "efficientnet_lite0_finetune.keras").exists()
+    # The killed kernel's sockets stay in its private temporary folder, not the user's.
+    assert not [p.name for p in notebooks.iterdir() if "ipc" in p.name]
 
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout + out.stderr
