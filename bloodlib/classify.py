@@ -286,18 +286,15 @@ def classify_folder(
             zoom = {v: stain.lab_zoom(sample, v, stains=lab_stains) for v in views}
     n_uncertain = 0
     if len(good):
-        probas = [
-            clf.predict_proba(
-                good["path"].tolist(),
-                hashes=good["sha256"].tolist(),
-                batch_size=batch_size,
-                progress=progress,
-                engine=engine,
-                tta=tta,
-                transform=stain.make_transform(v, zoom and zoom[v], stains=lab_stains),
-            )
-            for v in views
-        ]
+        probas = clf.predict_proba_views(
+            good["path"].tolist(),
+            [stain.make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views],
+            hashes=good["sha256"].tolist(),
+            batch_size=batch_size,
+            progress=progress,
+            engine=engine,
+            tta=tta,
+        )
         proba = probas[0] if len(probas) == 1 else log_average(probas)
         shown = reject.restrict(proba, classes, allowed, temperature)
         order = np.argsort(-shown, axis=1)

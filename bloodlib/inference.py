@@ -18,7 +18,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,18 +238,38 @@ def predict_batches(
     desc: str = "predict",
 ) -> np.ndarray:
     """Class probabilities for every image of ``batches`` (arrays ``(n, h, w, 3)``), in order."""
+    return predict_views(
+        forward, batches, [None], tta=tta, total=total, progress=progress, desc=desc
+    )[0]
+
+
+def predict_views(
+    forward: Callable[[np.ndarray], np.ndarray],
+    batches: Iterable[np.ndarray],
+    transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None],
+    *,
+    tta: bool = False,
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "predict",
+) -> list[np.ndarray]:
+    """Class probabilities after each of ``transforms`` (None: the images as decoded), one
+    array per transform, from one pass over ``batches``: each image is decoded once, however
+    many views of it are predicted (``classify --normalize reinhard+macenko``)."""
     from bloodlib.progress import tqdm
 
-    out: list[np.ndarray] = []
+    if not transforms:
+        raise ValueError("predict_views needs at least one transform (None: the images as decoded)")
+    out: list[list[np.ndarray]] = [[] for _ in transforms]
     with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
-        for x in batches:
-            x = np.asarray(x, dtype=np.float32)
-            if tta:
-                p = np.mean([forward(v) for v in dihedral_views(x)], axis=0)
-            else:
-                p = forward(x)
-            out.append(np.asarray(p, dtype=np.float64))
-            bar.update(len(x))
-    if not out:
-        return np.zeros((0, 0))
-    return np.concatenate(out)
+        for batch in batches:
+            batch = np.asarray(batch, dtype=np.float32)
+            for view, transform in zip(out, transforms, strict=True):
+                x = batch if transform is None else np.asarray(transform(batch), np.float32)
+                if tta:
+                    p = np.mean([forward(v) for v in dihedral_views(x)], axis=0)
+                else:
+                    p = forward(x)
+                view.append(np.asarray(p, dtype=np.float64))
+            bar.update(len(batch))
+    return [np.concatenate(view) if view else np.zeros((0, 0)) for view in out]

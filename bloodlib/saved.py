@@ -411,8 +411,31 @@ class Classifier:
         fine-tuned networks (see ``bloodlib.inference``); an SVM always predicts from
         cached backbone features.
         """
+        return self.predict_proba_views(
+            paths,
+            [transform],
+            hashes=hashes,
+            batch_size=batch_size,
+            progress=progress,
+            engine=engine,
+            tta=tta,
+        )[0]
+
+    def predict_proba_views(
+        self,
+        paths: list[str],
+        transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None],
+        *,
+        hashes: list[str] | None = None,
+        batch_size: int = 32,
+        progress: bool = True,
+        engine: str = "auto",
+        tta: bool = False,
+    ) -> list[np.ndarray]:
+        """:meth:`predict_proba` after each of ``transforms`` (None: as decoded), one array
+        per transform; every file is read and decoded once for all of them."""
         if self.info["method"] == "svm":
-            if tta or transform is not None:
+            if tta or any(t is not None for t in transforms):
                 raise ValueError(
                     f"{self.path.name}: test-time augmentation and colour/scale normalisation "
                     "apply to fine-tuned networks, not to an SVM on cached features"
@@ -433,7 +456,8 @@ class Classifier:
             from bloodlib.svm import predict_proba
 
             self.engine = "svm"
-            return predict_proba(model, fs.features, len(self.classes))
+            proba = predict_proba(model, fs.features, len(self.classes))
+            return [proba for _ in transforms]
         from bloodlib import inference
         from bloodlib.pipeline import make_dataset
 
@@ -444,10 +468,8 @@ class Classifier:
             batches = make_dataset(
                 paths, image_size=self.image_size, batch_size=batch_size
             ).as_numpy_iterator()
-        if transform is not None:
-            batches = map(transform, batches)
-        return inference.predict_batches(
-            forward, batches, tta=tta, total=len(paths), progress=progress
+        return inference.predict_views(
+            forward, batches, transforms, tta=tta, total=len(paths), progress=progress
         )
 
     @property

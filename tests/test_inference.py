@@ -119,6 +119,37 @@ def test_tta_averages_the_model_over_the_eight_views(convnet):
     np.testing.assert_allclose(tta_rot, tta, atol=1e-5)
 
 
+def test_views_come_from_one_pass_over_the_decoded_batches(convnet):
+    """Several transforms of the same images: one array each, equal to predicting each
+    transform separately, from batches that can be read only once (decoded once)."""
+    forward = inference.keras_forward(convnet)
+    x = images(5, seed=2)
+    reads = []
+
+    def darker(b):
+        return b * 0.5
+
+    def flipped(b):
+        return b[:, :, ::-1]
+
+    def once():  # a generator: a second pass over it would find nothing
+        for b in (x[:3], x[3:]):
+            reads.append(len(b))
+            yield b
+
+    got = inference.predict_views(forward, once(), [None, darker, flipped], progress=False)
+    assert reads == [3, 2]
+    for p, t in zip(got, [None, darker, flipped], strict=True):
+        want = inference.predict_batches(forward, [x if t is None else t(x)], progress=False)
+        np.testing.assert_allclose(p, want, atol=1e-6)
+    assert not np.allclose(got[0], got[1], atol=1e-4)  # the transforms did change the answers
+    tta = inference.predict_views(forward, [x], [None, darker], tta=True, progress=False)
+    want = inference.predict_batches(forward, [darker(x)], tta=True, progress=False)
+    np.testing.assert_allclose(tta[1], want, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one transform"):
+        inference.predict_views(forward, [x], [], progress=False)
+
+
 @pytest.fixture
 def saved_convnet(convnet, tmp_path):
     path = tmp_path / "models" / "c.keras"
