@@ -462,6 +462,59 @@ def comparison_table(
     return df[front + [c for c in df.columns if c not in front]]
 
 
+def shared_mistakes(
+    y_true: Any, probas: Sequence[Any], paths: Sequence[Any], classes: Sequence[str]
+) -> pd.DataFrame:
+    """The cells that several networks of one recipe (one per training seed) get wrong.
+
+    One row per cell at least one of ``probas`` misclassifies, in the columns of
+    :func:`misclassified` plus ``n_wrong`` (how many networks got it wrong) and ``n_models``;
+    cells every network gets wrong first, then by confidence. ``pred`` is the commonest wrong
+    answer (ties: the one the networks' mean probability ranks higher), ``confidence`` and
+    ``p_true`` the mean probabilities of it and of the true class. Mistakes all seeds share
+    are a floor that neither another seed nor averaging the seeds removes: ambiguous cells
+    or wrong labels.
+    """
+    ps = [_proba(p) for p in probas]
+    if not ps:
+        raise ValueError("shared_mistakes needs the probabilities of at least one model")
+    if any(p.shape != ps[0].shape for p in ps):
+        raise ValueError("every model must be scored on the same cells (same shapes)")
+    y = _labels(y_true, len(classes))
+    if not (len(y) == len(ps[0]) == len(paths)):
+        raise ValueError("y_true, probas and paths must have the same length")
+    mean = np.mean(ps, axis=0)
+    preds = np.stack([p.argmax(axis=1) for p in ps])  # (models, cells)
+    wrong = preds != y
+    cells = np.flatnonzero(wrong.any(axis=0))
+    # Votes for each wrong class, the mean probability breaking ties (always below 1).
+    pred = np.array(
+        [
+            np.argmax(np.bincount(preds[wrong[:, i], i], minlength=len(classes)) + mean[i])
+            for i in cells
+        ],
+        dtype=int,
+    )
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    df = pd.DataFrame(
+        {
+            "index": cells,
+            "path": [str(paths[i]) for i in cells],
+            "true": names[y[cells]] if len(cells) else np.array([], dtype=object),
+            "pred": names[pred] if len(cells) else np.array([], dtype=object),
+            "true_idx": y[cells],
+            "pred_idx": pred,
+            "confidence": mean[cells, pred],
+            "p_true": mean[cells, y[cells]],
+            "n_wrong": wrong[:, cells].sum(axis=0).astype(int),
+            "n_models": len(ps),
+        }
+    )
+    return df.sort_values(
+        ["n_wrong", "confidence"], ascending=[False, False], kind="stable"
+    ).reset_index(drop=True)
+
+
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int, float, np.integer, np.floating))
 

@@ -730,3 +730,54 @@ def seed_sentences(
         "`python -m bloodlib run --profile sample -p n_seeds=3` repeats the SVM and the "
         "fine-tuning with three seeds on the same split, and this section then shows it."
     ]
+
+
+def seed_mistakes(results: Sequence[Evaluation]) -> dict[str, pd.DataFrame]:
+    """:func:`bloodlib.evaluate.shared_mistakes` of every model trained with several seeds.
+
+    Keyed by the first seed's model name; plain predictions only (a TTA entry is the same
+    network), ensembles left out (an average of the seeds, not one more of them). Models
+    with one seed are left out: there is nothing to share.
+    """
+    groups: dict[str, list[Evaluation]] = {}
+    for r in results:
+        if not r.metrics.get("tta") and not r.metrics.get("ensemble"):
+            groups.setdefault(seed_group(r.metrics)[0], []).append(r)
+    out = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        same_test_cells(members)
+        first = members[0]
+        out[first.name] = ev.shared_mistakes(
+            first.y_true, [m.proba for m in members], first.test["path"].tolist(), list(CLASSES)
+        )
+    return out
+
+
+def seed_mistakes_sentence(name: str, mistakes: pd.DataFrame, n_test: int) -> str:
+    """How many of a model's mistakes every seed makes, and between which classes."""
+    if mistakes.empty:
+        return f"**{name}**: no seed misclassified any of the {n_test} test cells."
+    n = int(mistakes["n_models"].iloc[0])
+    every = mistakes[mistakes["n_wrong"] == n]
+    mean_errors = mistakes["n_wrong"].sum() / n
+    text = (
+        f"**{name}**: {len(mistakes)} of the {n_test} test cells are misclassified by at least "
+        f"one of its {n} seeds, {mean_errors:.1f} by each seed on average; "
+        f"**{len(every)}** by every seed."
+    )
+    if every.empty:
+        return text + (
+            " No mistake is shared by all seeds: each is some training run's own, the kind an "
+            "average of the seeds can correct."
+        )
+    pairs = (every["true"] + " → " + every["pred"]).value_counts()
+    top = ", ".join(f"{pair} ({count})" for pair, count in pairs.head(3).items())
+    more = f" and {len(pairs) - 3} other pair(s)" if len(pairs) > 3 else ""
+    return text + (
+        f" Those {len(every)} ({100 * len(every) / n_test:.2f} % of the test set: {top}{more}) "
+        "are a floor that training again with another seed does not lift: what the recipe "
+        "cannot separate, ambiguous cells, or labels to check. Look at them below before "
+        "trusting a difference of that size between two recipes."
+    )

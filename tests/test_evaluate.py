@@ -31,6 +31,7 @@ from bloodlib.evaluate import (
     misclassified,
     per_class_table,
     reliability_table,
+    shared_mistakes,
     softmax,
 )
 
@@ -332,6 +333,36 @@ def test_comparison_table():
 def test_paper_results():
     assert PAPER_RESULTS[("vgg16", "finetune")] == 0.962
     assert len(PAPER_RESULTS) == 4
+
+
+def test_shared_mistakes_count_the_seeds_that_get_each_cell_wrong():
+    """Three networks on four cells: a cell all three miss comes first, a cell one misses is
+    listed with that network's answer though the average gets it right, a cell none misses
+    is not listed."""
+    y = np.array([0, 1, 2, 1])
+    a = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3], [0.1, 0.9, 0.0]])
+    b = np.array([[0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.9, 0.0]])
+    c = np.array([[0.1, 0.2, 0.7], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.1, 0.9, 0.0]])
+    paths = [f"img{i}.jpg" for i in range(4)]
+    df = shared_mistakes(y, [a, b, c], paths, ["x", "y", "z"])
+    assert list(df["path"]) == ["img0.jpg", "img2.jpg"]
+    assert list(df["n_wrong"]) == [3, 1] and set(df["n_models"]) == {3}
+    # img0: two networks say y, one says z: y, with the mean probabilities.
+    assert df.loc[0, "pred"] == "y" and df.loc[0, "true"] == "x"
+    assert df.loc[0, "confidence"] == pytest.approx(0.5) and df.loc[0, "p_true"] == pytest.approx(
+        0.2
+    )
+    # img2: only network a misses it (says x); the average (z 0.6) gets it right.
+    assert df.loc[1, "pred"] == "x" and df.loc[1, "p_true"] == pytest.approx(0.6)
+    # One network: its own mistakes, each wrong 1 of 1.
+    one = shared_mistakes(y, [a], paths, ["x", "y", "z"])
+    assert list(one["path"]) == ["img0.jpg", "img2.jpg"] and set(one["n_wrong"]) == {1}
+    none = shared_mistakes(y, [np.eye(3)[y]] * 2, paths, ["x", "y", "z"])
+    assert none.empty and {"n_wrong", "confidence"} <= set(none.columns)
+    with pytest.raises(ValueError, match="same cells"):
+        shared_mistakes(y, [a, a[:3]], paths, ["x", "y", "z"])
+    with pytest.raises(ValueError, match="at least one"):
+        shared_mistakes(y, [], paths, ["x", "y", "z"])
 
 
 def test_misclassified_sorted_by_confidence():

@@ -233,3 +233,37 @@ def test_rejection_sentence_says_when_nothing_is_answered():
     }
     assert "answers none of them" in scoring.rejection_sentence(record)
     assert "no threshold" in scoring.rejection_sentence({**record, "reject_threshold": None})
+
+
+def test_seed_mistakes_pool_each_models_seeds_and_name_the_shared_floor():
+    """Three seeds of a network (plus its TTA twins and an ensemble, left out) and one SVM
+    seed: only the network is reported, with the cells all three seeds miss first."""
+    y = np.arange(10) % len(CLASSES)
+    miss_all = y.copy()
+    miss_all[[0, 1]] = (y[[0, 1]] + 1) % len(CLASSES)  # cells 0 and 1: every seed wrong
+    seed43 = miss_all.copy()
+    seed43[5] = (y[5] + 2) % len(CLASSES)  # cell 5: one seed only
+    results = [
+        _result("net", y, miss_all, model_path="models/net.keras", seed=42),
+        _result("net_tta", y, y, tta=True, model_path="models/net.keras", seed=42),
+        _result("svm", y, y, model_path="models/svm.skops", seed=42),
+        _result("net_seed43", y, seed43, model_path="models/net_seed43.keras", seed=43),
+        _result("net_seed44", y, miss_all, model_path="models/net_seed44.keras", seed=44),
+        _result("ens", y, y, model_path="models/net_seeds.keras", ensemble=[42, 43, 44]),
+    ]
+    found = scoring.seed_mistakes(results)
+    assert list(found) == ["net"]
+    df = found["net"]
+    assert list(df["index"]) == [0, 1, 5] and list(df["n_wrong"]) == [3, 3, 1]
+    assert df.loc[0, "true"] == CLASSES[y[0]] and df.loc[0, "pred"] == CLASSES[miss_all[0]]
+    text = scoring.seed_mistakes_sentence("net", df, len(y))
+    assert "3 of the 10 test cells" in text and "**2** by every seed" in text
+    assert "2.3 by each seed" in text  # (3 + 3 + 1) / 3
+    assert f"{CLASSES[y[0]]} → {CLASSES[miss_all[0]]} (1)" in text
+    assert "every seed" in scoring.seed_mistakes_sentence("net", df[df["n_wrong"] < 3], 10)
+    assert "no seed misclassified" in scoring.seed_mistakes_sentence("net", df.head(0), 10)
+    # Seeds scored on other cells cannot be pooled.
+    moved = _result("net_seed45", y, y, model_path="models/net_seed45.keras", seed=45)
+    moved.test = moved.test.assign(path=moved.test["path"] + "x")
+    with pytest.raises(ValueError, match="other test cells"):
+        scoring.seed_mistakes([*results, moved])
