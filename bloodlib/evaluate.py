@@ -510,9 +510,10 @@ def shared_mistakes(
             "n_models": len(ps),
         }
     )
-    return df.sort_values(
-        ["n_wrong", "confidence"], ascending=[False, False], kind="stable"
-    ).reset_index(drop=True)
+    df = df.sort_values(["n_wrong", "confidence"], ascending=[False, False], kind="stable")
+    df = df.reset_index(drop=True)
+    df.attrs["n_models"] = len(ps)  # also when no cell is wrong (no rows to carry it)
+    return df
 
 
 def _is_scalar(value: Any) -> bool:

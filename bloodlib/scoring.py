@@ -755,6 +755,31 @@ def seed_mistakes(results: Sequence[Evaluation]) -> dict[str, pd.DataFrame]:
     return out
 
 
+def seed_mistakes_record(
+    mistakes: Mapping[str, pd.DataFrame], test: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """:func:`seed_mistakes` for ``metrics.json``: per model, how many test cells some seed
+    and every seed got wrong, and which (``relpath`` of ``test``, the split's test rows)."""
+    names = test["relpath"] if "relpath" in test.columns else test["path"]
+    rows = []
+    for name, df in mistakes.items():
+        every = df[df["n_wrong"] == df["n_models"]]
+        rows.append(
+            {
+                "name": name,
+                "n_models": int(df.attrs["n_models"]),
+                "n_test": len(test),
+                "wrong_for_some_seed": len(df),
+                "wrong_for_every_seed": len(every),
+                "every_seed_wrong": [
+                    {"relpath": str(names.iloc[i]), "true": t, "pred": p}
+                    for i, t, p in zip(every["index"], every["true"], every["pred"], strict=True)
+                ],
+            }
+        )
+    return rows
+
+
 def seed_mistakes_sentence(name: str, mistakes: pd.DataFrame, n_test: int) -> str:
     """How many of a model's mistakes every seed makes, and between which classes."""
     if mistakes.empty:

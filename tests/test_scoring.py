@@ -262,6 +262,21 @@ def test_seed_mistakes_pool_each_models_seeds_and_name_the_shared_floor():
     assert f"{CLASSES[y[0]]} → {CLASSES[miss_all[0]]} (1)" in text
     assert "every seed" in scoring.seed_mistakes_sentence("net", df[df["n_wrong"] < 3], 10)
     assert "no seed misclassified" in scoring.seed_mistakes_sentence("net", df.head(0), 10)
+    # metrics.json: the counts and the cells every seed got wrong, by relpath.
+    test = results[0].test.assign(relpath=[f"cls/c{i}.jpg" for i in range(len(y))])
+    (record,) = scoring.seed_mistakes_record(found, test)
+    assert record["n_models"] == 3 and record["n_test"] == 10
+    assert (record["wrong_for_some_seed"], record["wrong_for_every_seed"]) == (3, 2)
+    assert [c["relpath"] for c in record["every_seed_wrong"]] == ["cls/c0.jpg", "cls/c1.jpg"]
+    assert record["every_seed_wrong"][0]["pred"] == CLASSES[miss_all[0]]
+    right = scoring.seed_mistakes([_result("a", y, y, seed=42), _result("a_seed43", y, y, seed=43,
+                                   model_path="models/m_seed43.keras")])  # fmt: skip
+    (clean,) = scoring.seed_mistakes_record(right, test)
+    assert (clean["n_models"], clean["wrong_for_some_seed"], clean["every_seed_wrong"]) == (
+        2,
+        0,
+        [],
+    )
     # Seeds scored on other cells cannot be pooled.
     moved = _result("net_seed45", y, y, model_path="models/net_seed45.keras", seed=45)
     moved.test = moved.test.assign(path=moved.test["path"] + "x")
