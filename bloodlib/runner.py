@@ -913,13 +913,27 @@ def results_table(run_dir: Path) -> str | None:
 
 def spread_table(run_dir: Path) -> str | None:
     """A plain-text table of ``metrics.json``'s ``seed_spread`` rows trained with several
-    seeds (mean and standard deviation over seeds), or None when there are none."""
+    seeds (mean and standard deviation over seeds, and the test cells every seed got wrong,
+    from ``seed_mistakes``), or None when there are none."""
+    shared = {
+        r.get("name"): r.get("wrong_for_every_seed")
+        for r in _metrics_list(run_dir, "seed_mistakes")
+        if isinstance(r, dict)
+    }
     rows = [
-        r
+        {**r, "wrong_for_every_seed": shared.get(r.get("name"))}
         for r in _metrics_list(run_dir, "seed_spread")
         if isinstance(r, dict) and isinstance(r.get("n_seeds"), int) and r["n_seeds"] > 1
     ]
-    cols = ("name", "n_seeds", "seeds", "accuracy_mean", "accuracy_std", "balanced_accuracy_mean")
+    cols = (
+        "name",
+        "n_seeds",
+        "seeds",
+        "accuracy_mean",
+        "accuracy_std",
+        "balanced_accuracy_mean",
+        "wrong_for_every_seed",
+    )
     return _text_table(rows, cols)
 
 

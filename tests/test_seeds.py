@@ -256,12 +256,21 @@ def test_spread_table_shows_only_models_trained_with_several_seeds(tmp_path: Pat
         _entry("n_seed43", 43, 0.95),
         _entry("s", 42, 0.9, method="svm"),
     ]
+    shared = [{"name": "n", "n_models": 2, "wrong_for_every_seed": 7}]
     (tmp_path / "metrics.json").write_text(
-        json.dumps({"models": entries, "seed_spread": scoring.seed_spread(entries)})
+        json.dumps(
+            {
+                "models": entries,
+                "seed_spread": scoring.seed_spread(entries),
+                "seed_mistakes": shared,
+            }
+        )
     )
     lines = runner.spread_table(tmp_path).splitlines()
     assert lines[0].split()[:3] == ["name", "n_seeds", "seeds"]
+    assert lines[0].split()[-1] == "wrong_for_every_seed"
     assert len(lines) == 3 and lines[2].split()[:3] == ["n", "2", "42,43"]
+    assert lines[2].split()[-1] == "7"
     assert runner.results_table(tmp_path).splitlines()[0].split()[0] == "name"
 
 
