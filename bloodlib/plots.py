@@ -494,8 +494,10 @@ def plot_misclassified(
     """Gallery of the most confident mistakes titled "true → pred (p)".
 
     ``df`` comes from :func:`bloodlib.evaluate.misclassified`; an empty frame draws "no errors".
+    A frame from :func:`bloodlib.evaluate.shared_mistakes` adds how many seeds got each wrong.
     """
     rows_df = df.head(n)
+    shared = {"n_wrong", "n_models"} <= set(df.columns)  # from evaluate.shared_mistakes
     if rows_df.empty:
         fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
         ax.axis("off")
@@ -528,15 +530,18 @@ def plot_misclassified(
             ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(im)
+        seeds = f", {row['n_wrong']}/{row['n_models']}" if shared else ""
         ax.set_title(
-            f"{name(row['true'])} →\n{name(row['pred'])} ({row['confidence']:.2f})", fontsize=8
+            f"{name(row['true'])} →\n{name(row['pred'])} ({row['confidence']:.2f}{seeds})",
+            fontsize=8,
         )
-    fig.suptitle(
-        _model_title(
-            f"most confident mistakes ({len(rows_df)} of {len(df)} shown; true → pred (p))",
-            model_name,
-        )
+    what = (
+        "mistakes shared by seeds, most shared first ({} of {} shown; true → pred (mean p, "
+        "seeds wrong))"
+        if shared
+        else "most confident mistakes ({} of {} shown; true → pred (p))"
     )
+    fig.suptitle(_model_title(what.format(len(rows_df), len(df)), model_name))
     return fig
 
 

@@ -338,6 +338,10 @@ def test_misclassified_names_its_model(image_table):
     df = misclassified(y, p.argmax(1), p, usable["path"], CLASSES)
     fig = plots.plot_misclassified(df, CLASSES, n=4, model_name="net")
     assert fig.get_suptitle().startswith("net: most confident mistakes")
+    shared = df.assign(n_wrong=3, n_models=3)
+    fig = plots.plot_misclassified(shared, CLASSES, n=4, model_name="net")
+    assert "shared by seeds" in fig.get_suptitle()
+    assert all(t.endswith(", 3/3)") for t in _titles(fig))
 
 
 def test_augmentations_and_learning_rate(tmp_path):
