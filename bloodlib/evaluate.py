@@ -495,21 +495,9 @@ def shared_mistakes(
         ],
         dtype=int,
     )
-    names = np.asarray([str(c) for c in classes], dtype=object)
-    df = pd.DataFrame(
-        {
-            "index": cells,
-            "path": [str(paths[i]) for i in cells],
-            "true": names[y[cells]] if len(cells) else np.array([], dtype=object),
-            "pred": names[pred] if len(cells) else np.array([], dtype=object),
-            "true_idx": y[cells],
-            "pred_idx": pred,
-            "confidence": mean[cells, pred],
-            "p_true": mean[cells, y[cells]],
-            "n_wrong": wrong[:, cells].sum(axis=0).astype(int),
-            "n_models": len(ps),
-        }
-    )
+    df = _mistake_frame(cells, paths, y[cells], pred, mean[cells], classes)
+    df["n_wrong"] = wrong[:, cells].sum(axis=0).astype(int)
+    df["n_models"] = len(ps)
     df = df.sort_values(["n_wrong", "confidence"], ascending=[False, False], kind="stable")
     df = df.reset_index(drop=True)
     df.attrs["n_models"] = len(ps)  # also when no cell is wrong (no rows to carry it)
@@ -518,6 +506,33 @@ def shared_mistakes(
 
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int, float, np.integer, np.floating))
+
+
+def _mistake_frame(
+    index: np.ndarray,
+    paths: Sequence[Any],
+    true: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+) -> pd.DataFrame:
+    """The columns of :func:`misclassified` for the cells ``index`` (positions in ``paths``),
+    with their true and predicted class indices and probability rows."""
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    true, pred = np.asarray(true, dtype=int), np.asarray(pred, dtype=int)
+    rows = np.arange(len(index))
+    return pd.DataFrame(
+        {
+            "index": index,
+            "path": [str(paths[i]) for i in index],
+            "true": names[true],
+            "pred": names[pred],
+            "true_idx": true,
+            "pred_idx": pred,
+            "confidence": proba[rows, pred],
+            "p_true": proba[rows, true],
+        }
+    )
 
 
 def misclassified(
@@ -540,18 +555,6 @@ def misclassified(
     if not (len(y) == len(pred) == len(p) == len(paths)):
         raise ValueError("y_true, y_pred, proba and paths must have the same length")
     wrong = np.flatnonzero(y != pred)
-    names = np.asarray([str(c) for c in classes], dtype=object)
-    df = pd.DataFrame(
-        {
-            "index": wrong,
-            "path": [str(paths[i]) for i in wrong],
-            "true": names[y[wrong]] if len(wrong) else np.array([], dtype=object),
-            "pred": names[pred[wrong]] if len(wrong) else np.array([], dtype=object),
-            "true_idx": y[wrong],
-            "pred_idx": pred[wrong],
-            "confidence": p[wrong, pred[wrong]],
-            "p_true": p[wrong, y[wrong]],
-        }
-    )
+    df = _mistake_frame(wrong, paths, y[wrong], pred[wrong], p[wrong], classes)
     df = df.sort_values("confidence", ascending=False, kind="stable").reset_index(drop=True)
     return df if limit is None else df.head(limit)
