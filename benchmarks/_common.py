@@ -278,7 +278,10 @@ class Report:
         )
         a = self.args
         print(
-            f"setup: {a.backbone} at {a.image_size}, N={a.images}, batch {a.batch_size}, "
+            f"setup: {a.backbone} at {a.image_size}"
+            # a centre crop (bench_classify --crop) changes what the network computes on
+            + (f", centre {a.crop:g} of the frame" if getattr(a, "crop", 1.0) < 1 else "")
+            + f", N={a.images}, batch {a.batch_size}, "
             f"{a.repeats} repeat(s); data {a.data}"
         )
         print(

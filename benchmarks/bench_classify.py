@@ -3,7 +3,8 @@
 In one run:
   * a fine-tuning classifier (backbone + untrained head: speed does not depend on
     the weights' values) is saved as ``models/x.keras`` with the sidecar that
-    ``finetune.train`` writes;
+    ``finetune.train`` writes; ``--crop 0.7`` builds it as the ``full`` and ``accurate``
+    profiles do (the network computes on the centre of the frame, decoding is unchanged);
   * N dev images are copied into a temporary folder in the class layout (copied, not
     linked: ``classify`` refuses symbolic links that leave the folder it classifies);
   * ``classify_folder`` is timed end to end: model load, file checks, decoding,
@@ -18,6 +19,7 @@ Targets: >= 50 images/s end to end with efficientnet_lite0 at 224 on 2 CPU cores
 at least 0.85 of the engine's pure forward (issue 11).
 
     .venv/bin/python benchmarks/bench_classify.py [--images 512 --batch-size 32 --repeats 3]
+        [--crop 0.7]
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def copy_images(chosen, folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], images=512)
     p.add_argument("--engine", choices=("auto", "keras", "tflite"), default="auto")
+    p.add_argument(
+        "--crop",
+        type=float,
+        default=1.0,
+        help="centre fraction of the frame the network computes on (the full profile: 0.7)",
+    )
     args = C.parse(p, argv)
 
     import time
@@ -64,14 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{n} images from {args.data} ({chosen.attrs['available']} usable"
         + (", so some repeat" if chosen.attrs["repeated"] else "")
-        + f"); {args.backbone} at {size}, batch {bs}",
+        + f"); {args.backbone} at {size}"
+        + (f", centre {args.crop:g} of the frame" if args.crop < 1 else "")
+        + f", batch {bs}",
         flush=True,
     )
 
     with tempfile.TemporaryDirectory(prefix="bloodlib-bench-") as tmp_name:
         tmp = Path(tmp_name)
         cfg = FinetuneConfig(
-            backbone=args.backbone, image_size=size, batch_size=bs, weights="imagenet"
+            backbone=args.backbone,
+            image_size=size,
+            batch_size=bs,
+            weights="imagenet",
+            crop=args.crop,
         )
         model_path = tmp / "models" / "x.keras"
         save_model(build_classifier(cfg), cfg, model_path, note="benchmark model: untrained head")
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f"one-time {engine} preparation", prepare, "s", "TFLite conversion, cached per model file"
     )
     report.extra["engine"] = engine
+    report.extra["crop"] = args.crop
     applies, cond = C.target_conditions(args, backbone="efficientnet_lite0", size=224, cores=2)
     report.check(
         "classify_folder images/s", e2e, TARGET_IMAGES_PER_S, applies=applies, condition=cond
