@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{n} images from {args.data} ({chosen.attrs['available']} usable"
         + (", so some repeat" if chosen.attrs["repeated"] else "")
-        + f"); {args.backbone} at {size}"
-        + (f", centre {args.crop:g} of the frame" if args.crop < 1 else "")
-        + f", batch {bs}",
+        + f"); {args.backbone} at {size}, batch {bs}",
         flush=True,
     )
 
