@@ -37,7 +37,7 @@ SEED = 42
 
 
 def default_data() -> Path:
-    from bloodlib.config import SAMPLE_DIR
+    from bloodlib.core.config import SAMPLE_DIR
 
     return DEV_DATA if DEV_DATA.is_dir() else SAMPLE_DIR
 
@@ -80,7 +80,7 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse
     if args.images < 1 or args.batch_size < 1 or args.repeats < 1:
         p.error("--images, --batch-size and --repeats must be at least 1")
     args.data = (args.data or default_data()).expanduser().resolve()
-    from bloodlib import backbones
+    from bloodlib.models import backbones
 
     args.image_size = int(args.image_size or backbones.get(args.backbone).input_size)
     if args.threads:
@@ -102,7 +102,7 @@ def choose_images(data: Path, n: int, seed: int = SEED) -> pd.DataFrame:
     """
     import warnings
 
-    from bloodlib import manifest
+    from bloodlib.data import manifest
 
     with warnings.catch_warnings():  # a summary of excluded files is no news here
         warnings.simplefilter("ignore", manifest.DataQualityWarning)
@@ -196,7 +196,7 @@ def machine() -> dict[str, Any]:
     """Facts that make a number comparable: cores, CPU model, TF version, GPUs, load."""
     import tensorflow as tf
 
-    from bloodlib import provenance
+    from bloodlib.study import provenance
 
     hw = provenance.hardware()
     return {
@@ -335,7 +335,7 @@ class Report:
         """Print, write --json, and return the exit code (1 on a failed target with --strict)."""
         self.print()
         if self.args.json:
-            from bloodlib.io import write_json
+            from bloodlib.core.io import write_json
 
             path = write_json(
                 self.args.json, json.loads(json.dumps(self.as_dict(), default=_jsonable))
@@ -376,7 +376,7 @@ def target_conditions(
     """(applies, condition): does this run match what a target is defined for?"""
     import tensorflow as tf
 
-    from bloodlib import provenance
+    from bloodlib.study import provenance
 
     parts, ok = [], True
     if backbone:

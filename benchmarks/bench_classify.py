@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from bloodlib import inference
-    from bloodlib.classify import classify_folder
-    from bloodlib.finetune import FinetuneConfig, build_classifier, save_model
-    from bloodlib.saved import load_classifier
+    from bloodlib.models.saved import load_classifier
+    from bloodlib.predict import inference
+    from bloodlib.predict.classify import classify_folder
+    from bloodlib.train.finetune import FinetuneConfig, build_classifier, save_model
 
     n, bs, size = args.images, args.batch_size, args.image_size
     chosen = C.choose_images(args.data, n)

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], images=512)
     args = C.parse(p, argv)
 
-    from bloodlib import backbones, features
-    from bloodlib.pipeline import make_dataset
+    from bloodlib.data.pipeline import make_dataset
+    from bloodlib.models import backbones, features
 
     n, bs, size = args.images, args.batch_size, args.image_size
     chosen = C.choose_images(args.data, n)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from bloodlib import CLASSES
-    from bloodlib.finetune import (
+    from bloodlib.train.finetune import (
         FinetuneConfig,
         _compile,
         _datasets,

@@ -39,9 +39,9 @@ RECIPE = (
 
 def rows_for(run_dir: Path, targets: list[float]) -> list[dict]:
     """One row per fine-tuned model of ``run_dir`` (method ``finetune``, without TTA)."""
-    from bloodlib.finetune import load_history, time_to_accuracy
-    from bloodlib.io import read_json
-    from bloodlib.saved import read_sidecar
+    from bloodlib.core.io import read_json
+    from bloodlib.models.saved import read_sidecar
+    from bloodlib.train.finetune import load_history, time_to_accuracy
 
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
     tests = {

@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 # imported anywhere in bloodlib; a user's own TF_CPP_MIN_LOG_LEVEL wins.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Abseil ignores that variable while TensorFlow's libraries load (see bloodlib.quiet): filter
+# Abseil ignores that variable while TensorFlow's libraries load (see bloodlib.core.quiet): filter
 # the first `import tensorflow` with the same rule.
-from bloodlib import quiet as _quiet  # noqa: E402
+from bloodlib.core import quiet as _quiet  # noqa: E402
 
 _quiet.install()
 

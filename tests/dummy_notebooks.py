@@ -70,7 +70,7 @@ def write_study(folder: Path, fail: str | None = None) -> Path:
 
 def run_dummy_study(notebooks: Path, runs_root: Path, **kwargs) -> Path:
     """``run_study`` on dummy notebooks: the sample profile, the plain kernel, no progress."""
-    from bloodlib.runner import run_study
+    from bloodlib.study.runner import run_study
 
     return run_study(
         profile=kwargs.pop("profile", "sample"),

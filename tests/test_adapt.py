@@ -10,14 +10,15 @@ import pytest
 import tiny_models
 from shared_data import TECOM
 
-from bloodlib import CLASSES, stain
-from bloodlib.__main__ import main
-from bloodlib.adapt import AdaptError, adapt, choose_support, labelled_cells
-from bloodlib.backbones import leaves
-from bloodlib.config import SAMPLE_DIR
-from bloodlib.errors import OutputPathError
-from bloodlib.io import sha256_file
-from bloodlib.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib import CLASSES
+from bloodlib.cli import main
+from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.core.errors import OutputPathError
+from bloodlib.core.io import sha256_file
+from bloodlib.data import stain
+from bloodlib.models.backbones import leaves
+from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.train.adapt import AdaptError, adapt, choose_support, labelled_cells
 
 SIZE = 48
 #: The synthetic lab's classes: the three whose sample cells differ most in stain and size
@@ -292,7 +293,7 @@ def test_adapt_learns_from_a_real_labs_unlabelled_cells(base_model, tmp_path):
 @pytest.mark.unit
 def test_cli_help_states_the_library_defaults(capsys):
     """The CLI's help repeats adapt's modes and defaults: they must not drift apart."""
-    from bloodlib import adapt as adapt_module
+    from bloodlib.train import adapt as adapt_module
 
     with pytest.raises(SystemExit):
         main(["adapt", "--help"])
@@ -316,8 +317,8 @@ def test_cli_help_states_the_library_defaults(capsys):
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
 def test_top_mode_picks_the_convolution_before_pooling(backbone):
     """On the real architectures "top" is the 1x1 convolution that feeds the pooled features."""
-    from bloodlib.adapt import _set_trainable
-    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.adapt import _set_trainable
+    from bloodlib.train.finetune import FinetuneConfig, build_classifier
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
     _set_trainable(model, "top")
@@ -333,7 +334,7 @@ def test_top_mode_picks_the_convolution_before_pooling(backbone):
 
 @pytest.mark.unit
 def test_default_epochs_give_the_default_number_of_steps():
-    from bloodlib.adapt import DEFAULT_STEPS, default_epochs
+    from bloodlib.train.adapt import DEFAULT_STEPS, default_epochs
 
     # tecom, 5 shots: 21 cells (one basophil), batches of 16 -> 2 steps a pass.
     assert default_epochs("top", 21, 16) == DEFAULT_STEPS["top"] // 2
@@ -382,7 +383,7 @@ def test_adapting_is_repeatable_and_trains_without_dropout(lab, tmp_path):
 @pytest.mark.unit
 def test_dropout_off_restores_the_rates_when_the_block_fails():
     """A failed fit (here, an exception in the block) leaves the model's Dropout as it was."""
-    from bloodlib.adapt import dropout_off
+    from bloodlib.train.adapt import dropout_off
 
     model = dropout_network(0.5)
     with pytest.raises(RuntimeError), dropout_off(model):
@@ -399,8 +400,8 @@ def test_a_cropping_base_adapts_on_the_whole_frame(lab, tmp_path, monkeypatch):
 
     import tiny_models
 
-    from bloodlib import backbones
-    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.models import backbones
+    from bloodlib.train.finetune import FinetuneConfig, build_classifier
 
     bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
     monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
@@ -429,9 +430,9 @@ def test_block_mode_trains_the_last_block_and_what_follows_it(backbone):
     convolution after it; BatchNorm and everything before that block stay frozen."""
     import keras
 
-    from bloodlib import backbones
-    from bloodlib.adapt import _set_trainable
-    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.models import backbones
+    from bloodlib.train.adapt import _set_trainable
+    from bloodlib.train.finetune import FinetuneConfig, build_classifier
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
     n = _set_trainable(model, "block", backbone)
@@ -472,8 +473,8 @@ def test_block_mode_on_inception_starts_after_the_previous_blocks_marker():
     "mixed9" itself, its branch convolutions included."""
     import keras
 
-    from bloodlib.adapt import _set_trainable
-    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.adapt import _set_trainable
+    from bloodlib.train.finetune import FinetuneConfig, build_classifier
 
     model = build_classifier(FinetuneConfig(backbone="inception_v3", image_size=75, weights=None))
     _set_trainable(model, "block", "inception_v3")
@@ -505,7 +506,7 @@ def _mean_entropy(model_path: Path, paths: list[str], present: list[str]) -> flo
 
 @pytest.mark.unit
 def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, tmp_path):
-    from bloodlib.adapt import unlabelled_cells
+    from bloodlib.train.adapt import unlabelled_cells
 
     cells, _ = labelled_cells(lab)
     support, held = choose_support(cells, SHOTS, seed=3)
@@ -530,7 +531,7 @@ def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, t
 
 @pytest.mark.unit
 def test_entropy_among_the_classes_present():
-    from bloodlib.adapt import entropy_among
+    from bloodlib.train.adapt import entropy_among
 
     p = np.array(
         [

@@ -11,8 +11,11 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from bloodlib import backbones, paper, plots, runner
-from bloodlib import svm_experiment as design1
+from bloodlib.core import paper
+from bloodlib.models import backbones
+from bloodlib.study import runner
+from bloodlib.teach import plots
+from bloodlib.train import design1
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from bloodlib import backbones
-from bloodlib.backbones import (
+from bloodlib.models import backbones
+from bloodlib.models.backbones import (
     REGISTRY,
     BackboneWeightsError,
     CaffePreprocess,
@@ -353,7 +353,7 @@ def test_recorded_compute_matches_the_network(name):
 @pytest.mark.unit
 def test_block_start_finds_a_blocks_first_layer_or_the_layer_after_its_marker():
     """One rule for "unfreeze from block k" (finetune) and "the last block" (adapt)."""
-    from bloodlib import backbones
+    from bloodlib.models import backbones
 
     lite = backbones.get("efficientnet_lite0")
     names = ["stem_conv", "block1_dwconv", "block1_project_conv", "block2_expand_conv", "top_conv"]

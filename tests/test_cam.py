@@ -15,8 +15,11 @@ import tiny_models  # noqa: E402
 from shared_data import dev_dir  # noqa: E402
 from tiny_models import write_cell  # noqa: E402
 
-from bloodlib import CLASSES, backbones, cam, plots  # noqa: E402
-from bloodlib.finetune import FinetuneConfig, build_classifier  # noqa: E402
+from bloodlib import CLASSES  # noqa: E402
+from bloodlib.models import backbones
+from bloodlib.predict import cam
+from bloodlib.teach import plots
+from bloodlib.train.finetune import FinetuneConfig, build_classifier  # noqa: E402
 
 # Every test is `unit` (synthetic, fast) except the one on the real dev images (`data`).
 
@@ -261,7 +264,7 @@ def test_plot_cam_examples_keeps_a_fixed_grid_when_empty():
 def test_real_lite0_classifier_on_real_cells(tmp_path):
     """The real structure (Lite0 with its residual blocks, nested twice), saved and loaded."""
     root = dev_dir()
-    from bloodlib.pipeline import load_images
+    from bloodlib.data.pipeline import load_images
 
     paths = [str(sorted((root / cls).glob("*.jpg"))[0]) for cls in CLASSES[:4]]
     path = tmp_path / "lite0.keras"

@@ -14,10 +14,11 @@ import pytest
 import tiny_models
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, backbones, features, svm
-from bloodlib.classify import classify_folder
-from bloodlib.io import sha256_file as file_sha256
-from bloodlib.saved import SidecarError, load_classifier, save_classifier
+from bloodlib import CLASSES
+from bloodlib.core.io import sha256_file as file_sha256
+from bloodlib.models import backbones, features, svm
+from bloodlib.models.saved import SidecarError, load_classifier, save_classifier
+from bloodlib.predict.classify import classify_folder
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from dummy_notebooks import write_study
 
-from bloodlib.__main__ import main
+from bloodlib.cli import main
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_help_is_instant_and_lists_commands():
     code = (
-        "import sys; from bloodlib.__main__ import main\n"
+        "import sys; from bloodlib.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', sorted(m for m in ('papermill', 'tensorflow', 'pandas', 'numpy') "
         "if m in sys.modules))"
@@ -72,7 +72,7 @@ def test_run_full_without_data(capsys):
 
 
 def test_debug_shows_the_exception(tmp_path):
-    from bloodlib.runner import DataSpecError
+    from bloodlib.study.runner import DataSpecError
 
     with pytest.raises(DataSpecError):
         main(["run", "--profile", "full", "--data", str(tmp_path / "nowhere"), "--debug"])
@@ -103,12 +103,12 @@ def test_scan_uses_source_and_manifest(monkeypatch, capsys):
         summary=lambda: pd.DataFrame({"class": ["ig"], "images": [3]}),
         quality=pd.DataFrame({"check": ["duplicates"], "count": [0]}),
     )
-    source = types.ModuleType("bloodlib.source")
+    source = types.ModuleType("bloodlib.data.source")
     source.resolve = lambda spec: calls.append(spec) or Path("/data")
-    manifest = types.ModuleType("bloodlib.manifest")
+    manifest = types.ModuleType("bloodlib.data.manifest")
     manifest.scan = lambda root: calls.append(root) or result
-    monkeypatch.setitem(sys.modules, "bloodlib.source", source)
-    monkeypatch.setitem(sys.modules, "bloodlib.manifest", manifest)
+    monkeypatch.setitem(sys.modules, "bloodlib.data.source", source)
+    monkeypatch.setitem(sys.modules, "bloodlib.data.manifest", manifest)
     assert main(["scan", "--data", "somewhere.zip"]) == 0
     out = capsys.readouterr().out
     assert calls == ["somewhere.zip", Path("/data")]
@@ -119,12 +119,12 @@ def test_scan_data_error_is_clean(monkeypatch, capsys):
     def resolve(spec):
         raise FileNotFoundError(f"no dataset at {spec}")
 
-    source = types.ModuleType("bloodlib.source")
+    source = types.ModuleType("bloodlib.data.source")
     source.resolve = resolve
-    manifest = types.ModuleType("bloodlib.manifest")
+    manifest = types.ModuleType("bloodlib.data.manifest")
     manifest.scan = lambda root: None
-    monkeypatch.setitem(sys.modules, "bloodlib.source", source)
-    monkeypatch.setitem(sys.modules, "bloodlib.manifest", manifest)
+    monkeypatch.setitem(sys.modules, "bloodlib.data.source", source)
+    monkeypatch.setitem(sys.modules, "bloodlib.data.manifest", manifest)
     assert main(["scan", "--data", "x"]) == 2
     err = capsys.readouterr().err
     assert "error: no dataset at x" in err and "Traceback" not in err
@@ -149,9 +149,9 @@ def test_classify_prints_report(monkeypatch, capsys):
         )
         return types.SimpleNamespace(report=lambda: "3 images classified")
 
-    module = types.ModuleType("bloodlib.classify")
+    module = types.ModuleType("bloodlib.predict.classify")
     module.classify_folder = classify_folder
-    monkeypatch.setitem(sys.modules, "bloodlib.classify", module)
+    monkeypatch.setitem(sys.modules, "bloodlib.predict.classify", module)
     argv = ["classify", "m.keras", "imgs", "--out", "p.csv", "--batch-size", "8"]
     assert main(argv) == 0
     assert seen == {
@@ -187,13 +187,13 @@ def test_kernel_registers_current_interpreter(monkeypatch, capsys):
 
 
 def test_sample_info(tmp_path, monkeypatch, capsys):
-    import bloodlib.config
+    import bloodlib.core.config
 
     for cls, n in (("ig", 2), ("platelet", 1)):
         (tmp_path / cls).mkdir()
         for i in range(n):
             (tmp_path / cls / f"{i}.jpg").write_bytes(b"x" * 10)
-    monkeypatch.setattr(bloodlib.config, "SAMPLE_DIR", tmp_path)
+    monkeypatch.setattr(bloodlib.core.config, "SAMPLE_DIR", tmp_path)
     assert main(["sample-info"]) == 0
     out = capsys.readouterr().out
     assert "platelet" in out and "3 images" in out
@@ -201,8 +201,8 @@ def test_sample_info(tmp_path, monkeypatch, capsys):
 
 def test_classify_normalisations_are_stains():
     """--normalize's choices are written out in the parser (--help imports no numpy)."""
-    from bloodlib import stain
-    from bloodlib.__main__ import build_parser
+    from bloodlib.cli import build_parser
+    from bloodlib.data import stain
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.choices and "classify" in a.choices)

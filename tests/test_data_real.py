@@ -9,9 +9,9 @@ import pytest
 from shared_data import dev_dir
 
 from bloodlib import CLASSES
-from bloodlib.manifest import DataQualityWarning, scan
-from bloodlib.source import resolve
-from bloodlib.split import check_split, make_split, split_summary
+from bloodlib.data.manifest import DataQualityWarning, scan
+from bloodlib.data.source import resolve
+from bloodlib.data.split import check_split, make_split, split_summary
 
 pytestmark = pytest.mark.data
 

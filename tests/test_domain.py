@@ -13,12 +13,14 @@ from PIL import Image
 from shared_data import TECOM
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, reject, stain
-from bloodlib.__main__ import main
-from bloodlib.classify import classify_folder
-from bloodlib.config import SAMPLE_DIR
-from bloodlib.evaluate import log_average
-from bloodlib.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
+from bloodlib import CLASSES
+from bloodlib.cli import main
+from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.data import stain
+from bloodlib.evaluate import reject
+from bloodlib.evaluate.metrics import log_average
+from bloodlib.models.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
+from bloodlib.predict.classify import classify_folder
 
 SIZE = tiny_models.SIZE
 
@@ -424,7 +426,7 @@ def test_classify_warns_when_the_cells_do_not_look_like_pbc(keras_model, tmp_pat
 
 @pytest.mark.unit
 def test_a_failed_look_never_stops_a_classification(keras_model, tmp_path, monkeypatch):
-    from bloodlib import classify
+    from bloodlib.predict import classify
 
     def broken(*args, **kwargs):
         raise RuntimeError("decoder exploded")

@@ -1,4 +1,4 @@
-"""Notebook 05's measurements (bloodlib.domain): a synthetic other lab, scoring, remedies, records."""
+"""Notebook 05's measurements (bloodlib.study.domain): a synthetic other lab, scoring, remedies, records."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import tiny_models
 from shared_data import TECOM
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, backbones, domain
-from bloodlib.classify import classify_folder
-from bloodlib.config import SAMPLE_DIR
-from bloodlib.io import read_json, write_json
-from bloodlib.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib import CLASSES
+from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.core.io import read_json, write_json
+from bloodlib.models import backbones
+from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.predict.classify import classify_folder
+from bloodlib.study import domain
 
 SIZE = tiny_models.SIZE
 TINY = tiny_models.backbone("tiny", tiny_models.convnet_builder, "caffe", feature_dim=8)
@@ -91,7 +93,7 @@ def test_synthetic_lab_is_written_once_beside_its_marker(tmp_path):
 
     foreign = tmp_path / "somebody_elses"
     foreign.mkdir()
-    with pytest.raises(FileExistsError, match="not written by bloodlib.domain.synthetic_lab"):
+    with pytest.raises(FileExistsError, match="not written by bloodlib.study.domain.synthetic_lab"):
         domain.synthetic_lab(test, foreign)
     with pytest.raises(ValueError, match="no test cells"):
         domain.synthetic_lab(test.iloc[:0], tmp_path / "empty")
@@ -408,7 +410,7 @@ def test_tecom_is_five_white_cell_classes_with_larger_nuclei():
 
 @pytest.mark.unit
 def test_entropy_figure_and_sentence():
-    from bloodlib import domain_plots as dplots
+    from bloodlib.teach import domain_plots as dplots
 
     entropy = {"PBC test": np.array([0.0, 0.1, 0.2]), "other lab": np.array([0.9, 1.0, 1.1])}
     text = domain.entropy_sentence(entropy, 5)
@@ -421,7 +423,7 @@ def test_entropy_figure_and_sentence():
 
 @pytest.mark.unit
 def test_shots_figure_shows_the_unlabelled_points():
-    from bloodlib import domain_plots as dplots
+    from bloodlib.teach import domain_plots as dplots
 
     summary = pd.DataFrame(
         {"shots": [1, 5], "repeats": [2, 2], "accuracy_present": [0.6, 0.8], "min": [0.5, 0.7],

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from bloodlib import torch_port
-from bloodlib.efficientnet_lite import (
+from bloodlib.models import torch_port
+from bloodlib.models.efficientnet_lite import (
     VARIANTS,
     block_specs,
     build_efficientnet_lite,

@@ -11,12 +11,12 @@ import pytest
 import tiny_models
 
 from bloodlib import CLASSES
-from bloodlib.__main__ import main
-from bloodlib.adapt import AdaptError, adapt
-from bloodlib.ensemble import EnsembleError, build_ensemble, seed_ensemble
-from bloodlib.errors import OutputPathError
-from bloodlib.io import sha256_file
-from bloodlib.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.cli import main
+from bloodlib.core.errors import OutputPathError
+from bloodlib.core.io import sha256_file
+from bloodlib.models.ensemble import EnsembleError, build_ensemble, seed_ensemble
+from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.train.adapt import AdaptError, adapt
 
 pytestmark = pytest.mark.unit
 
@@ -176,7 +176,7 @@ def test_seed_ensemble_follows_the_runs_seeds(members, tmp_path):
 
 
 def test_scored_and_studied_as_an_ensemble(members, cells, tmp_path):
-    from bloodlib import domain, scoring
+    from bloodlib.study import domain, scoring
 
     out = build_ensemble(members, tmp_path / "models" / "m_ensemble.keras").model_path
     split = pd.DataFrame(
@@ -213,8 +213,8 @@ def test_scored_and_studied_as_an_ensemble(members, cells, tmp_path):
 
 
 def test_an_ensemble_exports_like_one_network(members, tmp_path, monkeypatch):
-    from bloodlib import backbones
-    from bloodlib.export import export_model
+    from bloodlib.models import backbones
+    from bloodlib.predict.export import export_model
 
     bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
     monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
@@ -224,7 +224,7 @@ def test_an_ensemble_exports_like_one_network(members, tmp_path, monkeypatch):
 
 
 def test_notebook_05_finds_the_seed_ensemble_of_its_base(members, tmp_path):
-    from bloodlib import domain
+    from bloodlib.study import domain
 
     assert domain.seed_ensemble_path(members[0]) is None  # a run with one seed
     out = tmp_path / "models" / "m_ensemble.keras"

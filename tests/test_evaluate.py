@@ -1,4 +1,4 @@
-"""Metrics of bloodlib.evaluate against sklearn and hand-computed values."""
+"""Metrics of bloodlib.evaluate.metrics against sklearn and hand-computed values."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 
 from bloodlib import CLASSES
-from bloodlib.evaluate import (
+from bloodlib.evaluate.metrics import (
     PAPER_RESULTS,
     bootstrap_ci,
     comparison_table,

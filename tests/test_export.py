@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import tiny_models
 
-from bloodlib import CLASSES, export
-from bloodlib.__main__ import build_parser, main
-from bloodlib.errors import OutputPathError
-from bloodlib.export import ExportError, export_model, export_sidecar_path, tree_sha256
-from bloodlib.io import sha256_file
-from bloodlib.saved import binding_sha256, save_classifier, sidecar_path, validate_sidecar
+from bloodlib import CLASSES
+from bloodlib.cli import build_parser, main
+from bloodlib.core.errors import OutputPathError
+from bloodlib.core.io import sha256_file
+from bloodlib.models.saved import binding_sha256, save_classifier, sidecar_path, validate_sidecar
+from bloodlib.predict import export
+from bloodlib.predict.export import ExportError, export_model, export_sidecar_path, tree_sha256
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +32,7 @@ MAX_DIFF = 1e-4
 
 @pytest.fixture(autouse=True)
 def tiny_backbone(monkeypatch):
-    from bloodlib import backbones
+    from bloodlib.models import backbones
 
     bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
     monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
@@ -118,7 +119,7 @@ def test_export_round_trips_through_the_cli(fmt, model_path, tmp_path, capsys):
 
 
 def _sample_ok() -> bool:
-    from bloodlib.config import SAMPLE_DIR
+    from bloodlib.core.config import SAMPLE_DIR
 
     return all(
         any(not p.name.startswith(".") for p in (SAMPLE_DIR / c).glob("*.jpg")) for c in CLASSES
@@ -256,7 +257,7 @@ def test_a_cropping_classifier_exports_with_its_crop(fmt, tmp_path, capsys):
     if fmt == "onnx":
         pytest.importorskip("tf2onnx")
         pytest.importorskip("onnxruntime")
-    from bloodlib.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.finetune import FinetuneConfig, build_classifier
 
     cfg = FinetuneConfig(backbone="tiny", image_size=SIZE, weights=None, crop=0.5, seed=3)
     model = build_classifier(cfg)

@@ -11,8 +11,9 @@ import pytest
 import tiny_models
 from PIL import Image
 
-from bloodlib import backbones, config, features
-from bloodlib.io import sha256_file as file_sha256
+from bloodlib.core import config
+from bloodlib.core.io import sha256_file as file_sha256
+from bloodlib.models import backbones, features
 
 pytestmark = pytest.mark.unit
 

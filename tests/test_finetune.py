@@ -15,10 +15,18 @@ import pytest
 import tiny_models
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, backbones, finetune
-from bloodlib.finetune import FinetuneConfig, build_classifier, load_history, set_trainable, train
-from bloodlib.pipeline import make_dataset
-from bloodlib.saved import load_classifier, read_sidecar
+from bloodlib import CLASSES
+from bloodlib.data.pipeline import make_dataset
+from bloodlib.models import backbones
+from bloodlib.models.saved import load_classifier, read_sidecar
+from bloodlib.train import finetune
+from bloodlib.train.finetune import (
+    FinetuneConfig,
+    build_classifier,
+    load_history,
+    set_trainable,
+    train,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -320,7 +328,7 @@ def test_head_on_features_trains_the_head_from_cached_features(data, tmp_path, m
     for a, b in zip(model.layers[1].get_weights(), fresh.layers[1].get_weights(), strict=True):
         np.testing.assert_allclose(a, b)
     # The whole classifier on the validation images = the fitted head on their features.
-    from bloodlib import features
+    from bloodlib.models import features
 
     val = data[1]
     feats = features.extract(

@@ -1,4 +1,4 @@
-"""bloodlib.hematology: the morphology content covers every class and cites its sources."""
+"""bloodlib.teach.hematology: the morphology content covers every class and cites its sources."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bloodlib import CLASSES, hematology
+from bloodlib import CLASSES
+from bloodlib.teach import hematology
 
 pytestmark = pytest.mark.unit
 

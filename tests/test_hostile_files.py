@@ -28,10 +28,10 @@ import pytest
 from PIL import ImageFile
 from tiny_models import cell, write_cell
 
-from bloodlib import manifest, source
-from bloodlib.config import cache_dir
-from bloodlib.manifest import DataQualityWarning, inspect_file, scan
-from bloodlib.source import DataSourceError
+from bloodlib.core.config import cache_dir
+from bloodlib.data import manifest, source
+from bloodlib.data.manifest import DataQualityWarning, inspect_file, scan
+from bloodlib.data.source import DataSourceError
 
 pytestmark = pytest.mark.unit
 
@@ -87,9 +87,9 @@ import json, os, resource, sys, warnings
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import tiny_models
 from bloodlib import CLASSES
-from bloodlib.classify import classify_folder
-from bloodlib.manifest import scan
-from bloodlib.saved import save_classifier
+from bloodlib.predict.classify import classify_folder
+from bloodlib.data.manifest import scan
+from bloodlib.models.saved import save_classifier
 
 folder, model_path, out_csv = sys.argv[2:5]
 warnings.simplefilter("ignore")
@@ -232,7 +232,7 @@ def test_a_huge_file_is_not_read(tmp_path, monkeypatch):
 
 def test_everything_the_scan_accepts_decodes_in_the_pipeline(clean_tree):
     """TIFF passed the scan and then failed notebook 02: now the pipeline reads it."""
-    from bloodlib.pipeline import load_images
+    from bloodlib.data.pipeline import load_images
 
     cell(3, seed=7, size=360).save(clean_tree.root / "ig" / "IG_tiff.tif", "TIFF")
     cell(3, seed=8, size=360).save(clean_tree.root / "ig" / "IG_webp.webp", "WEBP", quality=90)
@@ -374,7 +374,7 @@ def test_a_trickling_server_meets_the_overall_deadline(monkeypatch):
 
 def test_hostile_statuses_are_never_usable():
     """New statuses stay out of training (split uses ok only) and out of classification."""
-    from bloodlib.classify import CLASSIFIABLE
+    from bloodlib.predict.classify import CLASSIFIABLE
 
     new = {"bad_name", "not_regular", "link_outside", "too_large"}
     assert new <= set(manifest.DEFECTS)

@@ -19,11 +19,13 @@ import pytest
 import tiny_models
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, classify, saved, svm
-from bloodlib.__main__ import main
-from bloodlib.classify import classify_folder
-from bloodlib.errors import BloodlibError, OutputPathError, UnsafeModelError
-from bloodlib.saved import SidecarError, load_classifier, save_classifier, sidecar_path
+from bloodlib import CLASSES
+from bloodlib.cli import main
+from bloodlib.core.errors import BloodlibError, OutputPathError, UnsafeModelError
+from bloodlib.models import saved, svm
+from bloodlib.models.saved import SidecarError, load_classifier, save_classifier, sidecar_path
+from bloodlib.predict import classify
+from bloodlib.predict.classify import classify_folder
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +51,7 @@ def _touch_marker(x):  # referenced from a skops file: it must never be resolved
 @pytest.fixture(autouse=True)
 def tiny_backbone(monkeypatch):
     """``tiny``: the sidecars' backbone, with the 3 features the test SVM is trained on."""
-    from bloodlib import backbones
+    from bloodlib.models import backbones
 
     bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
     monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)

@@ -24,11 +24,12 @@ from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
 from dummy_notebooks import run_dummy_study as _run
 from dummy_notebooks import statuses as _statuses
 
-from bloodlib import CLASSES, provenance, runner
-from bloodlib.__main__ import main
-from bloodlib.config import REPO_ROOT
-from bloodlib.errors import RunLockedError
-from bloodlib.runner import ParameterError, RunLock, plan_study
+from bloodlib import CLASSES
+from bloodlib.cli import main
+from bloodlib.core.config import REPO_ROOT
+from bloodlib.core.errors import RunLockedError
+from bloodlib.study import provenance, runner
+from bloodlib.study.runner import ParameterError, RunLock, plan_study
 
 pytestmark = pytest.mark.unit
 
@@ -146,7 +147,7 @@ def test_lock_probe_creates_nothing_and_sees_a_holder(tmp_path):
 LOCK_HOLDER = """\
 import sys, time
 from pathlib import Path
-from bloodlib.runner import RunLock
+from bloodlib.study.runner import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -380,7 +381,7 @@ def test_leftover_hidden_temporaries_are_cleaned_at_the_next_run(finished):
 @pytest.fixture
 def tiny_backbone(monkeypatch):
     tiny_models = pytest.importorskip("tiny_models")
-    from bloodlib import backbones
+    from bloodlib.models import backbones
 
     monkeypatch.setitem(
         backbones.REGISTRY,
@@ -400,7 +401,7 @@ def _cells(tiny_models, root: Path, per_class: int, seed: int) -> pd.DataFrame:
 
 
 def test_finetune_retrains_on_other_training_files(tiny_backbone, tmp_path):
-    from bloodlib.finetune import train
+    from bloodlib.train.finetune import train
 
     cfg = tiny_backbone.finetune_config()
     train_a = _cells(tiny_backbone, tmp_path / "a", 2, seed=0)

@@ -7,9 +7,10 @@ import pytest
 import tiny_models
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, inference
-from bloodlib.classify import classify_folder
-from bloodlib.saved import load_classifier, save_classifier
+from bloodlib import CLASSES
+from bloodlib.models.saved import load_classifier, save_classifier
+from bloodlib.predict import inference
+from bloodlib.predict.classify import classify_folder
 
 pytestmark = pytest.mark.unit
 
@@ -195,7 +196,7 @@ def test_classifier_reuses_its_engine_between_calls(saved_convnet, tmp_path, mon
 
 def test_decoded_chunks_are_the_pipelines_images_in_order(tmp_path):
     """classify's decoder hands over whole chunks, in file order, with the training pixels."""
-    from bloodlib.pipeline import make_dataset
+    from bloodlib.data.pipeline import make_dataset
 
     paths = [
         str(write_cell(tmp_path / f"c{i:02d}.jpg", i % len(CLASSES), seed=i)) for i in range(7)

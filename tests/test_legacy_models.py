@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny_models
-from bloodlib import CLASSES, backbones
-from bloodlib.saved import load_classifier
+
+from bloodlib import CLASSES
+from bloodlib.models import backbones
+from bloodlib.models.saved import load_classifier
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +36,12 @@ def test_an_svm_saved_before_the_move_classifies_as_it_did(monkeypatch):
     proba = clf.predict_proba(CELLS, progress=False)
     np.testing.assert_allclose(proba, _expected("tiny_svm.skops"), atol=2e-6)
     assert proba.argmax(1).tolist() == list(range(8))
+
+
+def test_the_legacy_svm_names_its_function_by_the_old_module_and_the_alias_does_not_stay():
+    import sys
+
+    import skops.io as sio
+
+    assert "bloodlib.svm.signed_sqrt" in sio.get_untrusted_types(file=LEGACY / "tiny_svm.skops")
+    assert "bloodlib.svm" not in sys.modules  # the alias lives only while a file loads

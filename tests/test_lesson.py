@@ -1,4 +1,4 @@
-"""Views of a fine-tuning run (bloodlib.lesson): model table, phases, schedule, best epoch."""
+"""Views of a fine-tuning run (bloodlib.teach.lesson): model table, phases, schedule, best epoch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import tiny_models
 
-from bloodlib import backbones, finetune, lesson
-from bloodlib.finetune import FinetuneConfig, build_classifier
+from bloodlib.models import backbones
+from bloodlib.teach import lesson
+from bloodlib.train import finetune
+from bloodlib.train.finetune import FinetuneConfig, build_classifier
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from bloodlib import CLASSES, manifest
-from bloodlib.manifest import COLUMNS, DataQualityWarning, Manifest, scan
+from bloodlib import CLASSES
+from bloodlib.data import manifest
+from bloodlib.data.manifest import COLUMNS, DataQualityWarning, Manifest, scan
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_efficientnet_lite import assert_cat_and_espresso, photos, require
 
-from bloodlib import torch_port
-from bloodlib.backbones import preprocessing_layer
-from bloodlib.mobilenet_v2 import WEIGHTS, block_specs, build_mobilenet_v2, imagenet_port
+from bloodlib.models import torch_port
+from bloodlib.models.backbones import preprocessing_layer
+from bloodlib.models.mobilenet_v2 import WEIGHTS, block_specs, build_mobilenet_v2, imagenet_port
 
 pytestmark = pytest.mark.unit
 

@@ -120,7 +120,7 @@ def _cells(out: Path):
     import tiny_models
 
     from bloodlib import CLASSES
-    from bloodlib.config import SAMPLE_DIR
+    from bloodlib.core.config import SAMPLE_DIR
 
     n = TRAIN_PER_CLASS + VAL_PER_CLASS
     rows = []
@@ -141,7 +141,8 @@ def worker(index: int, out: Path) -> None:
     import tensorflow as tf
     import tiny_models
 
-    from bloodlib import backbones, finetune
+    from bloodlib.models import backbones
+    from bloodlib.train import finetune
 
     strategy = finetune.get_strategy()  # first: it configures the collectives
     tiny = tiny_models.backbone("tiny", tiny_models.convnet_builder, "caffe", feature_dim=8)
@@ -205,8 +206,8 @@ if __name__ == "__main__":
     ],
 )
 def test_a_malformed_tf_config_is_a_clear_error(tf_config_value, problem):
-    from bloodlib import finetune
-    from bloodlib.errors import BloodlibError
+    from bloodlib.core.errors import BloodlibError
+    from bloodlib.train import finetune
 
     with pytest.raises(BloodlibError, match=problem) as err:
         finetune._multi_worker_strategy(tf_config_value)
@@ -214,7 +215,7 @@ def test_a_malformed_tf_config_is_a_clear_error(tf_config_value, problem):
 
 
 def test_the_strategy_is_created_once_per_process(monkeypatch):
-    from bloodlib import finetune
+    from bloodlib.train import finetune
 
     made = object()
     monkeypatch.setenv("TF_CONFIG", tf_config([1, 2], 0))
@@ -226,8 +227,8 @@ def test_a_strategy_asked_for_after_tensorflow_work_says_what_to_do(tmp_path):
     """TensorFlow configures collectives only before its first op: a late call explains it."""
     script = (
         "import tensorflow as tf; tf.constant(1.0) + 1\n"
-        "from bloodlib import finetune\n"
-        "from bloodlib.errors import BloodlibError\n"
+        "from bloodlib.train import finetune\n"
+        "from bloodlib.core.errors import BloodlibError\n"
         "try:\n    finetune.get_strategy()\n"
         "except BloodlibError as exc:\n    print('CLEAR:', exc)\n"
     )

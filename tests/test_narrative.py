@@ -1,4 +1,4 @@
-"""bloodlib.narrative: sentences computed from results agree with the results."""
+"""bloodlib.teach.narrative: sentences computed from results agree with the results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bloodlib import CLASSES, narrative, projection
+from bloodlib import CLASSES
+from bloodlib.teach import narrative, projection
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from bloodlib import runner
+from bloodlib.study import runner
 
 pytestmark = pytest.mark.unit
 

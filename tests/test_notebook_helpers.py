@@ -1,11 +1,11 @@
-"""bloodlib.notebook display helpers: the sample banner."""
+"""bloodlib.teach.notebook display helpers: the sample banner."""
 
 from __future__ import annotations
 
 import pytest
 
-from bloodlib import notebook
-from bloodlib.config import SAMPLE_DIR
+from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.teach import notebook
 
 pytestmark = pytest.mark.unit
 

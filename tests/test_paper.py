@@ -1,10 +1,11 @@
-"""bloodlib.paper: the paper's recipe and the differences table a notebook shows."""
+"""bloodlib.core.paper: the paper's recipe and the differences table a notebook shows."""
 
 from __future__ import annotations
 
 import pytest
 
-from bloodlib import evaluate, paper
+from bloodlib.core import paper
+from bloodlib.evaluate import metrics
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +58,7 @@ def test_finetune_rows_and_reported_accuracies():
 
 
 def test_paper_accuracies_are_the_ones_evaluation_compares_with():
-    assert paper.ACCURACY == evaluate.PAPER_RESULTS
+    assert paper.ACCURACY == metrics.PAPER_RESULTS
 
 
 def test_unknown_design_names_the_choices():

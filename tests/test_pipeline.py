@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodlib.pipeline import load_images, make_dataset
+from bloodlib.data.pipeline import load_images, make_dataset
 
 pytestmark = pytest.mark.unit
 
@@ -246,7 +246,7 @@ def test_other_lab_augmentation_is_seeded_bounded_and_changes_the_cell(name):
     """Same seed, same picture; another seed, another; 0..255, same shape (not square)."""
     import tensorflow as tf
 
-    from bloodlib import pipeline
+    from bloodlib.data import pipeline
 
     augment = getattr(pipeline, name)
     rng = np.random.default_rng(0)
@@ -263,7 +263,7 @@ def test_other_lab_augmentation_is_seeded_bounded_and_changes_the_cell(name):
 
 @pytest.mark.parametrize("option", ["augment_domain", "augment_stain"])
 def test_other_lab_augmentation_needs_augment(tmp_path, option):
-    from bloodlib.pipeline import make_dataset
+    from bloodlib.data.pipeline import make_dataset
 
     path = tmp_path / "a.jpg"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
@@ -281,8 +281,8 @@ def test_restain_moves_each_dye_along_itself_and_the_slide_to_a_new_light(monkey
     the empty slide takes the drawn light, and every pixel's light scales with it."""
     import tensorflow as tf
 
-    from bloodlib import pipeline
-    from bloodlib.stain import PBC_STAINS
+    from bloodlib.data import pipeline
+    from bloodlib.data.stain import PBC_STAINS
 
     dyes = np.asarray(PBC_STAINS.stains)
     bg = np.asarray(PBC_STAINS.background)

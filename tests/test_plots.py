@@ -1,4 +1,4 @@
-"""Figures of bloodlib.plots: right structure, no crash on edge cases, PNGs written."""
+"""Figures of bloodlib.teach.plots: right structure, no crash on edge cases, PNGs written."""
 
 from __future__ import annotations
 
@@ -15,17 +15,15 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bloodlib import (
-    CLASSES,  # noqa: E402
-    plots,  # noqa: E402
-)
-from bloodlib.evaluate import (  # noqa: E402
+from bloodlib import CLASSES
+from bloodlib.evaluate.metrics import (  # noqa: E402
     calibration_bins,
     comparison_table,
     evaluate,
     misclassified,
     softmax,
 )
+from bloodlib.teach import plots
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bloodlib import provenance
+from bloodlib.study import provenance
 
 pytestmark = pytest.mark.unit
 
@@ -113,7 +113,7 @@ def test_write_is_atomic_json(tmp_path):
 
 def test_does_not_import_tensorflow(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from bloodlib import provenance; "
+        "import sys; from pathlib import Path; from bloodlib.study import provenance; "
         f"provenance.collect({{}}, Path({str(tmp_path)!r})); "
         "print(sorted(m for m in ('tensorflow', 'keras', 'papermill') if m in sys.modules))"
     )

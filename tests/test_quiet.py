@@ -1,4 +1,4 @@
-"""bloodlib.quiet: TensorFlow's load-time Abseil lines are filtered like TF_CPP_MIN_LOG_LEVEL."""
+"""bloodlib.core.quiet: TensorFlow's load-time Abseil lines are filtered like TF_CPP_MIN_LOG_LEVEL."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bloodlib import quiet
+from bloodlib.core import quiet
 
 pytestmark = pytest.mark.unit
 

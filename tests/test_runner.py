@@ -14,8 +14,8 @@ from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
 from dummy_notebooks import run_dummy_study as _run
 from dummy_notebooks import statuses as _statuses
 
-from bloodlib import provenance, runner
-from bloodlib.runner import DataSpecError, RunError, plan_study
+from bloodlib.study import provenance, runner
+from bloodlib.study.runner import DataSpecError, RunError, plan_study
 
 pytestmark = pytest.mark.unit
 
@@ -303,7 +303,7 @@ def test_shipped_variants_change_only_what_they_say():
 
 
 def test_data_keywords_match_bloodlib_source(tmp_path):
-    source = pytest.importorskip("bloodlib.source")
+    source = pytest.importorskip("bloodlib.data.source")
     assert runner.DATA_KEYWORDS is source.KEYWORDS  # one constant, not a copy
     for word in runner.DATA_KEYWORDS:
         assert source._classify(word)[0] in {"sample", "download"}

@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from bloodlib import CLASSES
-from bloodlib.config import SAMPLE_DIR
-from bloodlib.io import sha256_file
-from bloodlib.manifest import DataQualityWarning, scan
-from bloodlib.sample import RECIPE, make_sample, shrink
+from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.core.io import sha256_file
+from bloodlib.data.manifest import DataQualityWarning, scan
+from bloodlib.data.sample import RECIPE, make_sample, shrink
 
 pytestmark = [
     pytest.mark.unit,
-    pytest.mark.filterwarnings("ignore::bloodlib.manifest.DataQualityWarning"),
+    pytest.mark.filterwarnings("ignore::bloodlib.data.manifest.DataQualityWarning"),
 ]
 
 

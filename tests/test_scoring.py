@@ -1,4 +1,4 @@
-"""Scoring saved models (bloodlib.scoring): result objects, metrics.json, paired TTA gain, sentences."""
+"""Scoring saved models (bloodlib.study.scoring): result objects, metrics.json, paired TTA gain, sentences."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import pytest
 import tiny_models
 from tiny_models import write_cell
 
-from bloodlib import CLASSES, evaluate, inference, saved, scoring
+from bloodlib import CLASSES
+from bloodlib.evaluate import metrics
+from bloodlib.models import saved
+from bloodlib.predict import inference
+from bloodlib.study import scoring
 
 pytestmark = pytest.mark.unit
 
@@ -168,7 +172,7 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     n = 3 * len(CLASSES)
     assert plain.metrics["n_test"] == len(plain.test) == len(plain.predictions) == n
     assert plain.metrics["n_val"] == 2 * len(CLASSES)
-    assert plain.metrics["ece_bins"] == evaluate.calibration_bins(n)
+    assert plain.metrics["ece_bins"] == metrics.calibration_bins(n)
     assert plain.test["split"].eq("test").all()
     # Mean colour decides this model's answer, and no flip or rotation changes a mean.
     assert plain.metrics["test_accuracy"] == tta.metrics["test_accuracy"] == 1.0
@@ -198,9 +202,9 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
 
 
 def test_calibration_bins_fit_the_test_set():
-    assert evaluate.calibration_bins(48) == evaluate.MIN_BINS
-    assert evaluate.calibration_bins(200) == 10
-    assert evaluate.calibration_bins(10_000) == evaluate.MAX_BINS
+    assert metrics.calibration_bins(48) == metrics.MIN_BINS
+    assert metrics.calibration_bins(200) == 10
+    assert metrics.calibration_bins(10_000) == metrics.MAX_BINS
 
 
 def test_ranking_sentence_flags_a_lead_within_noise():

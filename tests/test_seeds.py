@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from bloodlib import CLASSES, config, runner, scoring, svm_experiment
-from bloodlib.runner import ParameterError
-from bloodlib.saved import read_sidecar
+from bloodlib import CLASSES
+from bloodlib.core import config
+from bloodlib.models.saved import read_sidecar
+from bloodlib.study import runner, scoring
+from bloodlib.study.runner import ParameterError
+from bloodlib.train import design1
 
 pytestmark = pytest.mark.unit
 
@@ -169,7 +172,7 @@ def svm_runs(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     grid = [{"svc__kernel": ["linear"], "svc__C": [0.01, 1.0]}]
     return {
-        s: svm_experiment.fit_and_save(
+        s: design1.fit_and_save(
             "efficientnet_lite0",
             fs,
             split,
@@ -199,18 +202,18 @@ def test_svm_per_seed_is_saved_under_its_name_with_its_seed(svm_runs):
 
 
 def test_svm_seed_table_and_sentence_come_from_the_fits(svm_runs):
-    table = svm_experiment.seed_table(svm_runs)
-    assert list(table.columns) == list(svm_experiment.SEED_COLUMNS)
+    table = design1.seed_table(svm_runs)
+    assert list(table.columns) == list(design1.SEED_COLUMNS)
     assert table["seed"].tolist() == [42, 43, 44]
     assert table["test_accuracy"].tolist() == [r.test_accuracy for r in svm_runs.values()]
-    text = svm_experiment.seed_sentence(table)
+    text = design1.seed_sentence(table)
     std = np.std(table["test_accuracy"], ddof=1)
     assert f"standard deviation of {100 * std:.2f} points" in text
     if table["test_accuracy"].nunique() == 1 and table["C"].nunique() == 1:
         assert "changed neither the chosen setting nor the test accuracy" in text
     else:
         assert "changed neither" not in text
-    assert "-p n_seeds=3" in svm_experiment.seed_sentence(table.iloc[:1])
+    assert "-p n_seeds=3" in design1.seed_sentence(table.iloc[:1])
 
 
 def test_svm_seed_sentence_says_when_the_seed_changed_nothing():
@@ -225,10 +228,10 @@ def test_svm_seed_sentence_says_when_the_seed_changed_nothing():
             "balanced_accuracy": [0.88, 0.88],
         }
     )
-    text = svm_experiment.seed_sentence(table)
+    text = design1.seed_sentence(table)
     assert "same kernel and C for every seed" in text and "changed neither" in text
     table.loc[1, ["C", "test_accuracy"]] = [1.0, 0.92]
-    text = svm_experiment.seed_sentence(table)
+    text = design1.seed_sentence(table)
     assert "2 different settings" in text and "changed neither" not in text
 
 
@@ -287,7 +290,7 @@ def test_seed_figure_draws_one_column_per_model():
     import matplotlib
 
     matplotlib.use("Agg")
-    from bloodlib.seed_figure import plot_seed_spread
+    from bloodlib.teach.seed_figure import plot_seed_spread
 
     entries = [
         _entry("n", 42, 0.97, ci=[0.95, 0.99]),

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bloodlib import CLASSES, source
-from bloodlib.config import SAMPLE_DIR, cache_dir
-from bloodlib.io import read_json, sha256_file
-from bloodlib.source import DataSourceError, DataSourceWarning, describe, resolve
+from bloodlib import CLASSES
+from bloodlib.core.config import SAMPLE_DIR, cache_dir
+from bloodlib.core.io import read_json, sha256_file
+from bloodlib.data import source
+from bloodlib.data.source import DataSourceError, DataSourceWarning, describe, resolve
 
 pytestmark = pytest.mark.unit
 

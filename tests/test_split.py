@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from bloodlib import CLASSES
-from bloodlib.manifest import DataQualityWarning, scan
-from bloodlib.split import (
+from bloodlib.data.manifest import DataQualityWarning, scan
+from bloodlib.data.split import (
     SPLIT_COLUMNS,
     check_split,
     load_split,

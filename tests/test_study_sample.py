@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bloodlib import CLASSES, inference
-from bloodlib.runner import find_notebooks, run_study
+from bloodlib import CLASSES
+from bloodlib.predict import inference
+from bloodlib.study.runner import find_notebooks, run_study
 
 pytestmark = pytest.mark.notebooks
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.model_selection import train_test_split
 
-from bloodlib import svm
+from bloodlib.models import svm
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""bloodlib.svm_experiment: design 1 from features to a saved, scored SVM."""
+"""bloodlib.train.design1: design 1 from features to a saved, scored SVM."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from bloodlib import CLASSES, svm_experiment
-from bloodlib.saved import read_sidecar
+from bloodlib import CLASSES
+from bloodlib.models.saved import read_sidecar
+from bloodlib.train import design1
 
 pytestmark = pytest.mark.unit
 
@@ -41,14 +42,14 @@ def data():
 def result(data, tmp_path_factory):
     split, fs = data
     run = tmp_path_factory.mktemp("run")
-    return svm_experiment.fit_and_save(
+    return design1.fit_and_save(
         "efficientnet_lite0", fs, split, run, image_size=64, cv=3, seed=0, grid=GRID, n_jobs=1
     )
 
 
 def test_labels_follow_the_class_index(data):
     split, _ = data
-    y = svm_experiment.labels(split)
+    y = design1.labels(split)
     assert [CLASSES[k] for k in y] == split["label"].tolist()
 
 
@@ -68,7 +69,7 @@ def test_model_and_sidecar_are_saved(result):
 
 
 def test_cv_table_is_readable_and_ranked(result):
-    table = svm_experiment.cv_table(result)
+    table = design1.cv_table(result)
     assert {"kernel", "C", "cv_accuracy", "cv_std"} <= set(table.columns)
     assert len(table) == 3  # one row per grid point
     assert table["cv_accuracy"].is_monotonic_decreasing

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from bloodlib import torch_port
-from bloodlib.errors import BloodlibError
-from bloodlib.torch_port import (
+from bloodlib.core.errors import BloodlibError
+from bloodlib.models import torch_port
+from bloodlib.models.torch_port import (
     StateDictReader,
     TorchPort,
     WeightsPackage,

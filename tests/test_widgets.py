@@ -17,9 +17,12 @@ import tiny_models  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tiny_models import write_cell  # noqa: E402
 
-from bloodlib import CLASSES, backbones, finetune, widgets  # noqa: E402
-from bloodlib.finetune import FinetuneConfig, build_classifier  # noqa: E402
-from bloodlib.saved import load_classifier  # noqa: E402
+from bloodlib import CLASSES  # noqa: E402
+from bloodlib.models import backbones
+from bloodlib.models.saved import load_classifier  # noqa: E402
+from bloodlib.teach import widgets
+from bloodlib.train import finetune
+from bloodlib.train.finetune import FinetuneConfig, build_classifier  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 """Tiny backbones and colour-coded images for the model-side tests.
 
 Real backbones are far too slow for unit tests; these stand in for them
-through ``bloodlib.backbones.REGISTRY`` (registered per test with
+through ``bloodlib.models.backbones.REGISTRY`` (registered per test with
 ``monkeypatch.setitem``), so every code path that looks a backbone up by name
 runs unchanged.
 """
@@ -49,7 +49,7 @@ def convnet_builder(input_shape, weights):
 
 
 def backbone(name: str, builder, preprocessing: str, feature_dim: int):
-    from bloodlib.backbones import Backbone
+    from bloodlib.models.backbones import Backbone
 
     return Backbone(
         name=name,
@@ -106,7 +106,7 @@ def vertex_classifier(image_size: int = SIZE):
 
 def finetune_config(**changes):
     """The smallest real fine-tuning: backbone "tiny" (register it first), one epoch a phase."""
-    from bloodlib.finetune import FinetuneConfig
+    from bloodlib.train.finetune import FinetuneConfig
 
     base = dict(
         backbone="tiny",

@@ -1,0 +1,383 @@
+"""Classify a folder of cell images with a saved model.
+
+Every file gets a row: a prediction with its probability and top 3, or the
+reason it was skipped. On a folder in the class layout (one sub-folder per
+class) the folder names are taken as labels and the run also reports
+accuracy, balanced accuracy and per-class metrics.
+
+For another lab's cells (see ``bloodlib.evaluate.reject`` and ``bloodlib.data.stain``): predictions
+can be restricted to the classes the lab has (``classes``), cells whose probability
+falls below a threshold are marked ``uncertain`` (``reject_below``, or the sidecar's
+``reject_threshold``), and images can be moved towards PBC's colours and scale first
+(``normalize="reinhard"``, ``rescale_cell=True``; ``"reinhard+macenko"`` predicts once
+after each and multiplies the answers).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bloodlib.core.errors import OutputPathError
+from bloodlib.core.io import write_with
+from bloodlib.data import manifest, stain
+from bloodlib.evaluate import reject
+from bloodlib.evaluate.metrics import evaluate, log_average, per_class_table
+from bloodlib.models.saved import load_classifier, sidecar_path
+
+CLASSIFIABLE = manifest.CLASSIFIABLE  # the statuses a model can read, kept under this name
+
+
+@dataclass
+class ClassifyResult:
+    table: pd.DataFrame  # one row per file
+    skipped: pd.DataFrame  # files that could not be classified, with the reason
+    differential: pd.DataFrame  # count and percent per predicted class
+    metrics: dict | None  # against folder labels, when the folder is in the class layout
+    out_csv: Path | None
+    seconds: float
+    engine: str | None = None  # what predicted: "tflite", "keras" or "svm"
+    tta: bool = False
+    #: Classified images not scored against folder labels, per folder (``.`` = top level),
+    #: when other folders did name the model's classes.
+    unscored: dict[str, int] = field(default_factory=dict)
+    #: The classes predictions were restricted to (None: all the model's classes).
+    classes_allowed: list[str] | None = None
+    #: Threshold below which a cell is ``uncertain`` (None: every cell is answered).
+    reject_threshold: float | None = None
+    temperature: float = 1.0
+    normalize: str = "none"
+    #: The lab-wide zoom of --rescale-cell, per colour normalisation it was measured after.
+    zoom: dict[str, float] | None = None
+    lab_stains: stain.StainVectors | None = None  # the lab's dyes, with --normalize macenko
+    look: stain.FolderLook | None = None  # how far the folder's cells are from PBC's look
+    adapted: bool = False  # the model was adapted to another lab (``adapt``): no PBC warning
+    n_uncertain: int = 0
+    #: Labelled cells left out of the metrics because --classes excludes their class.
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def report(self) -> str:
+        n = len(self.table) - len(self.skipped)
+        lines = [
+            f"classified {n} images in {self.seconds:.1f} s ({n / max(self.seconds, 1e-9):.1f} images/s"
+            + (f", {self.engine}" if self.engine else "")
+            + (", test-time augmentation x8" if self.tta else "")
+            + ")"
+        ]
+        if self.out_csv:
+            lines.append(f"predictions written to {self.out_csv}")
+        if self.classes_allowed is not None:
+            lines.append(f"predictions restricted to: {', '.join(self.classes_allowed)}")
+        if self.look is not None and self.look.unlike_pbc and not self.adapted:
+            fix = (
+                "adapt the model with 5 labelled cells per class (python -m bloodlib adapt)"
+                if self.normalize != "none" or self.zoom is not None
+                else "try --normalize reinhard+macenko --rescale-cell, and adapt the model "
+                "with 5 labelled cells per class (python -m bloodlib adapt)"
+            )
+            lines.append(
+                f"WARNING: these cells do not look like PBC's: {self.look.describe()}. A "
+                "model trained on PBC, as bloodlib's runs are, is much less accurate on such "
+                f"cells than on PBC's test split: {fix}; see the README, 'Using bloodlib on "
+                "your own microscope'"
+            )
+        elif self.look is not None:
+            lines.append(
+                f"look: {self.look.describe()}"
+                + (" (the model was adapted to another lab's cells)" if self.adapted else "")
+            )
+        if self.normalize != "none" or self.zoom is not None:
+            notes = []
+            if self.lab_stains is not None:
+                notes.append("stains estimated from the folder's cells")
+            if len(stain.normalize_views(self.normalize)) > 1:
+                notes.append("one prediction after each, multiplied")
+            parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
+            if notes:
+                parts[-1] += f" ({'; '.join(notes)})"
+            if self.zoom is not None:
+                zooms = [f"x{z:.2f}" + (f" after {v}" if len(self.zoom) > 1 else "")
+                         for v, z in self.zoom.items()]  # fmt: skip
+                parts.append(f"zoom {', '.join(zooms)} (cells to PBC's size)")
+            lines.append("normalised before the model: " + ", ".join(parts))
+        if self.reject_threshold is not None:
+            lines.append(
+                f"uncertain (probability below {self.reject_threshold:.3f}"
+                + (f", temperature {self.temperature:.3g}" if self.temperature != 1.0 else "")
+                + f"): {self.n_uncertain} cell(s), marked 'uncertain' in the CSV"
+            )
+        if len(self.skipped):
+            lines.append(f"skipped {len(self.skipped)} file(s):")
+            lines += [f"  {r.relpath}: {r.reason}" for r in self.skipped.itertuples()]
+        lines.append("differential count:")
+        lines += [
+            f"  {r.Index:<13} {r.count:>6}  {r.percent:5.1f}%"
+            for r in self.differential.itertuples()
+        ]
+        if self.metrics:
+            m = self.metrics
+            lines.append(
+                f"against folder labels: accuracy {m['accuracy']:.4f}, "
+                f"balanced accuracy {m['balanced_accuracy']:.4f} (n={m['n']}"
+                + (", among the allowed classes" if self.classes_allowed is not None else "")
+                + ")"
+            )
+            if m.get("reject_threshold") is not None:
+                acc = m["accepted_accuracy"]
+                lines.append(
+                    f"accepted cells: coverage {m['coverage']:.4f} ({m['n_accepted']} of "
+                    f"{m['n']}), accuracy {'n/a' if acc is None else f'{acc:.4f}'}"
+                )
+            lines.append(per_class_table(m).round(4).to_string())
+        if self.unscored:
+            lines.append(
+                f"NOT scored against folder labels: {sum(self.unscored.values())} image(s) in "
+                "folders that name none of the model's classes: "
+                + ", ".join(f"{k} ({v})" for k, v in self.unscored.items())
+            )
+        if self.excluded:
+            lines.append(
+                f"NOT scored: {sum(self.excluded.values())} labelled image(s) of classes "
+                "outside --classes: " + ", ".join(f"{k} ({v})" for k, v in self.excluded.items())
+            )
+        return "\n".join(lines)
+
+
+def _list(folder: Path) -> list[str]:
+    """Every entry to report under ``folder``, as the manifest lists them (FIFOs, links too)."""
+    return [rel for rel, _, _ in manifest.list_files(folder)]
+
+
+def check_output_path(out_csv: str | Path, folder: str | Path, model_path: str | Path) -> Path:
+    """Refuse an output that would overwrite an input; create its folder. Call before any work.
+
+    Refused: a path inside the classified folder (an input image, or a CSV the next run
+    would classify), the model file or its sidecar, anything existing that is not a
+    regular ``.csv`` file. Raises :class:`OutputPathError`.
+    """
+    out = Path(out_csv)
+    target = out.resolve()  # symlinks followed: a link onto an input is that input
+    root = Path(folder).resolve()
+    if target == root or root in target.parents:
+        raise OutputPathError(
+            f"--out {out} is inside the folder being classified ({folder}): it could replace an "
+            "input image and would be classified next time; write the CSV outside that folder"
+        )
+    model = Path(model_path)
+    if target in {model.resolve(), sidecar_path(model).resolve(), sidecar_path(model.resolve())}:
+        raise OutputPathError(
+            f"--out {out} is the model {model.name} or its sidecar; write the CSV elsewhere"
+        )
+    if target.exists():
+        if not target.is_file() or target.suffix.lower() != ".csv":
+            raise OutputPathError(
+                f"--out {out} exists and is not a .csv file; refusing to overwrite it "
+                "(give a new name, or a .csv file to replace)"
+            )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot create the folder for --out {out}: {exc.strerror or exc}"
+        ) from exc
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write --out {out}: its folder is not writable")
+    return out
+
+
+def classify_folder(
+    model_path: str | Path,
+    folder: str | Path,
+    out_csv: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    workers: int | None = None,
+    engine: str = "auto",
+    tta: bool = False,
+    trust_pickle: bool = False,
+    classes: str | Sequence[str] | None = None,
+    reject_below: float | None = None,
+    normalize: str | None = None,
+    rescale_cell: bool = False,
+) -> ClassifyResult:
+    """Predict every image under ``folder``; unreadable files are reported, never fatal.
+
+    ``engine`` (``auto``, ``keras``, ``tflite``) and ``tta`` (average over the 8 flips
+    and rotations) apply to fine-tuned networks: see ``bloodlib.predict.inference``. The output
+    path, the model and its sidecar are all checked before any file is read;
+    ``trust_pickle`` allows an old pickled SVM, which can run code (see ``bloodlib.models.saved``).
+
+    ``classes`` (``"a,b,c"`` or a list, any case) restricts the predicted class and its
+    probability to those classes, renormalised; the CSV's ``p_<class>`` columns keep the
+    model's own probabilities for every class, and metrics are scored among the allowed
+    classes. ``reject_below`` marks cells whose (temperature-scaled, restricted)
+    probability is below it ``uncertain``, with their prediction still shown; None takes
+    the sidecar's ``reject_threshold`` if a study recorded one, 0 turns rejection off.
+    ``normalize`` (``reinhard`` per image, ``macenko`` with the folder's stains,
+    ``reinhard+macenko`` predicted after each and multiplied) and ``rescale_cell`` move
+    the images towards PBC's colours and cell size first (fine-tuned networks only; see
+    ``bloodlib.data.stain``).
+    """
+    import time
+
+    start = time.perf_counter()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    if batch_size < 1 or (workers is not None and workers < 1):
+        raise ValueError(f"batch_size ({batch_size}) and workers ({workers}) must be at least 1")
+    if out_csv:
+        out_csv = check_output_path(out_csv, folder, model_path)
+    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
+        raise ValueError(f"reject_below is {reject_below}: give a probability in 0..1")
+
+    normalize = stain.check_normalize(normalize)
+    clf = load_classifier(model_path, trust_pickle=trust_pickle)
+    if (tta or normalize != "none" or rescale_cell) and clf.info["method"] == "svm":
+        raise ValueError(
+            f"{Path(model_path).name} is an SVM: test-time augmentation and colour/scale "
+            "normalisation apply to fine-tuned networks"
+        )
+    allowed = None if classes is None else reject.parse_classes(classes, clf.classes)
+    temperature = float(clf.info.get("temperature") or 1.0)
+    threshold = clf.info.get("reject_threshold") if reject_below is None else reject_below
+    threshold = None if not threshold else float(threshold)  # 0: every cell answered
+    clf.prepare(engine, batch_size)  # a model that does not match its sidecar fails here
+    relpaths = _list(folder)
+    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        rows = list(pool.map(lambda r: manifest.inspect_file(folder, r), relpaths))
+    files = pd.DataFrame(rows)
+    if files.empty:
+        files = pd.DataFrame(columns=["relpath", "path", "label", "status", "reason", "sha256"])
+    # Hidden files (macOS ._ copies, thumbnails) have the status "hidden" even when they decode.
+    ok = files["status"].isin(CLASSIFIABLE)
+    good = files[ok].reset_index(drop=True)
+    skipped = files[~ok][["relpath", "status", "reason"]].reset_index(drop=True)
+
+    classes = clf.classes
+    answers = allowed or classes  # the classes a prediction may name, in model order
+    table = files[["relpath"]].copy()
+    table["status"] = np.where(ok, "classified", "skipped")
+    table["reason"] = np.where(ok, "", files["reason"])
+    for col in ("predicted", "probability", "top3"):
+        table[col] = None
+    # Does the folder look like PBC? A lab pointing a PBC model at its own cells should hear
+    # it before trusting the answers (README, "Using bloodlib on your own microscope").
+    look = None
+    if len(good):
+        try:
+            look = stain.folder_look(lab_sample(good["path"].tolist(), stain.LOOK_SIZE))
+        except Exception as exc:  # advisory only: never the reason a classification fails
+            warnings.warn(f"could not measure the cells' look: {exc}", stacklevel=2)
+    views = stain.normalize_views(normalize)
+    zoom, lab_stains = None, None
+    if (rescale_cell or "macenko" in views) and len(good):
+        sample = lab_sample(good["path"].tolist(), clf.image_size)
+        if "macenko" in views:
+            lab_stains = stain.macenko_stains(sample, source=str(folder))
+        if rescale_cell:  # measured after each colour move, as the network will see the cells
+            zoom = {v: stain.lab_zoom(sample, v, stains=lab_stains) for v in views}
+    n_uncertain = 0
+    if len(good):
+        probas = clf.predict_proba_views(
+            good["path"].tolist(),
+            [stain.make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views],
+            hashes=good["sha256"].tolist(),
+            batch_size=batch_size,
+            progress=progress,
+            engine=engine,
+            tta=tta,
+        )
+        proba = probas[0] if len(probas) == 1 else log_average(probas)
+        shown = reject.restrict(proba, classes, allowed, temperature)
+        order = np.argsort(-shown, axis=1)
+        pred = [answers[i] for i in order[:, 0]]
+        top3 = [
+            "; ".join(f"{answers[j]}:{shown[i, j]:.3f}" for j in order[i, :3])
+            for i in range(len(good))
+        ]
+        idx = np.flatnonzero(ok.to_numpy())
+        conf = reject.confidence(shown)
+        table.loc[idx, "predicted"] = pred
+        table.loc[idx, "probability"] = np.round(conf, 6)
+        table.loc[idx, "top3"] = top3
+        if threshold is not None:
+            low = conf < threshold
+            n_uncertain = int(low.sum())
+            table.loc[idx[low], "status"] = "uncertain"
+            table.loc[idx[low], "reason"] = [
+                f"probability {c:.3f} below the threshold {threshold:.3f}" for c in conf[low]
+            ]
+        for j, c in enumerate(classes):  # the model's own probabilities, every class
+            table.loc[idx, f"p_{c}"] = np.round(proba[:, j], 6)
+    # Uncertain cells are counted apart, never in the class they were nearly given.
+    answered = table["predicted"].where(table["status"] == "classified")
+    counts = answered.value_counts().reindex(answers, fill_value=0)
+    if n_uncertain:
+        counts["uncertain"] = n_uncertain
+    differential = pd.DataFrame(
+        {"count": counts, "percent": 100 * counts / max(1, int(counts.sum()))}
+    )
+
+    metrics, unscored, excluded = None, {}, {}
+    # Class layout: the top folder names the label, matched to the model's classes without
+    # regard to case (``Basophil/`` is basophil), as the manifest does.
+    parts = good["relpath"].str.split("/")
+    folders = parts.str[0].where(parts.str.len() > 1, ".")
+    labels = folders.str.lower().map({c.lower(): c for c in classes})
+    labelled = labels.notna().to_numpy()
+    scored = labelled & labels.isin(answers).to_numpy()
+    if labelled.any():
+        idx = np.flatnonzero(ok.to_numpy())
+        table.loc[idx[labelled], "label"] = labels[labelled].to_numpy()
+        unscored = folders[~labelled].value_counts().sort_index().to_dict()
+        excluded = labels[labelled & ~scored].value_counts().sort_index().to_dict()
+    if scored.any():
+        y = labels[scored].map({c: i for i, c in enumerate(answers)}).to_numpy()
+        metrics = evaluate(y, shown[scored], answers, n_boot=200)
+        metrics.update(reject.accepted_metrics(shown[scored], y, threshold))
+        metrics["temperature"] = temperature
+        metrics["classes_allowed"] = allowed
+
+    out = None
+    if out_csv:
+        out = write_with(Path(out_csv), lambda p: table.to_csv(p, index=False), suffix=".csv")
+    return ClassifyResult(
+        table,
+        skipped,
+        differential,
+        metrics,
+        out,
+        time.perf_counter() - start,
+        clf.engine,
+        tta,
+        unscored,
+        classes_allowed=allowed,
+        reject_threshold=threshold,
+        temperature=temperature,
+        normalize=normalize,
+        zoom=zoom,
+        lab_stains=lab_stains,
+        look=look,
+        adapted="adapt" in clf.info,
+        n_uncertain=n_uncertain,
+        excluded=excluded,
+    )
+
+
+def lab_sample(paths: list[str], image_size: int) -> list[np.ndarray]:
+    """The cells a folder's lab-wide normalisation is measured on: up to
+    ``stain.ZOOM_SAMPLE`` of them, evenly spread over the sorted paths (so every class of a
+    class layout contributes), decoded as the model sees them."""
+    from bloodlib.data.pipeline import load_images
+
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(stain.ZOOM_SAMPLE, len(paths))).round())
+    return list(load_images([paths[int(i)] for i in pick], image_size))

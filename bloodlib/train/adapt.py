@@ -1,0 +1,638 @@
+"""Adapt a saved fine-tuned network to a new lab with a few labelled cells per class.
+
+``python -m bloodlib adapt MODEL FOLDER --out NEW --shots K``: the folder is in the class
+layout (any subset of the eight classes, folder names in any case). ``K`` cells per class,
+drawn with the seed, train the network's head (``train="head"``), the head and the
+backbone's last convolution (``train="top"``: the 1x1 convolution that mixes the last
+block's channels into the pooled features, BatchNorm statistics frozen), or the head and
+every BatchNormalization layer (``train="bn"``: its scale, offset and running statistics,
+which carry much of a lab's colour and contrast); the other cells are held out, and the
+accuracy on them is reported before and after. Training uses the study's augmentation
+(``pipeline.augment_cell``) with Dropout off (:func:`dropout_off`), on the whole frame
+(a base that crops the centre, ``FinetuneConfig.crop``, loses its crop). The new model is
+written with ``saved.save_classifier`` and its sidecar records where it came from: the
+base model's hash, the cells used (relpaths and content hashes), the shots and the
+classes present. With ``unlabelled`` (a folder of the lab's cells without labels) the
+loss also lowers the entropy of the predictions on them (:data:`DEFAULT_ENTROPY_WEIGHT`),
+and the sidecar records how many there were and one digest of their contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bloodlib import CLASSES
+from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.core.errors import BloodlibError, OutputPathError
+from bloodlib.data import manifest
+from bloodlib.evaluate import reject
+from bloodlib.models.saved import (
+    load_classifier,
+    refuse_overwriting_inputs,
+    save_classifier,
+    sidecar_path,
+)
+
+#: What ``train`` may name: the layers that learn while adapting.
+TRAIN_MODES = ("head", "top", "block", "bn")
+
+#: Defaults sized for "about a minute on CPU" with 5 shots x 5 classes on EfficientNet-Lite0,
+#: measured on tecom (full-profile Lite0, 98.8 % PBC test; 5 shots; 279 held-out cells; 2-core
+#: Xeon). Head only, seed 42: 10 epochs at 1e-3 (20 Adam steps) left 11.5 % right; 40 epochs
+#: (80 steps of 16) at 1e-2, 85.3 %; at 3e-2, 87.8 %; 80 at 1e-2, 85.7 %. Over draws 42-45:
+#: head, 80 steps at 3e-2: 79.4 % (88.9 / 68.8 / 77.4 / 82.4); "top", 200 steps at 3e-3:
+#: 87.9 % (90.3 / 82.8 / 91.4 / 87.1), 70-90 s; "top" at 1e-2 x 80 steps 83.8 %, 3e-3 x 120
+#: steps 84.3 %, 5e-3 x 200 steps 85.6 %. ("bn" at 3e-2: 54 %; it wants a lower rate.)
+#: Frozen-feature probes (a linear head on 8 flips/rotations, logistic regression, class
+#: centroids; also on Reinhard-normalised and rescaled cells) stayed at 80-83 %: the head
+#: alone cannot separate tecom's classes; the last convolution can move the features.
+#: (These ran with Dropout on and unseeded; the defaults with Dropout off, draws 42-47: 86.7 %.)
+#: "block" (the last block too; Dropout off, draws 42-47, 200 steps): at 1e-3 87.0 %, at 5e-4
+#: 88.4 % (91.4 / 84.6 / 89.6 / 93.5 / 86.4 / 84.9; above "top" on 5 of the 6 draws), at
+#: 2.5e-4 87.8 %. (The last four 1x1 convolutions at 3e-3, "top"'s rate, collapsed onto one
+#: class; at 5e-4 they gave 88.4 % too.)
+DEFAULT_SHOTS = 5
+DEFAULT_TRAIN = "block"
+#: Adam steps (batches), not epochs: what the rates were tuned for. Epochs follow from the
+#: number of cells, so 20 cells per class take about as long as 5.
+DEFAULT_STEPS = {"head": 80, "top": 200, "block": 200, "bn": 80}
+DEFAULT_LEARNING_RATES = {"head": 3e-2, "top": 3e-3, "block": 5e-4, "bn": 3e-2}
+DEFAULT_BATCH_SIZE = 16
+#: With ``unlabelled=`` (the lab's cells without labels), the loss adds this weight times the
+#: mean entropy of the predictions on them, among the classes present (entropy minimisation,
+#: Grandvalet & Bengio 2005; transductive fine-tuning, Dhillon et al., ICLR 2020): the few
+#: labelled cells set the classes, the many unlabelled ones pull the boundaries into the gaps
+#: between the lab's own clusters. Tecom, 5 shots, "block", draws 42-47, every other cell
+#: unlabelled, on a whole-frame base retrained 2026-11-27 (98.54 % PBC): without, 88.2 / 77.4 /
+#: 88.9 / 93.5 / 85.3 / 77.4 % (85.1 %); weight 1.0, 87.8 / 83.5 / 92.1 / 92.8 / 93.2 / 76.0 %
+#: (87.6 %, balanced 81.5 % against 86.2 %: it pushes the rare classes into neutrophil);
+#: weight 0.3 (this CLI), 90.7 / 94.3 / 92.8 / 92.5 / 95.3 / 79.9 % (90.9 %, balanced 85.9 %).
+DEFAULT_ENTROPY_WEIGHT = 0.3
+#: Unlabelled cells beside each batch of labelled ones (the step costs about twice as much).
+UNLABELLED_BATCH = 16
+#: At most this many unlabelled cells, drawn with the seed: they are decoded once and kept in
+#: memory (2,000 cells at 224 px: 300 MB), and 200 steps of 16 see 3,200 of them anyway.
+MAX_UNLABELLED = 2000
+
+
+def effective_batch(batch_size: int, n_cells: int) -> int:
+    """A batch is never larger than the support: 1 shot x 5 classes trains in batches of 5."""
+    return max(1, min(batch_size, n_cells))
+
+
+def default_epochs(train: str, n_cells: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Passes over ``n_cells`` that give about ``DEFAULT_STEPS[train]`` Adam steps."""
+    steps_per_epoch = -(-n_cells // effective_batch(batch_size, n_cells))
+    return max(1, -(-DEFAULT_STEPS[train] // steps_per_epoch))
+
+
+#: Sidecar fields of the base model that do not carry over: its temperature and rejection
+#: threshold were fitted on its own outputs, its metrics measured on PBC.
+NOT_INHERITED = ("temperature", "reject_threshold", "metrics", "name")
+
+
+class AdaptError(BloodlibError):
+    """A labelled folder or a request that adapting cannot work with."""
+
+
+@dataclass
+class AdaptResult:
+    model_path: Path
+    classes_present: list[str]
+    support: pd.DataFrame  # the cells used for adapting: relpath, label, sha256
+    held_out: pd.DataFrame  # the other cells, with predictions before and after
+    before: dict[str, Any] | None  # accuracy on held-out cells (None: none held out)
+    after: dict[str, Any] | None
+    seconds: float
+    ignored: dict[str, int] = field(default_factory=dict)  # folders naming no class
+    unlabelled: pd.DataFrame | None = None  # cells learnt from without labels, if any
+    entropy_weight: float = 0.0
+
+    def report(self) -> str:
+        k = self.support["label"].value_counts().reindex(self.classes_present, fill_value=0)
+        lines = [
+            f"adapted on {len(self.support)} cells ("
+            + ", ".join(f"{c} {n}" for c, n in k.items())
+            + f") in {self.seconds:.1f} s; model written to {self.model_path}",
+            f"held out: {len(self.held_out)} cells",
+        ]
+        spent = sorted(set(self.classes_present) - set(self.held_out["label"]))
+        if spent:
+            lines.append(
+                f"every cell of {', '.join(spent)} was used for adapting: none held out to score "
+                "it (the held-out accuracy says nothing about it)"
+            )
+        if self.unlabelled is not None:
+            lines.append(
+                f"also learnt from {len(self.unlabelled)} unlabelled cells (entropy weight "
+                f"{self.entropy_weight:g})"
+            )
+            seen = set(self.held_out["sha256"]) & set(self.unlabelled["sha256"])
+            if seen:
+                lines.append(
+                    f"{len(seen)} of the held-out cells were among them (their labels unused): "
+                    "the held-out accuracy is transductive, measured on cells adapted to"
+                )
+        if self.ignored:
+            lines.append(
+                "ignored (folders that name no class): "
+                + ", ".join(f"{f} ({n})" for f, n in self.ignored.items())
+            )
+        if self.before and self.after:
+            for key, what in (
+                ("accuracy", "all classes"),
+                ("accuracy_present", "among the classes present"),
+                ("balanced_accuracy_present", "balanced, classes present"),
+            ):
+                lines.append(
+                    f"held-out accuracy ({what}): before {self.before[key]:.4f}, "
+                    f"after {self.after[key]:.4f}"
+                )
+        else:
+            lines.append("no held-out cells: accuracy not measured (use fewer --shots)")
+        return "\n".join(lines)
+
+
+def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Usable cells of a class-layout folder (relpath, path, label, sha256), and ignored folders.
+
+    Raises :class:`AdaptError` when no folder names a class, or when a class folder holds
+    no usable cell (every file defective), naming the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdaptError(f"not a folder: {folder}")
+    rows = [manifest.inspect_file(folder, rel) for rel, _, _ in manifest.list_files(folder)]
+    files = pd.DataFrame(rows, columns=["relpath", "path", "label", "status", "reason", "sha256"])
+    parts = files["relpath"].str.split("/")
+    files["folder"] = parts.str[0].where(parts.str.len() > 1, ".")
+    classed = files["folder"].str.lower().isin(CLASSES)
+    ignored = files.loc[~classed, "folder"].value_counts().sort_index().to_dict()
+    if not classed.any():
+        raise AdaptError(
+            f"{folder} has no class folder: put each lab's cells in a sub-folder named for "
+            f"its class ({', '.join(CLASSES)}; any case)"
+        )
+    good = files[classed & (files["status"] == "ok")]  # not "hidden", even when it decodes
+    empty = sorted(set(files.loc[classed, "folder"]) - set(good["folder"]))
+    if empty:
+        raise AdaptError(
+            f"class folder(s) {', '.join(empty)} in {folder} hold no usable cell image "
+            "(empty, or every file unreadable): add labelled cells there or remove the folder; "
+            "`python -m bloodlib scan --data FOLDER` lists what is wrong with each file"
+        )
+    good = good[["relpath", "path", "label", "sha256"]].sort_values("relpath")
+    return good.reset_index(drop=True), ignored
+
+
+def choose_support(
+    cells: pd.DataFrame, shots: int, seed: int = DEFAULT_SEED
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``shots`` cells per class drawn with ``seed`` (all of a class that has no more), and the rest."""
+    if shots < 1:
+        raise ValueError(f"shots is {shots}: give at least 1 cell per class")
+    rng = np.random.default_rng(seed)
+    pick: list[int] = []
+    for _, rows in cells.groupby("label", sort=True):
+        idx = rows.index.to_numpy()  # in relpath order: the draw depends only on the seed
+        pick += rng.permutation(idx)[:shots].tolist()
+    mask = cells.index.isin(pick)
+    return cells[mask].reset_index(drop=True), cells[~mask].reset_index(drop=True)
+
+
+def unlabelled_cells(
+    folder: str | Path, exclude: set[str], seed: int = DEFAULT_SEED, limit: int = MAX_UNLABELLED
+) -> pd.DataFrame:
+    """Readable images anywhere under ``folder`` (relpath, path, sha256), labels not read.
+
+    Images whose content is in ``exclude`` (the labelled support) and repeated contents are
+    left out; at most ``limit``, drawn with ``seed``. Raises :class:`AdaptError` when none is left.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdaptError(f"not a folder: {folder}")
+    rows = [manifest.inspect_file(folder, rel) for rel, _, _ in manifest.list_files(folder)]
+    files = pd.DataFrame(rows, columns=["relpath", "path", "status", "sha256"])
+    good = files[files["status"].isin(manifest.CLASSIFIABLE)]  # hidden files are "hidden"
+    good = good[~good["sha256"].isin(exclude)].drop_duplicates("sha256")
+    if good.empty:
+        raise AdaptError(
+            f"{folder} holds no usable image besides the labelled cells: give a folder of the "
+            "lab's unlabelled cells (any layout), or leave out --unlabelled"
+        )
+    if len(good) > limit:
+        good = good.sample(limit, random_state=seed)
+    return good[["relpath", "path", "sha256"]].sort_values("relpath").reset_index(drop=True)
+
+
+def _augmented(
+    paths: list[str],
+    labels: np.ndarray | None,
+    size: int,
+    batch: int,
+    seed: int,
+    repeat: bool = False,
+) -> Any:
+    """Shuffled, augmented batches (the study's augmentation), decoded once and kept in memory."""
+    from bloodlib.data.pipeline import make_dataset
+
+    return make_dataset(
+        paths,
+        labels,
+        image_size=size,
+        batch_size=batch,
+        shuffle=True,
+        augment=True,
+        seed=seed,
+        cache=True,
+        repeat=repeat,
+    )
+
+
+def entropy_among(p: Any, present: Sequence[int]) -> Any:
+    """Entropy (nats) of each row of probabilities ``p``, renormalised over the class indices
+    ``present``: 0 for a certain answer, ln(len(present)) when every class is equally likely.
+
+    The unlabelled term of :func:`adapt` (its mean over a batch); takes tensors or arrays.
+    """
+    import tensorflow as tf
+
+    p = tf.gather(tf.cast(p, tf.float32), list(present), axis=1)
+    p = p / tf.reduce_sum(p, axis=1, keepdims=True)
+    return -tf.reduce_sum(p * tf.math.log(p + 1e-8), axis=1)
+
+
+def _fit_with_entropy(
+    model: Any,
+    support: Any,
+    unlabelled: Any,
+    epochs: int,
+    learning_rate: float,
+    label_smoothing: float,
+    present: list[int],
+    weight: float,
+    progress: bool = False,
+) -> None:
+    """Adam on the support's cross-entropy plus ``weight`` x the mean entropy of the
+    predictions on a batch of unlabelled cells, renormalised over the classes ``present``
+    (a class the lab does not have should not soak up probability to lower the entropy)."""
+    import keras
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.Adam(learning_rate)
+    cross_entropy = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    variables = model.trainable_variables
+    stream = iter(unlabelled)
+
+    @tf.function
+    def step(x: tf.Tensor, y: tf.Tensor, u: tf.Tensor) -> None:
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(y, model(x, training=True))
+            loss += weight * tf.reduce_mean(entropy_among(model(u, training=True), present))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+
+    from bloodlib.core.progress import tqdm
+
+    with tqdm(total=epochs, desc="adapt", unit="epoch", disable=not progress) as bar:
+        for _ in range(epochs):
+            for x, y in support:
+                step(x, y, next(stream))
+            bar.update(1)
+
+
+def check_out_path(
+    out: str | Path,
+    model_path: str | Path,
+    folder: str | Path,
+    unlabelled: str | Path | None = None,
+) -> Path:
+    """Refuse an ``--out`` that would overwrite the input model (or its sidecar), or write
+    into the labelled or the unlabelled folder."""
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise OutputPathError(f"--out {out}: an adapted network is saved as a .keras file")
+    refuse_overwriting_inputs(out, sidecar_path(out), [model_path])
+    target = out.resolve()
+    for what, where in (("labelled", folder), ("unlabelled", unlabelled)):
+        root = None if where is None else Path(where).resolve()
+        if root is not None and (root == target or root in target.parents):
+            raise OutputPathError(
+                f"--out {out} is inside the {what} folder {where}: write the model elsewhere"
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _set_trainable(model: Any, train: str, backbone: str | None = None) -> int:
+    """Only the head (the last Dense layer) learns; in ``top`` mode also the backbone's last
+    convolution, in ``block`` mode also every layer of the backbone's last block and after it
+    (``backbone`` names it, for its block pattern), in ``bn`` mode also every BatchNorm layer.
+    BatchNorm keeps PBC's statistics in ``top`` and ``block``."""
+    import keras
+
+    from bloodlib.models.backbones import leaves
+
+    model.trainable = True  # parents must be trainable for a leaf's weights to count
+    every = leaves(model)
+    dense = [layer for layer in every if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise AdaptError("the model has no Dense head to adapt: is it a bloodlib network?")
+    head = next((d for d in dense if d.name == "head"), dense[-1])
+    learning: set[int] = {id(head)}
+    if train == "top":
+        convs = [
+            layer
+            for layer in every
+            if isinstance(layer, keras.layers.Conv2D)
+            and not isinstance(layer, keras.layers.DepthwiseConv2D)
+        ]
+        if not convs:
+            raise AdaptError("the model has no convolution to adapt: use --train head")
+        learning.add(id(convs[-1]))
+    elif train == "block":
+        learning |= {id(layer) for layer in _last_block_on(every, backbone)}
+    for layer in every:
+        layer.trainable = id(layer) in learning or (
+            train == "bn" and isinstance(layer, keras.layers.BatchNormalization)
+        )
+    return len(model.trainable_weights)
+
+
+def _last_block_on(every: list[Any], backbone: str | None) -> list[Any]:
+    """The layers with weights from the backbone's last block to the end, BatchNorm excepted."""
+    import keras
+
+    from bloodlib.models import backbones
+
+    bb = backbones.REGISTRY.get(backbone or "")
+    names = [layer.name for layer in every]
+    known = [i for i in map(bb.block_index, names) if i is not None] if bb else []
+    if not known:
+        raise AdaptError(
+            f"no blocks known for backbone {backbone!r}: use --train top or --train head"
+        )
+    start = bb.block_start(names, max(known))
+    return [
+        layer
+        for layer in every[start:]
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+@contextlib.contextmanager
+def dropout_off(model: Any) -> Iterator[None]:
+    """Within the block every Dropout layer's rate is 0; the rates come back on leaving it.
+
+    On 21 support cells the units Dropout happens to drop decided more than the cells did:
+    tecom, 5 shots, ``top``, draws 42-47, the same six supports: with Dropout 90.0 / 71.3 /
+    89.2 / 88.9 / 79.9 / 88.2 % (mean 84.6, sd 7.4); without 88.5 / 83.5 / 87.1 / 90.3 / 86.7 /
+    83.9 % (mean 86.7, sd 2.6). The flips and rotations of the augmentation regularise enough.
+    The saved model keeps the base's rates, so it has the base's architecture.
+    """
+    import keras
+
+    from bloodlib.models.backbones import leaves
+
+    rates = [
+        (layer, layer.rate) for layer in leaves(model) if isinstance(layer, keras.layers.Dropout)
+    ]
+    for layer, _ in rates:
+        layer.rate = 0.0
+    try:
+        yield
+    finally:
+        for layer, rate in rates:
+            layer.rate = rate
+
+
+class _NoRetraceWarning(logging.Filter):
+    """Drop TensorFlow's "triggered tf.function retracing" warning.
+
+    Each adapted model is a new model, so its forward pass is traced anew by design; after a
+    few models in one process (notebook 05's adapt curve) TensorFlow warns about it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _predict(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    from bloodlib.data.pipeline import make_dataset
+    from bloodlib.predict import inference
+
+    logger = tf.get_logger()
+    if not any(isinstance(f, _NoRetraceWarning) for f in logger.filters):
+        logger.addFilter(_NoRetraceWarning())
+
+    ds = make_dataset(paths, image_size=image_size, batch_size=batch_size)
+    return inference.predict_batches(
+        inference.keras_forward(model), ds.as_numpy_iterator(), progress=False
+    )
+
+
+def _scores(proba: np.ndarray, labels: pd.Series, classes: list[str], present: list[str]) -> dict:
+    """Accuracy over every class, and among the classes present (plain and balanced)."""
+    y_all = labels.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y_present = labels.map({c: i for i, c in enumerate(present)}).to_numpy()
+    pred = reject.restrict(proba, classes, present).argmax(axis=1)
+    recalls = [np.mean(pred[y_present == i] == i) for i in np.unique(y_present)]
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(np.mean(proba.argmax(axis=1) == y_all)),
+        "accuracy_present": float(np.mean(pred == y_present)),
+        "balanced_accuracy_present": float(np.mean(recalls)),
+    }
+
+
+def adapt(
+    model_path: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    *,
+    shots: int = DEFAULT_SHOTS,
+    epochs: int | None = None,
+    seed: int = DEFAULT_SEED,
+    train: str = DEFAULT_TRAIN,
+    learning_rate: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    unlabelled: str | Path | None = None,
+    entropy_weight: float = DEFAULT_ENTROPY_WEIGHT,
+    verbose: int = 0,
+) -> AdaptResult:
+    """Fine-tune ``model_path`` on ``shots`` labelled cells per class of ``folder``; save to ``out``.
+
+    Everything is checked before training: the output path (never the input model),
+    the model (a fine-tuned network bound to its sidecar), the folder (every class folder
+    has a usable cell). Accuracy on the held-out cells is measured before and after with
+    the same Keras forward pass. ``epochs`` and ``learning_rate`` default per ``train`` mode
+    (:data:`DEFAULT_STEPS`, :data:`DEFAULT_LEARNING_RATES`). ``unlabelled``, a folder of
+    the lab's cells without labels (any layout; it may be the labelled folder itself, whose
+    labels are then not read), adds ``entropy_weight`` x the entropy of the predictions on
+    them to the loss (:data:`DEFAULT_ENTROPY_WEIGHT`).
+    """
+    import keras
+
+    from bloodlib.core import config
+
+    start = time.perf_counter()
+    if train not in TRAIN_MODES:
+        raise ValueError(f"train must be one of {TRAIN_MODES}, not {train!r}")
+    if (epochs is not None and epochs < 1) or batch_size < 1 or shots < 1:
+        raise ValueError("shots, epochs and batch_size must be at least 1")
+    if learning_rate is not None and not learning_rate > 0:
+        raise ValueError(f"learning_rate is {learning_rate}: give a positive rate")
+    if not entropy_weight >= 0:
+        raise ValueError(f"entropy_weight is {entropy_weight}: give a weight of 0 or more")
+    out = check_out_path(out, model_path, folder, unlabelled)
+    # Seed before loading: Keras draws each Dropout layer's seed from Python's `random` when
+    # the layer is built, so a model loaded first drops different units on every call.
+    config.set_seeds(seed)
+    clf = load_classifier(model_path)
+    if clf.info["method"] != "finetune":
+        raise AdaptError(
+            f"{Path(model_path).name} is an SVM: adapt fine-tunes a network (a .keras model)"
+        )
+    if clf.info.get("ensemble"):
+        raise AdaptError(
+            f"{Path(model_path).name} is an ensemble of {len(clf.info['ensemble']['members'])} "
+            "networks: adapt each member (its sidecar's ensemble.members names them), then "
+            "average the adapted networks with python -m bloodlib ensemble"
+        )
+    cells, ignored = labelled_cells(folder)
+    support, held = choose_support(cells, shots, seed)
+    unl = None
+    if unlabelled is not None:
+        unl = unlabelled_cells(unlabelled, set(support["sha256"]), seed)
+    if train == "block":  # refuse a backbone without known blocks before training
+        from bloodlib.models.backbones import leaves
+
+        _last_block_on(leaves(clf.model), clf.info.get("backbone"))
+    classes = clf.classes
+    present = [c for c in classes if c in set(cells["label"])]
+    model = clf.model
+    size = clf.image_size
+
+    before = after = None
+    if len(held):
+        p0 = _predict(model, held["path"].tolist(), size, batch_size)
+        before = _scores(p0, held["label"], classes, present)
+
+    # A model that crops the centre of PBC's frame (FinetuneConfig.crop) would cut another
+    # lab's cells, which fill theirs: adapt the same weights on the whole frame. Tecom, 5
+    # shots, draws 42-44: cropped 83.9 / 71.3 / 80.6 %, whole frame 90.0 / 82.1 / 80.3 %.
+    base_cfg = clf.info.get("config") or {}
+    crop = float(base_cfg.get("crop", 1.0))
+    if crop < 1.0:
+        from bloodlib.train.finetune import FinetuneConfig, whole_frame
+
+        model = whole_frame(model, FinetuneConfig.from_sidecar(base_cfg))
+        base_cfg = {**base_cfg, "crop": 1.0}
+
+    epochs = epochs or default_epochs(train, len(support), batch_size)
+    learning_rate = learning_rate or DEFAULT_LEARNING_RATES[train]
+    n_train = _set_trainable(model, train, clf.info.get("backbone"))
+    smoothing = float(base_cfg.get("label_smoothing", 0.1))
+    import tensorflow as tf
+
+    y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    ds = _augmented(
+        support["path"].tolist(), y, size, effective_batch(batch_size, len(support)), seed
+    ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
+    with warnings.catch_warnings(), dropout_off(model):
+        if unl is None:
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
+            )
+            # The dataset shuffles itself (pipeline.make_dataset).
+            warnings.filterwarnings(
+                "ignore", message="`shuffle=True` was passed", category=UserWarning
+            )
+            model.fit(ds, epochs=epochs, verbose=verbose)
+        else:
+            # seed + 1: not the support's shuffle and augmentation stream
+            stream = _augmented(
+                unl["path"].tolist(), None, size, min(UNLABELLED_BATCH, len(unl)), seed + 1, True
+            )
+            present_idx = [classes.index(c) for c in present]
+            _fit_with_entropy(
+                model,
+                ds,
+                stream,
+                epochs,
+                learning_rate,
+                smoothing,
+                present_idx,
+                entropy_weight,
+                progress=bool(verbose),
+            )
+
+    if len(held):
+        p1 = _predict(model, held["path"].tolist(), size, batch_size)
+        after = _scores(p1, held["label"], classes, present)
+        held = held.assign(
+            before=[classes[i] for i in p0.argmax(axis=1)],
+            after=[classes[i] for i in p1.argmax(axis=1)],
+        )
+    seconds = time.perf_counter() - start
+
+    info = {k: v for k, v in clf.info.items() if k not in NOT_INHERITED}
+    if base_cfg:
+        info["config"] = base_cfg  # as adapted: the whole frame
+    info.update(
+        name=out.stem,
+        base_model=Path(model_path).name,
+        base_model_sha256=clf.sha256,
+        adapted_on=[
+            {"relpath": r.relpath, "sha256": r.sha256, "label": r.label}
+            for r in support.itertuples()
+        ],
+        held_out=held["relpath"].tolist(),
+        shots=int(shots),
+        classes_present=present,
+        adapt={
+            "epochs": int(epochs),
+            "seed": int(seed),
+            "train": train,
+            "trainable_weights": int(n_train),
+            "learning_rate": float(learning_rate),
+            "batch_size": int(batch_size),
+            "seconds": round(seconds, 1),
+            "base_crop_removed": crop < 1.0,
+            "unlabelled": None
+            if unl is None
+            else {
+                "cells": len(unl),
+                # one digest of the contents learnt from: sorted, so it ignores names and order
+                "sha256": hashlib.sha256("\n".join(sorted(unl["sha256"])).encode()).hexdigest(),
+                "entropy_weight": float(entropy_weight),
+            },
+        },
+        metrics={"held_out_before": before, "held_out_after": after},
+    )
+    save_classifier(model, out, info)
+    return AdaptResult(
+        out,
+        present,
+        support,
+        held,
+        before,
+        after,
+        seconds,
+        ignored,
+        unlabelled=unl,
+        entropy_weight=float(entropy_weight) if unl is not None else 0.0,
+    )

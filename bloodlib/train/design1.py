@@ -1,0 +1,416 @@
+"""Design 1 of the paper, step by step: features -> SVM chosen by CV -> scores -> saved model.
+
+Notebook 02 calls the steps one at a time so a student sees each result (the feature
+matrix, the cross-validation table, the scores); :func:`run_experiment` chains them for
+scripts. The model is written by :func:`bloodlib.models.saved.save_classifier`, the one place a
+classifier and its sidecar are saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bloodlib import CLASS_INDEX, CLASSES
+from bloodlib.core.config import DEFAULT_SEED
+
+
+@dataclass
+class SVMExperiment:
+    """What one backbone's design-1 experiment produced."""
+
+    name: str
+    backbone: str
+    image_size: int
+    feature_dim: int
+    features_from_cache: bool
+    best_params: dict[str, Any]
+    cv_accuracy: float
+    cv_table: pd.DataFrame
+    scores: dict[str, dict[str, Any]]  # split name -> metrics.evaluate() metrics
+    model_path: Path
+
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        return self.scores["test"]
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.scores.get("val", {}).get("accuracy")
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.scores["test"]["accuracy"]
+
+
+def labels(split: pd.DataFrame) -> np.ndarray:
+    """Class indices (the models' output order) of a split's rows."""
+    return split["label"].map(CLASS_INDEX).to_numpy()
+
+
+def input_size(backbone: str, image_size: int | None) -> int:
+    """The size features are taken at: ``image_size``, or the backbone's native size."""
+    from bloodlib.models import backbones
+
+    return int(image_size or backbones.get(backbone).input_size)
+
+
+def extract_features(
+    backbone: str,
+    split: pd.DataFrame,
+    *,
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
+    batch_size: int = 32,
+    progress: bool = True,
+):
+    """The frozen backbone's feature vector of every row of ``split`` (cached on disk)."""
+    from bloodlib.models import features
+
+    return features.extract(
+        split["path"].tolist(),
+        split["sha256"].tolist(),
+        backbone,
+        image_size=input_size(backbone, image_size),
+        weights=weights,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def fit_and_save(
+    backbone: str,
+    feature_set: Any,
+    split: pd.DataFrame,
+    run_dir: str | Path,
+    *,
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
+    cv: int = 3,
+    seed: int = DEFAULT_SEED,
+    grid: list[dict] | None = None,
+    n_jobs: int = -1,
+    name: str | None = None,
+) -> SVMExperiment:
+    """Choose the SVM by ``cv``-fold CV on the training rows, score val/test, save the model.
+
+    Saves ``models/<name>.skops`` (default ``<backbone>_svm``; a later training seed's is
+    :func:`bloodlib.core.config.seed_model_name`'s) and its sidecar in ``run_dir``; the validation
+    and test rows are used only for the final scores. ``seed`` shuffles the CV folds and
+    Platt scaling's folds; it is recorded in the sidecar.
+    """
+    from bloodlib.evaluate import metrics
+    from bloodlib.models import backbones, svm
+    from bloodlib.models.saved import save_classifier
+
+    bb = backbones.get(backbone)
+    size = input_size(backbone, image_size)
+    X = feature_set.features
+    y = labels(split)
+    part = split["split"].to_numpy()
+    result = svm.fit_svm(
+        X[part == "train"], y[part == "train"], grid=grid, cv=cv, seed=seed, n_jobs=n_jobs
+    )
+    scores: dict[str, dict[str, Any]] = {}
+    for part_name in ("val", "test"):
+        mask = part == part_name
+        if mask.any():
+            proba = svm.predict_proba(result.model, X[mask], len(CLASSES))
+            scores[part_name] = metrics.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
+    name = name or f"{backbone}_svm"
+    model_path = Path(run_dir) / "models" / f"{name}.skops"
+    save_classifier(
+        result.model,
+        model_path,
+        {
+            "name": name,
+            "method": "svm",
+            "backbone": backbone,
+            "classes": list(CLASSES),
+            "image_size": size,
+            "preprocessing": bb.preprocessing,
+            "weights": weights,
+            "weights_origin": bb.weights_origin if weights == "imagenet" else str(weights),
+            "features_key": feature_set.key,
+            "svm_params": dict(result.best_params),
+            "seed": int(seed),
+            "cv_accuracy": result.cv_score,
+            "train_images": int((part == "train").sum()),
+            "metrics": {f"{k}_accuracy": v["accuracy"] for k, v in scores.items()},
+        },
+    )
+    # The pickle an older bloodlib saved under this name is superseded (its sidecar, shared
+    # by name, now describes the .skops file).
+    model_path.with_suffix(".joblib").unlink(missing_ok=True)
+    return SVMExperiment(
+        name=name,
+        backbone=backbone,
+        image_size=size,
+        feature_dim=int(X.shape[1]),
+        features_from_cache=bool(feature_set.from_cache),
+        best_params=dict(result.best_params),
+        cv_accuracy=float(result.cv_score),
+        cv_table=result.cv_table,
+        scores=scores,
+        model_path=model_path,
+    )
+
+
+def run_experiment(
+    backbone: str,
+    split: pd.DataFrame,
+    run_dir: str | Path,
+    *,
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
+    batch_size: int = 32,
+    cv: int = 3,
+    seed: int = DEFAULT_SEED,
+    progress: bool = True,
+) -> SVMExperiment:
+    """Design 1 for one backbone: :func:`extract_features`, then :func:`fit_and_save`."""
+    fs = extract_features(
+        backbone,
+        split,
+        image_size=image_size,
+        weights=weights,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return fit_and_save(
+        backbone, fs, split, run_dir, image_size=image_size, weights=weights, cv=cv, seed=seed
+    )
+
+
+def cv_table(result: SVMExperiment) -> pd.DataFrame:
+    """The cross-validation table in readable columns, best first: kernel, C, gamma,
+    ``cv_accuracy``, ``cv_std`` and ``chosen`` (the setting the search kept; among ties it
+    comes first)."""
+    params = pd.DataFrame(list(result.cv_table["params"])).rename(
+        columns=lambda c: c.removeprefix("svc__")
+    )
+    table = pd.concat(
+        [
+            params,
+            result.cv_table[["mean_test_score", "std_test_score"]].rename(
+                columns={"mean_test_score": "cv_accuracy", "std_test_score": "cv_std"}
+            ),
+        ],
+        axis=1,
+    )
+    chosen = {k.removeprefix("svc__"): v for k, v in result.best_params.items()}
+    table["chosen"] = [
+        all(row.get(k) == v for k, v in chosen.items()) for row in table.to_dict("records")
+    ]
+    table = table.sort_values(["cv_accuracy", "chosen"], ascending=False, kind="stable")
+    return table.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- comparison
+
+#: Columns of :func:`backbone_table`, in order.
+BACKBONE_COLUMNS = (
+    "backbone",
+    "image_size",
+    "feature_dim",
+    "params",
+    "gmacs",
+    "cv_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "test_ci_low",
+    "test_ci_high",
+    "images_per_s",
+)
+
+
+def gmacs_at(backbone: str, size: int) -> float | None:
+    """The backbone's GMACs for one image at ``size`` px: the registry's native-size count
+    scaled by ``(size / native)**2`` (a convolutional network's work grows with the pixel
+    count; the pooled head is negligible). ``None`` when the registry has no count."""
+    from bloodlib.models import backbones
+
+    bb = backbones.get(backbone)
+    if bb.gmacs is None:
+        return None
+    return float(bb.gmacs) * (size / bb.input_size) ** 2
+
+
+def _confusion_pairs(confusion: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_pred) rebuilt from a confusion matrix (rows true, columns predicted)."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    true, pred = np.nonzero(cm)
+    counts = cm[true, pred]
+    return np.repeat(true, counts), np.repeat(pred, counts)
+
+
+def ci95_of_test_accuracy(
+    result: SVMExperiment, n_boot: int = 1000, seed: int = DEFAULT_SEED
+) -> tuple[float, float]:
+    """The 95% bootstrap interval of the test accuracy: the one ``evaluate`` stored, or the
+    same percentile bootstrap on the test confusion matrix (accuracy only needs which cells
+    were right, so the matrix holds all it needs)."""
+    from bloodlib.evaluate.metrics import bootstrap_ci
+
+    stored = result.test_metrics.get("accuracy_ci95")
+    if stored is not None:
+        return float(stored[0]), float(stored[1])
+    y_true, y_pred = _confusion_pairs(result.test_metrics["confusion"])
+    return bootstrap_ci(y_true, y_pred, "accuracy", n_boot=n_boot, seed=seed)
+
+
+def backbone_table(
+    results: Mapping[str, SVMExperiment] | Iterable[SVMExperiment],
+    *,
+    images_per_s: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+) -> pd.DataFrame:
+    """One row per backbone of design 1: the compute it cost and the accuracy it bought.
+
+    Columns :data:`BACKBONE_COLUMNS`: the size features were taken at, the feature
+    dimension, the extractor's parameters, GMACs per image at that size (:func:`gmacs_at`),
+    CV / val / test accuracy, the test accuracy's 95% bootstrap interval, and the feature
+    extraction speed where ``images_per_s`` (backbone -> images/s) gives it; a backbone
+    missing there (e.g. its features came from the cache) gets NaN, not a cache-read speed.
+    Sorted by test accuracy, best first (ties: cheaper first).
+    """
+    from bloodlib.models import backbones
+
+    items = list(results.values()) if isinstance(results, Mapping) else list(results)
+    speeds = images_per_s or {}
+    rows = []
+    for r in items:
+        low, high = ci95_of_test_accuracy(r, n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "backbone": r.backbone,
+                "image_size": r.image_size,
+                "feature_dim": r.feature_dim,
+                "params": backbones.get(r.backbone).params,
+                "gmacs": gmacs_at(r.backbone, r.image_size),
+                "cv_accuracy": r.cv_accuracy,
+                "val_accuracy": r.val_accuracy,
+                "test_accuracy": r.test_accuracy,
+                "test_ci_low": low,
+                "test_ci_high": high,
+                "images_per_s": speeds.get(r.backbone, np.nan),
+            }
+        )
+    table = pd.DataFrame(rows, columns=list(BACKBONE_COLUMNS))
+    table = table.sort_values(
+        ["test_accuracy", "gmacs"], ascending=[False, True], kind="stable", na_position="last"
+    )
+    return table.reset_index(drop=True)
+
+
+def backbone_sentence(table: pd.DataFrame) -> str:
+    """What the comparison says: the best test accuracy, and the cheapest backbone (fewest
+    GMACs) whose test accuracy lies inside the best one's 95% interval. With fewer than two
+    backbones, how to run the comparison instead."""
+    if len(table) < 2:
+        only = f" (only {table['backbone'].iloc[0]} ran)" if len(table) else ""
+        return (
+            f"A comparison needs several backbones{only}. Run all four offline ones with "
+            "`python -m bloodlib run --profile sample -p "
+            "'02_feature_extraction_svm.backbones=[efficientnet_lite0, efficientnet_lite1, "
+            "efficientnet_lite2, mobilenet_v2]'` (or `--profile backbones` on full data)."
+        )
+    best = table.loc[table["test_accuracy"].idxmax()]
+    low, high = best["test_ci_low"], best["test_ci_high"]
+    inside = table[(table["test_accuracy"] >= low) & (table["test_accuracy"] <= high)]
+    text = (
+        f"Best test accuracy: {best['backbone']} at {best['image_size']} px, "
+        f"{best['test_accuracy']:.1%} (95% interval {low:.1%} to {high:.1%})."
+    )
+    with_gmacs = inside.dropna(subset=["gmacs"])
+    if with_gmacs.empty:
+        return text
+    cheap = with_gmacs.loc[with_gmacs["gmacs"].idxmin()]
+    others = len(inside) - 1
+    if cheap["backbone"] == best["backbone"]:
+        if not others:
+            return text + " No other backbone scores inside that interval."
+        return text + (
+            f" {others} other backbone{'s' if others != 1 else ''} score"
+            f"{'s' if others == 1 else ''} inside that interval, but none costs less compute: "
+            "the best is also the cheapest of them."
+        )
+    return text + (
+        f" {others} other backbone{'s' if others != 1 else ''} score{'s' if others == 1 else ''}"
+        f" inside that interval; the cheapest is {cheap['backbone']} "
+        f"({cheap['test_accuracy']:.1%} at {cheap['gmacs']:.2f} GMACs an image against "
+        f"{best['gmacs']:.2f}): on this test split the data cannot tell them apart, so the "
+        "cheaper network is the reasonable choice."
+    )
+
+
+# ----------------------------------------------------------------------------- seeds
+
+#: Columns of :func:`seed_table`, in order.
+SEED_COLUMNS = ("seed", "name", "kernel", "C", "cv_accuracy", "test_accuracy", "balanced_accuracy")
+
+
+def seed_table(runs: Mapping[int, SVMExperiment]) -> pd.DataFrame:
+    """One row per training seed (``seed -> experiment`` of one backbone): the setting the
+    CV chose, its CV accuracy and the test scores, in seed order. Columns :data:`SEED_COLUMNS`."""
+    rows = [
+        {
+            "seed": int(s),
+            "name": r.name,
+            "kernel": r.best_params.get("svc__kernel"),
+            "C": r.best_params.get("svc__C"),
+            "cv_accuracy": r.cv_accuracy,
+            "test_accuracy": r.test_accuracy,
+            "balanced_accuracy": r.test_metrics["balanced_accuracy"],
+        }
+        for s, r in sorted(runs.items())
+    ]
+    return pd.DataFrame(rows, columns=list(SEED_COLUMNS))
+
+
+def seed_sentence(table: pd.DataFrame) -> str:
+    """What repeating design 1 over seeds changed, from :func:`seed_table`'s numbers (the
+    standard deviation is :func:`bloodlib.study.scoring.seed_spread`'s). One seed: how to run more."""
+    from bloodlib.study.scoring import seed_spread
+
+    if len(table) < 2:
+        return (
+            "One training seed: nothing to compare. `python -m bloodlib run --profile sample "
+            "-p n_seeds=3` fits the SVM with three seeds on the same split (and fine-tunes "
+            "three networks in notebook 03)."
+        )
+    first = table.iloc[0]
+    entries = [
+        {"name": first["name"], "backbone": "svm", "method": "svm", "tta": False, **row}
+        for row in table[["seed", "test_accuracy", "balanced_accuracy"]].to_dict("records")
+    ]
+    spread = seed_spread(entries)[0]
+    std = spread["accuracy_std"]
+    settings = table[["kernel", "C"]].astype(str).drop_duplicates()
+    text = (
+        f"Over {len(table)} seeds on the same split, the SVM's test accuracy was "
+        f"{100 * spread['accuracy_mean']:.1f} % on average with a standard deviation of "
+        f"{100 * std:.2f} points (from {100 * table['test_accuracy'].min():.1f} % to "
+        f"{100 * table['test_accuracy'].max():.1f} %). "
+    )
+    text += (
+        "Cross-validation chose the same kernel and C for every seed. "
+        if len(settings) == 1
+        else f"Cross-validation chose {len(settings)} different settings of kernel and C. "
+    )
+    text += (
+        "The features are frozen, so the seed only reshuffles the cross-validation folds and "
+        "the folds Platt scaling calibrates on"
+    )
+    if table["test_accuracy"].nunique() == 1 and len(settings) == 1:
+        return text + ": here it changed neither the chosen setting nor the test accuracy."
+    return text + (
+        ": enough to move some test cells across the boundary. Notebook 04 sets this spread "
+        "beside the fine-tuned networks' and beside the bootstrap interval."
+    )
