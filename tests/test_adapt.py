@@ -14,7 +14,7 @@ from bloodlib import CLASSES
 from bloodlib.cli import main
 from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.core.errors import OutputPathError
-from bloodlib.core.io import sha256_file
+from bloodlib.core.hashing import sha256_file
 from bloodlib.data import stain
 from bloodlib.models.backbones import leaves
 from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier

@@ -15,7 +15,7 @@ import tiny_models
 from tiny_models import write_cell
 
 from bloodlib import CLASSES
-from bloodlib.core.io import sha256_file as file_sha256
+from bloodlib.core.hashing import sha256_file
 from bloodlib.models import backbones, features, svm
 from bloodlib.models.saved import SidecarError, load_classifier, save_classifier
 from bloodlib.predict.classify import classify_folder
@@ -209,7 +209,7 @@ def svm_model(tmp_path, monkeypatch) -> Path:
     ]
     y = np.repeat(np.arange(8), 3)
     fs = features.extract(
-        paths, [file_sha256(p) for p in paths], "tiny", image_size=SIZE, weights=None,
+        paths, [sha256_file(p) for p in paths], "tiny", image_size=SIZE, weights=None,
         progress=False,
     )  # fmt: skip
     grid = [{"svc__kernel": ["linear"], "svc__C": [1.0]}]

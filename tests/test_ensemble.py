@@ -13,7 +13,7 @@ import tiny_models
 from bloodlib import CLASSES
 from bloodlib.cli import main
 from bloodlib.core.errors import OutputPathError
-from bloodlib.core.io import sha256_file
+from bloodlib.core.hashing import sha256_file
 from bloodlib.models.ensemble import EnsembleError, build_ensemble, seed_ensemble
 from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
 from bloodlib.train.adapt import AdaptError, adapt

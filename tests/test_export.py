@@ -17,7 +17,7 @@ import tiny_models
 from bloodlib import CLASSES
 from bloodlib.cli import build_parser, main
 from bloodlib.core.errors import OutputPathError
-from bloodlib.core.io import sha256_file
+from bloodlib.core.hashing import sha256_file
 from bloodlib.models.saved import binding_sha256, save_classifier, sidecar_path, validate_sidecar
 from bloodlib.predict import export
 from bloodlib.predict.export import ExportError, export_model, export_sidecar_path, tree_sha256

@@ -12,7 +12,7 @@ import tiny_models
 from PIL import Image
 
 from bloodlib.core import config
-from bloodlib.core.io import sha256_file as file_sha256
+from bloodlib.core.hashing import sha256_file
 from bloodlib.models import backbones, features
 
 pytestmark = pytest.mark.unit
@@ -41,7 +41,7 @@ def images(tmp_path_factory) -> tuple[list[str], list[str]]:
         path = folder / f"cell_{i:02d}.png"
         Image.new("RGB", (40, 36), tuple(int(v) for v in colour(i))).save(path)
         paths.append(str(path))
-    return paths, [file_sha256(p) for p in paths]
+    return paths, [sha256_file(p) for p in paths]
 
 
 class Counting:

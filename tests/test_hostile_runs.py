@@ -28,6 +28,7 @@ from bloodlib import CLASSES
 from bloodlib.cli import main
 from bloodlib.core.config import REPO_ROOT
 from bloodlib.core.errors import RunLockedError
+from bloodlib.data import source
 from bloodlib.study import provenance, runner
 from bloodlib.study.runner import ParameterError, RunLock, plan_study
 
@@ -46,7 +47,7 @@ def stable_context(monkeypatch, tmp_path):
     (sample / "basophil").mkdir(parents=True)
     (sample / "basophil" / "a.jpg").write_bytes(b"stand-in")
     monkeypatch.setattr(provenance, "code_digest", lambda *a: {"version": "t", "sha256": "v1"})
-    monkeypatch.setattr(runner, "SAMPLE_DIR", sample)
+    monkeypatch.setattr(source, "SAMPLE_DIR", sample)
 
 
 def _tree(root: Path) -> set[str]:
@@ -329,7 +330,7 @@ def test_changed_data_reruns_notebook_01_and_everything_after(finished, tmp_path
     run_dir = _run(notebooks, runs, data=other)
     assert _statuses(run_dir) == dict.fromkeys(NAMES, "ran")
     prov = json.loads((run_dir / "provenance.json").read_text())
-    assert prov["data"]["fingerprint"] == runner.data_fingerprint(str(other))
+    assert prov["data"]["fingerprint"] == source.fingerprint(str(other))
 
 
 def test_edited_library_code_reruns_rather_than_skips(finished, monkeypatch):

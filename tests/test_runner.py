@@ -14,6 +14,7 @@ from dummy_notebooks import KERNEL, NAMES, write_notebook, write_study
 from dummy_notebooks import run_dummy_study as _run
 from dummy_notebooks import statuses as _statuses
 
+from bloodlib.data import source
 from bloodlib.study import provenance, runner
 from bloodlib.study.runner import DataSpecError, RunError, plan_study
 
@@ -29,7 +30,7 @@ def stable_context(tmp_path_factory: pytest.TempPathFactory):
     (sample / "basophil" / "a.jpg").write_bytes(b"stand-in")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(provenance, "code_digest", lambda *a: {"version": "test", "sha256": "pinned"})
-        mp.setattr(runner, "SAMPLE_DIR", sample)
+        mp.setattr(source, "SAMPLE_DIR", sample)
         yield
 
 
@@ -99,7 +100,7 @@ def test_writes_provenance_and_results_table(study):
     assert set(prov["parameters"]) == set(NAMES)
     assert prov["seeds"] == dict.fromkeys(NAMES, 42)
     assert prov["code"] == {"version": "test", "sha256": "pinned"}
-    assert prov["data"]["fingerprint"] == runner.data_fingerprint("sample")
+    assert prov["data"]["fingerprint"] == source.fingerprint("sample")
     assert "balanced_accuracy" in out and "0.9123" in out
 
 

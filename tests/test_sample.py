@@ -13,7 +13,7 @@ from PIL import Image
 
 from bloodlib import CLASSES
 from bloodlib.core.config import SAMPLE_DIR
-from bloodlib.core.io import sha256_file
+from bloodlib.core.hashing import sha256_file
 from bloodlib.data.manifest import DataQualityWarning, scan
 from bloodlib.data.sample import RECIPE, make_sample, shrink
 

@@ -14,7 +14,8 @@ import pytest
 
 from bloodlib import CLASSES
 from bloodlib.core.config import SAMPLE_DIR, cache_dir
-from bloodlib.core.io import read_json, sha256_file
+from bloodlib.core.hashing import sha256_file
+from bloodlib.core.io import read_json
 from bloodlib.data import source
 from bloodlib.data.source import DataSourceError, DataSourceWarning, describe, resolve
 

@@ -40,6 +40,7 @@ from PIL import Image, ImageFile, ImageStat, UnidentifiedImageError
 
 from bloodlib import CLASSES, IMAGE_FORMATS
 from bloodlib.core.config import cache_dir
+from bloodlib.core.hashing import sha256_rows
 from bloodlib.core.io import write_with
 
 log = logging.getLogger(__name__)
@@ -187,13 +188,8 @@ class Manifest:
 
     def content_hash(self) -> str:
         """sha256 over sorted (relpath, sha256, status): the data manifest hash for provenance."""
-        h = hashlib.sha256()
-        rows = sorted(
-            zip(self.table["relpath"], self.table["sha256"], self.table["status"], strict=True)
-        )
-        for relpath, sha, status in rows:
-            h.update(f"{relpath}\t{sha}\t{status}\n".encode())
-        return h.hexdigest()
+        t = self.table
+        return sha256_rows(sorted(zip(t["relpath"], t["sha256"], t["status"], strict=True)))
 
 
 # --------------------------------------------------------------------------- listing

@@ -30,7 +30,8 @@ from PIL import Image
 
 from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED, SAMPLE_DIR
-from bloodlib.core.io import sha256_file, write_json, write_with
+from bloodlib.core.hashing import sha256_file
+from bloodlib.core.io import write_json, write_with
 from bloodlib.data.manifest import Manifest, scan
 
 #: The recipe of the shipped ``data/sample`` (``python -m bloodlib.data.sample`` defaults).

@@ -18,12 +18,14 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from bloodlib import CLASSES, IMAGE_SUFFIXES
 from bloodlib.core.config import SAMPLE_DIR, cache_dir
 from bloodlib.core.errors import BloodlibError
-from bloodlib.core.io import read_json, sha256_file, write_json
+from bloodlib.core.hashing import sha256_file, sha256_rows, sha256_text
+from bloodlib.core.io import read_json, write_json
 
 #: The official "download all" zip of Mendeley Data snkd93bnjr v1.
 DEFAULT_URL = "https://md-datasets-cache-zipfiles-prod.s3.eu-west-1.amazonaws.com/snkd93bnjr-1.zip"
@@ -364,6 +366,41 @@ def check_counts(root: Path) -> dict[str, int]:
             stacklevel=3,
         )
     return counts
+
+
+def fingerprint(spec: str | os.PathLike) -> str:
+    """A cheap digest of the data ``spec`` names, to re-run notebook 01 when it changes.
+
+    A folder (the embedded sample included) is fingerprinted by its listing (relative paths,
+    sizes, modification times: what the manifest cache is keyed by), a zip by its size and
+    modification time; a download keyword by its URL (the download is checked against its
+    recorded hash when it is made). Nothing is read, downloaded or extracted.
+    """
+    key = str(spec).strip().lower()
+    if key in _DOWNLOAD_SPECS:
+        return f"download {_url()}"
+    path = SAMPLE_DIR if key in _SAMPLE_SPECS else Path(spec)
+    if path.is_dir():
+        return sha256_rows(_listing(path))
+    try:
+        st = path.stat()
+    except OSError:
+        return sha256_text("missing")
+    return sha256_rows([("file", st.st_size, st.st_mtime_ns)])
+
+
+def _listing(folder: Path) -> Iterator[tuple[str, int | None, int | None]]:
+    """``(relpath, size, mtime_ns)`` of every file under ``folder``, in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # a dangling link: still part of the listing
+                yield os.path.relpath(full, folder), None, None
+                continue
+            yield os.path.relpath(full, folder), st.st_size, st.st_mtime_ns
 
 
 # --------------------------------------------------------------------------- download

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 
 from bloodlib.core.errors import BloodlibError
-from bloodlib.core.io import sha256_file
+from bloodlib.core.hashing import sha256_file
 from bloodlib.models import mobilenet_v2
 from bloodlib.models.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from bloodlib.models.efficientnet_lite import build_efficientnet_lite

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bloodlib.core.errors import BloodlibError, OutputPathError
-from bloodlib.core.io import sha256_file
+from bloodlib.core.hashing import sha256_file
 from bloodlib.models.saved import (
     Classifier,
     load_classifier,

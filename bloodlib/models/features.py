@@ -10,7 +10,6 @@ complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodlib.core import config
+from bloodlib.core.hashing import sha256_text
 from bloodlib.core.io import write_with
 from bloodlib.core.progress import tqdm
 from bloodlib.models import backbones
@@ -52,11 +52,11 @@ def cache_key(
         "weights": backbones.weights_id(bb, weights),
         "image_size": int(image_size),
         "preprocessing": bb.preprocessing,
-        "images": hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
+        "images": sha256_text("\n".join(hashes)),
     }
     if crop != 1.0:  # only when cropping: the keys of whole-frame features stay as they were
         spec["crop"] = float(crop)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+    return sha256_text(json.dumps(spec, sort_keys=True))[:24]
 
 
 def extract(

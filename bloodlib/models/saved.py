@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from bloodlib.core.errors import OutputPathError, UnsafeModelError
-from bloodlib.core.io import atomic_path, json_default, read_json, sha256_file, write_json
+from bloodlib.core.hashing import sha256_file
+from bloodlib.core.io import atomic_path, json_default, read_json, write_json
 
 #: Kept for callers of the old name: the one content hash lives in ``bloodlib.core.io``.
 file_sha256 = sha256_file
@@ -443,7 +444,7 @@ class Classifier:
             from bloodlib.models import features
 
             model = self.model  # load and check before extracting any feature
-            hashes = hashes or [file_sha256(p) for p in paths]
+            hashes = hashes or [sha256_file(p) for p in paths]
             fs = features.extract(
                 paths,
                 hashes,
@@ -504,7 +505,7 @@ class Classifier:
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
-            self._sha256 = file_sha256(self.path)
+            self._sha256 = sha256_file(self.path)
         return self._sha256
 
 

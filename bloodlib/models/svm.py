@@ -163,8 +163,6 @@ def load(path: str | Path) -> Pipeline:
     return _checked(model, path)
 
 
-
-
 @contextmanager
 def _legacy_module_names() -> Iterator[None]:
     """While a file loads, let its old module names import as the modules that replaced them.

@@ -20,7 +20,8 @@ import numpy as np
 
 from bloodlib.core.config import cache_dir
 from bloodlib.core.errors import BloodlibError
-from bloodlib.core.io import atomic_path, read_json, sha256_file, write_json
+from bloodlib.core.hashing import sha256_file
+from bloodlib.core.io import atomic_path, read_json, write_json
 from bloodlib.models.torch_weights import load_state_dict
 
 __all__ = [

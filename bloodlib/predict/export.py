@@ -17,7 +17,6 @@ into place, so a failed conversion or check leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -33,7 +32,8 @@ import numpy as np
 from bloodlib import CLASSES, IMAGE_SUFFIXES
 from bloodlib.core.config import DEFAULT_SEED, SAMPLE_DIR
 from bloodlib.core.errors import BloodlibError, OutputPathError
-from bloodlib.core.io import read_json, sha256_file, write_json
+from bloodlib.core.hashing import sha256_file, sha256_rows
+from bloodlib.core.io import read_json, write_json
 from bloodlib.models.saved import (
     binding_sha256,
     load_classifier,
@@ -110,10 +110,8 @@ def tree_sha256(path: str | Path) -> str:
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path).as_posix()}\t{sha256_file(f)}\n".encode())
-    return h.hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return sha256_rows((f.relative_to(path).as_posix(), sha256_file(f)) for f in files)
 
 
 # --- output checks (before any work) -----------------------------------------------------

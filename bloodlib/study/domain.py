@@ -19,7 +19,6 @@ Plotting lives in :mod:`bloodlib.teach.domain_plots`; nothing here draws.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ import pandas as pd
 
 from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED, robust_name
+from bloodlib.core.hashing import sha256_rows
 from bloodlib.core.io import read_json, write_json
 from bloodlib.data import stain
 from bloodlib.evaluate import reject
@@ -80,10 +80,8 @@ class OtherLab:
 
 def fingerprint(cells: pd.DataFrame) -> str:
     """One hash of a lab's cells: relpaths, labels and content hashes (24 hex digits)."""
-    h = hashlib.sha256()
-    for r in cells.sort_values("relpath").itertuples():
-        h.update(f"{r.relpath}\t{r.label}\t{r.sha256}\n".encode())
-    return h.hexdigest()[:24]
+    rows = cells.sort_values("relpath")[["relpath", "label", "sha256"]]
+    return sha256_rows(rows.itertuples(index=False))[:24]
 
 
 def load_lab(folder: str | Path, synthetic: bool = False) -> OtherLab:
@@ -185,7 +183,7 @@ def seed_ensemble_path(model_path: str | Path) -> Path | None:
     """The ensemble of ``model_path``'s training seeds beside it (notebook 03 writes it when
     ``n_seeds`` > 1), if there is one and ``model_path`` is among its members; else ``None``."""
     from bloodlib.core.config import ensemble_name
-    from bloodlib.core.io import sha256_file
+    from bloodlib.core.hashing import sha256_file
     from bloodlib.models.saved import read_sidecar
 
     model_path = Path(model_path)

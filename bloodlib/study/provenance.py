@@ -6,7 +6,6 @@ Written by the runner to ``run_dir/provenance.json``. Deliberately light: no Ten
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -20,7 +19,8 @@ from typing import Any
 
 from bloodlib import __version__
 from bloodlib.core.config import PACKAGE_DIR, REPO_ROOT
-from bloodlib.core.io import sha256_file, write_json
+from bloodlib.core.hashing import sha256_file, sha256_rows
+from bloodlib.core.io import write_json
 
 #: Files whose content is "the code" of a run: every module and the run profiles.
 CODE_PATTERNS: tuple[str, ...] = ("**/*.py", "**/profiles.yml")
@@ -68,10 +68,8 @@ def code_digest(package_dir: Path | None = None) -> dict[str, str]:
     """
     root = Path(package_dir or PACKAGE_DIR)
     files = sorted({p for pattern in CODE_PATTERNS for p in root.glob(pattern) if p.is_file()})
-    h = hashlib.sha256()
-    for path in files:
-        h.update(f"{path.relative_to(root).as_posix()}\t{sha256_file(path)}\n".encode())
-    return {"version": __version__, "sha256": h.hexdigest()}
+    digest = sha256_rows((p.relative_to(root).as_posix(), sha256_file(p)) for p in files)
+    return {"version": __version__, "sha256": digest}
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

@@ -35,9 +35,10 @@ from typing import Any, NoReturn
 
 import yaml
 
-from bloodlib.core.config import REPO_ROOT, SAMPLE_DIR
+from bloodlib.core.config import REPO_ROOT
 from bloodlib.core.errors import BloodlibError, RunLockedError
 from bloodlib.core.io import atomic_path, read_json, write_json
+from bloodlib.data import source
 from bloodlib.data.source import KEYWORDS as DATA_KEYWORDS
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yml")
@@ -582,44 +583,6 @@ def plan_study(
 # --- execution ---------------------------------------------------------------------------
 
 
-def data_fingerprint(spec: str) -> str:
-    """A cheap digest of the data a run reads, to re-run notebook 01 when it changes.
-
-    A folder (the embedded sample included) is fingerprinted by its listing (relative paths,
-    sizes, modification times: what the manifest cache is keyed by), a zip by its size and
-    modification time; a download keyword by its URL (the download is checked against its
-    recorded hash when it is made). Nothing is read, downloaded or extracted.
-    """
-    from bloodlib.data import source
-
-    key = str(spec).strip().lower()
-    if key in source._SAMPLE_SPECS:
-        path = SAMPLE_DIR
-    elif key in source._DOWNLOAD_SPECS:
-        return f"download {os.environ.get(source.URL_ENV) or source.DEFAULT_URL}"
-    else:
-        path = Path(spec)
-    h = hashlib.sha256()
-    if path.is_dir():
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(full)
-                except OSError:  # a dangling link: still part of the listing
-                    st = None
-                rel = os.path.relpath(full, path)
-                h.update(f"{rel}\t{st and st.st_size}\t{st and st.st_mtime_ns}\n".encode())
-    else:
-        try:
-            st = path.stat()
-            h.update(f"file\t{st.st_size}\t{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(b"missing")
-    return h.hexdigest()
-
-
 def _hash(plan: NotebookPlan, upstream: str, context: Mapping[str, Any] | None = None) -> str:
     """What a notebook's result depends on: its source, parameters, upstream and ``context``
     (the library's code digest and the data fingerprint)."""
@@ -990,7 +953,7 @@ def run_study(
     # Part of every notebook's hash: a changed library or data source is not "unchanged".
     context = {
         "code": provenance.code_digest(),
-        "data": data_fingerprint(plans[0].parameters["data"]),
+        "data": source.fingerprint(plans[0].parameters["data"]),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):

@@ -20,7 +20,6 @@ and the sidecar records how many there were and one digest of their contents.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 import warnings
@@ -35,6 +34,7 @@ import pandas as pd
 from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.errors import BloodlibError, OutputPathError
+from bloodlib.core.hashing import sha256_text
 from bloodlib.data import manifest
 from bloodlib.evaluate import reject
 from bloodlib.models.saved import (
@@ -617,7 +617,7 @@ def adapt(
             else {
                 "cells": len(unl),
                 # one digest of the contents learnt from: sorted, so it ignores names and order
-                "sha256": hashlib.sha256("\n".join(sorted(unl["sha256"])).encode()).hexdigest(),
+                "sha256": sha256_text("\n".join(sorted(unl["sha256"]))),
                 "entropy_weight": float(entropy_weight),
             },
         },

@@ -8,7 +8,6 @@ finished phase leaves its weights behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ import pandas as pd
 
 from bloodlib import CLASS_INDEX, CLASSES
 from bloodlib.core import config
-from bloodlib.core.io import atomic_path, read_json, sha256_file, write_json, write_with
+from bloodlib.core.hashing import sha256_file, sha256_rows
+from bloodlib.core.io import atomic_path, read_json, write_json, write_with
 from bloodlib.models import backbones
 from bloodlib.models.saved import save_classifier, sidecar_path
 
@@ -526,10 +526,7 @@ def _files_digest(df: pd.DataFrame) -> str:
 
     The split's ``sha256`` column is used where present; other rows hash their file.
     """
-    h = hashlib.sha256()
-    for sha, label in zip(_hashes(df), df["label"], strict=True):
-        h.update(f"{sha}\t{label}\n".encode())
-    return h.hexdigest()
+    return sha256_rows(zip(_hashes(df), df["label"], strict=True))
 
 
 def training_identity(cfg: FinetuneConfig, train_df: pd.DataFrame, val_df: pd.DataFrame) -> dict:
