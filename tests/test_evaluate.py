@@ -19,8 +19,8 @@ from sklearn.metrics import (
 )
 
 from bloodlib import CLASSES
+from bloodlib.core import paper
 from bloodlib.evaluate.metrics import (
-    PAPER_RESULTS,
     bootstrap_ci,
     comparison_table,
     evaluate,
@@ -315,7 +315,7 @@ def test_comparison_table():
         {"name": "ViT", "backbone": "vit", "method": "finetune", "test_accuracy": 0.97,
          "balanced_accuracy": 0.96},
     ]  # fmt: skip
-    table = comparison_table(models, PAPER_RESULTS)
+    table = comparison_table(models, paper.ACCURACY)
     assert len(table) == 2
     assert list(table.columns[:5]) == [
         "name", "backbone", "method", "test_accuracy", "balanced_accuracy",
@@ -325,14 +325,14 @@ def test_comparison_table():
     assert table.loc[0, "delta_vs_paper"] == pytest.approx(0.02)
     assert table.loc[0, "ci_lo"] == 0.86
     assert "paper" not in comparison_table(models, None).columns
-    assert "paper" not in comparison_table(models[1:], PAPER_RESULTS).columns
+    assert "paper" not in comparison_table(models[1:], paper.ACCURACY).columns
     # String keys (model names) work too.
     assert comparison_table(models[1:], {"ViT": 0.9}).loc[0, "paper"] == 0.9
 
 
 def test_paper_results():
-    assert PAPER_RESULTS[("vgg16", "finetune")] == 0.962
-    assert len(PAPER_RESULTS) == 4
+    assert paper.ACCURACY[("vgg16", "finetune")] == 0.962
+    assert len(paper.ACCURACY) == 4
 
 
 def test_shared_mistakes_count_the_seeds_that_get_each_cell_wrong():

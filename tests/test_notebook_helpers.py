@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.data import source
 from bloodlib.teach import notebook
 
 pytestmark = pytest.mark.unit
@@ -12,12 +13,12 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize("data", ["sample", " Sample ", None, SAMPLE_DIR, str(SAMPLE_DIR / "ig")])
 def test_sample_is_recognised(data):
-    assert notebook.is_sample(data)
+    assert source.is_sample(data)
 
 
 @pytest.mark.parametrize("data", ["mendeley", "/work/shared/data", SAMPLE_DIR.parent])
 def test_other_data_is_not_the_sample(data):
-    assert not notebook.is_sample(data)
+    assert not source.is_sample(data)
 
 
 def test_banner_shows_only_for_the_sample(monkeypatch):

@@ -1,4 +1,4 @@
-"""bloodlib.core.paper: the paper's recipe and the differences table a notebook shows."""
+"""bloodlib.core.paper (the paper's facts) and bloodlib.teach.recipe (the differences table)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from bloodlib.core import paper
 from bloodlib.evaluate import metrics
+from bloodlib.teach import recipe
 
 pytestmark = pytest.mark.unit
 
@@ -19,20 +20,20 @@ SVM_PARAMS = {
 
 
 def test_differences_has_the_four_columns_and_one_row_per_aspect():
-    table = paper.differences("svm", SVM_PARAMS)
+    table = recipe.differences("svm", SVM_PARAMS)
     assert list(table.columns) == ["aspect", "paper", "here", "why"]
     assert table["aspect"].is_unique
     assert not table.isna().any().any()
 
 
 def test_differences_follows_the_parameters():
-    table = paper.differences("svm", SVM_PARAMS).set_index("aspect")
+    table = recipe.differences("svm", SVM_PARAMS).set_index("aspect")
     assert "288 px" in table.loc["input size", "here"]
     assert "3-fold" in table.loc["classifier", "here"]
     assert "240 usable images" in table.loc["data", "here"]
     assert table.loc["backbone", "here"] == "EfficientNet-Lite0"
     assert table.loc["backbone", "paper"] == "VGG-16, InceptionV3 (ImageNet weights)"
-    native = paper.differences("svm", {**SVM_PARAMS, "backbones": ["vgg16"], "image_size": None})
+    native = recipe.differences("svm", {**SVM_PARAMS, "backbones": ["vgg16"], "image_size": None})
     native = native.set_index("aspect")
     assert native.loc["input size", "why"] == "the networks' native sizes"
 
@@ -49,7 +50,7 @@ def test_finetune_rows_and_reported_accuracies():
         "augment": False,
         "max_train_images": None,
     }
-    table = paper.differences("design 2", params).set_index("aspect")
+    table = recipe.differences("design 2", params).set_index("aspect")
     assert table.loc["backbone", "why"] == "same as the paper"
     assert table.loc["schedule", "here"] == "3 epochs head only, then 15 epochs fine-tuning"
     assert table.loc["augmentation", "here"] == "none"
@@ -58,9 +59,30 @@ def test_finetune_rows_and_reported_accuracies():
 
 
 def test_paper_accuracies_are_the_ones_evaluation_compares_with():
-    assert paper.ACCURACY == metrics.PAPER_RESULTS
+    import inspect
+
+    default = inspect.signature(metrics.comparison_table).parameters["paper"].default
+    assert default is paper.ACCURACY
 
 
 def test_unknown_design_names_the_choices():
     with pytest.raises(ValueError, match="finetune"):
-        paper.differences("boosting", SVM_PARAMS)
+        recipe.differences("boosting", SVM_PARAMS)
+
+
+@pytest.mark.parametrize("given", ["sample", "SAMPLE", None, "by path"])
+def test_the_sample_given_by_path_reads_as_the_sample_everywhere(given):
+    """One test of "is this the sample?": the banner's and the table's answers agree (issue 31)."""
+    from bloodlib.core.config import SAMPLE_DIR
+    from bloodlib.data import source
+
+    data = str(SAMPLE_DIR / "..") + "/sample" if given == "by path" else given
+    assert source.is_sample(data)
+    row = recipe.differences("svm", {**SVM_PARAMS, "data": data}).set_index("aspect").loc["data"]
+    assert row["here"].startswith("the embedded sample")
+    assert row["why"] == "a smoke test that runs in minutes on a laptop"
+
+
+def test_another_folder_is_not_the_sample(tmp_path):
+    row = recipe.differences("svm", {**SVM_PARAMS, "data": str(tmp_path)}).set_index("aspect")
+    assert row.loc["data", "why"] == "the data given to this run"

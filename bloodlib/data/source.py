@@ -554,3 +554,17 @@ def _range_starts_at(content_range: str, offset: int) -> bool:
         return unit == "bytes" and int(rest.split("-", 1)[0]) == offset
     except ValueError:
         return False
+
+
+def is_sample(data: str | os.PathLike | None) -> bool:
+    """Whether ``data`` is the embedded sample (by keyword or by a path to it)."""
+    from bloodlib.core.config import SAMPLE_DIR
+
+    if data is None or (isinstance(data, str) and data.strip().lower() == "sample"):
+        return True
+    try:
+        path = Path(data).expanduser().resolve()
+    except (TypeError, OSError):
+        return False
+    sample = SAMPLE_DIR.resolve()
+    return path == sample or sample in path.parents

@@ -17,10 +17,6 @@ import pandas as pd
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.paper import ACCURACY
 
-#: Published test accuracies of Acevedo et al. 2019, keyed by (backbone, method); the numbers
-#: and their citation live in :mod:`bloodlib.core.paper`.
-PAPER_RESULTS: dict[tuple[str, str], float] = ACCURACY
-
 #: Bounds on the temperature searched by :func:`fit_temperature`.
 T_MIN, T_MAX = 0.05, 20.0
 
@@ -423,7 +419,7 @@ def _paper_value(paper: Mapping[Any, float], name: Any, backbone: Any, method: A
 
 def comparison_table(
     models: Sequence[Mapping[str, Any]],
-    paper: Mapping[Any, float] | None = PAPER_RESULTS,
+    paper: Mapping[Any, float] | None = ACCURACY,
 ) -> pd.DataFrame:
     """One row per model: name, backbone, method, test_accuracy, balanced_accuracy (+ paper).
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bloodlib import CLASS_INDEX, CLASSES
+from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.io import read_json, write_json
 from bloodlib.evaluate import metrics as ev
@@ -149,7 +150,7 @@ def evaluate_model(
         "n_test": int(len(test)),
         "n_val": n_val,
         "model_path": model_path.relative_to(model_path.parents[1]).as_posix(),
-        "paper_accuracy": ev.PAPER_RESULTS.get((info["backbone"], info["method"])),
+        "paper_accuracy": paper.ACCURACY.get((info["backbone"], info["method"])),
     }
     if info.get("ensemble"):  # bloodlib.models.ensemble: the networks it averages, by name
         entry["ensemble"] = [m["name"] for m in info["ensemble"]["members"]]
@@ -444,36 +445,6 @@ def ranking_sentence(entries: Sequence[Mapping[str, Any]], *, smoke_test: bool =
             "the README's Results section."
         )
     return text
-
-
-def recipe_differences(
-    run_dir: str | Path, results: Sequence[Evaluation], data: Any, **extra: Any
-) -> pd.DataFrame:
-    """:func:`bloodlib.core.paper.differences` of every model scored, from the parameters in its sidecar.
-
-    One block of rows per model (column ``model``); ``extra`` (e.g. ``split_fractions``)
-    goes to every block.
-    """
-    from bloodlib.core import paper
-    from bloodlib.models.saved import read_sidecar
-
-    tables = []
-    seen: set[str] = set()
-    for r in results:
-        path = r.metrics["model_path"]
-        if path in seen:
-            continue  # a TTA entry shares its network's recipe
-        seen.add(path)
-        info = read_sidecar(Path(run_dir) / path)
-        config = info.get("config")
-        if config is None and info.get("ensemble"):  # its members' recipe (seeds aside)
-            config = info["ensemble"]["members"][0].get("config")
-        params: dict[str, Any] = {**(config or {}), **extra}
-        params.update(data=data, backbones=[info["backbone"]], image_size=info["image_size"])
-        table = paper.differences(info["method"], params)
-        table.insert(0, "model", info["name"])
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def record_rejection(

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bloodlib import __version__
 from bloodlib.core.io import write_json
+from bloodlib.data.source import is_sample
 
 # Notebooks are teaching material: keep TensorFlow's C++ info logs out of their outputs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,20 +57,6 @@ SAMPLE_BANNER = (
     "Smoke-test numbers on a small sample; the full-data results are in the README's "
     "Results section."
 )
-
-
-def is_sample(data: str | os.PathLike | None) -> bool:
-    """Whether ``data`` is the embedded sample (by keyword or by a path to it)."""
-    from bloodlib.core.config import SAMPLE_DIR
-
-    if data is None or (isinstance(data, str) and data.strip().lower() == "sample"):
-        return True
-    try:
-        path = Path(data).expanduser().resolve()
-    except (TypeError, OSError):
-        return False
-    sample = SAMPLE_DIR.resolve()
-    return path == sample or sample in path.parents
 
 
 def data_banner(data: str | os.PathLike | None) -> None:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from bloodlib import CLASSES
+from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.io import atomic_path
 from bloodlib.evaluate.metrics import expected_calibration_error, reliability_table
@@ -674,7 +675,6 @@ def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
         )
         values = list(acc[np.isfinite(acc)])
         # The paper's four results as reference lines, so every model is read against them.
-        from bloodlib.evaluate.metrics import PAPER_RESULTS
 
         names = {
             "vgg16": "VGG-16",
@@ -683,7 +683,7 @@ def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
             "finetune": "fine-tuned",
         }
         styles = [(0, (1, 2)), (0, (4, 2)), (0, (6, 2, 1, 2)), (0, (8, 3))]
-        ordered = sorted(PAPER_RESULTS.items(), key=lambda kv: kv[1])
+        ordered = sorted(paper.ACCURACY.items(), key=lambda kv: kv[1])
         for ((bb, method), ref), style in zip(ordered, styles, strict=False):
             ax.axhline(
                 ref,
@@ -693,13 +693,13 @@ def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
                 zorder=0,
                 label=f"paper: {names[bb]} {names[method]} {ref:.1%}",
             )
-        values += list(PAPER_RESULTS.values())
+        values += list(paper.ACCURACY.values())
         if "paper" in t.columns and t["paper"].notna().any():
-            paper = t["paper"].to_numpy(dtype=float)
+            reported = t["paper"].to_numpy(dtype=float)
             ax.scatter(
-                x, paper, marker="D", s=50, color="C3", zorder=3, label="Acevedo et al. 2019"
+                x, reported, marker="D", s=50, color="C3", zorder=3, label="Acevedo et al. 2019"
             )
-            values += list(paper[np.isfinite(paper)])
+            values += list(reported[np.isfinite(reported)])
         # Accuracies cluster near the top: start the axis just below the lowest value
         # so differences of a few points stay visible.
         low = min(values) if values else 0.0
@@ -915,7 +915,6 @@ def plot_accuracy_vs_compute(table: pd.DataFrame, title: str = "") -> Figure:
     ``image_size``, ``gmacs``, ``test_accuracy``, ``test_ci_low``, ``test_ci_high``).
     A backbone without a GMACs count is left out of the plot (it has no x).
     """
-    from bloodlib.core import paper
 
     rows = table.dropna(subset=["gmacs"])
     with sns.axes_style(_STYLE):
