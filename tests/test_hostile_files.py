@@ -29,8 +29,9 @@ from PIL import ImageFile
 from tiny_models import cell, write_cell
 
 from bloodlib.core.config import cache_dir
-from bloodlib.data import manifest, source
-from bloodlib.data.manifest import DataQualityWarning, inspect_file, scan
+from bloodlib.data import files, manifest, source
+from bloodlib.data.files import inspect_file
+from bloodlib.data.manifest import DataQualityWarning, scan
 from bloodlib.data.source import DataSourceError
 
 pytestmark = pytest.mark.unit
@@ -199,7 +200,7 @@ def test_pixel_limit_is_checked_from_the_header(tmp_path, monkeypatch):
     monkeypatch.undo()
     # A setting: a caller may raise it (the image then decodes: a 1-bit image is grayscale).
     assert inspect_file(tmp_path, "big.png", max_pixels=70_000_000)["status"] == "grayscale"
-    monkeypatch.setattr(manifest, "MAX_PIXELS", 70_000_000)
+    monkeypatch.setattr(files, "MAX_PIXELS", 70_000_000)
     assert inspect_file(tmp_path, "big.png")["status"] == "grayscale"
 
 
@@ -225,7 +226,7 @@ def test_a_socket_is_reported_not_opened(tmp_path):
 def test_a_huge_file_is_not_read(tmp_path, monkeypatch):
     (tmp_path / "basophil").mkdir()
     (tmp_path / "basophil" / "BA_0.jpg").write_bytes(_jpeg(0, 0))
-    monkeypatch.setattr(manifest, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 100)
     row = inspect_file(tmp_path, "basophil/BA_0.jpg")
     assert row["status"] == "too_large" and row["sha256"] == "" and "not read" in row["reason"]
 
@@ -374,11 +375,11 @@ def test_a_trickling_server_meets_the_overall_deadline(monkeypatch):
 
 def test_hostile_statuses_are_never_usable():
     """New statuses stay out of training (split uses ok only) and out of classification."""
-    from bloodlib.predict.classify import CLASSIFIABLE
+    from bloodlib.data.files import CLASSIFIABLE
 
     new = {"bad_name", "not_regular", "link_outside", "too_large"}
-    assert new <= set(manifest.DEFECTS)
+    assert new <= set(files.DEFECTS)
     assert not new & CLASSIFIABLE
     # They outrank unknown_class, the status of every file in a loose folder that classify reads.
-    last = manifest.DEFECTS.index("unknown_class")
-    assert all(manifest.DEFECTS.index(s) < last for s in new)
+    last = files.DEFECTS.index("unknown_class")
+    assert all(files.DEFECTS.index(s) < last for s in new)

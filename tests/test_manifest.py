@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from bloodlib import CLASSES
-from bloodlib.data import manifest
+from bloodlib.data import files, manifest
 from bloodlib.data.manifest import COLUMNS, DataQualityWarning, Manifest, scan
 
 pytestmark = pytest.mark.unit
@@ -176,7 +176,7 @@ def test_a_crashing_decoder_becomes_a_row(clean_tree, monkeypatch):
             raise RuntimeError("decoder exploded")
         return im
 
-    monkeypatch.setattr(manifest.Image, "open", flaky_open)
+    monkeypatch.setattr(files.Image, "open", flaky_open)
     m = _scan(clean_tree.root, use_cache=False)
     bad = m.table[m.table["width"] == 0]
     assert len(bad) == len(CLASSES)  # one 366x369 image per class
@@ -217,11 +217,11 @@ def test_case_insensitive_class_folders(clean_tree):
 
 
 def test_sniff_names_common_junk():
-    assert "DS_Store" in manifest.sniff(b"\x00\x00\x00\x01Bud1" + b"\0" * 100)
-    assert "AppleDouble" in manifest.sniff(b"\x00\x05\x16\x07\x00\x02\x00\x00")
-    assert manifest.sniff(b"") == "an empty file"
-    assert manifest.sniff(b"hello world").startswith("text")
-    assert "binary" in manifest.sniff(bytes(range(256)))
+    assert "DS_Store" in files.sniff(b"\x00\x00\x00\x01Bud1" + b"\0" * 100)
+    assert "AppleDouble" in files.sniff(b"\x00\x05\x16\x07\x00\x02\x00\x00")
+    assert files.sniff(b"") == "an empty file"
+    assert files.sniff(b"hello world").startswith("text")
+    assert "binary" in files.sniff(bytes(range(256)))
 
 
 def test_missing_root_is_a_clear_error(tmp_path):
@@ -232,7 +232,18 @@ def test_missing_root_is_a_clear_error(tmp_path):
 def test_large_files_are_read_in_chunks_with_the_same_row(defect_tree, monkeypatch):
     """Above _READ_WHOLE_BYTES a file is hashed and decoded from disk; the rows do not change."""
     rels = sorted(defect_tree.expected)
-    whole = [manifest.inspect_file(defect_tree.root, r) for r in rels]
-    monkeypatch.setattr(manifest, "_READ_WHOLE_BYTES", 0)
-    streamed = [manifest.inspect_file(defect_tree.root, r) for r in rels]
+    whole = [files.inspect_file(defect_tree.root, r) for r in rels]
+    monkeypatch.setattr(files, "_READ_WHOLE_BYTES", 0)
+    streamed = [files.inspect_file(defect_tree.root, r) for r in rels]
     pd.testing.assert_frame_equal(pd.DataFrame(whole), pd.DataFrame(streamed))
+
+
+def test_one_rule_names_a_folder_s_class():
+    from bloodlib.data.files import class_of
+
+    assert class_of("Basophil") == "basophil"
+    assert class_of("IG") == "ig"
+    assert class_of("blasts") is None
+    # A model's own classes, in their own spelling.
+    assert class_of("neutrophil", ["Neutrophil", "Lymphocyte"]) == "Neutrophil"
+    assert class_of("basophil", ["Neutrophil", "Lymphocyte"]) is None

@@ -37,7 +37,7 @@ def _pillow_rgb(data: bytes, path: bytes) -> np.ndarray:
 
     name = path.decode("utf-8", "backslashreplace")
     try:
-        # Sizes were checked by the scan (manifest.MAX_PIXELS), which every path passes first.
+        # Sizes were checked by the scan (files.MAX_PIXELS), which every path passes first.
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Exception as exc:

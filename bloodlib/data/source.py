@@ -26,6 +26,7 @@ from bloodlib.core.config import SAMPLE_DIR, cache_dir
 from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_file, sha256_rows, sha256_text
 from bloodlib.core.io import read_json, write_json
+from bloodlib.data.files import class_of
 
 #: The official "download all" zip of Mendeley Data snkd93bnjr v1.
 DEFAULT_URL = "https://md-datasets-cache-zipfiles-prod.s3.eu-west-1.amazonaws.com/snkd93bnjr-1.zip"
@@ -162,7 +163,7 @@ def _classify(spec: str | os.PathLike | None) -> tuple[str, Path]:
 
 def _has_classes(folder: Path) -> bool:
     try:
-        return any(c.is_dir() and c.name.lower() in CLASSES for c in folder.iterdir())
+        return any(c.is_dir() and class_of(c.name) is not None for c in folder.iterdir())
     except OSError:
         return False
 

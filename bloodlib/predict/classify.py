@@ -27,12 +27,11 @@ import pandas as pd
 
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.io import write_with
-from bloodlib.data import manifest, stain
+from bloodlib.data import stain
+from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
 from bloodlib.evaluate import reject
 from bloodlib.evaluate.metrics import evaluate, log_average, per_class_table
 from bloodlib.models.saved import load_classifier, sidecar_path
-
-CLASSIFIABLE = manifest.CLASSIFIABLE  # the statuses a model can read, kept under this name
 
 
 @dataclass
@@ -152,7 +151,7 @@ class ClassifyResult:
 
 def _list(folder: Path) -> list[str]:
     """Every entry to report under ``folder``, as the manifest lists them (FIFOs, links too)."""
-    return [rel for rel, _, _ in manifest.list_files(folder)]
+    return [rel for rel, _, _ in list_files(folder)]
 
 
 def check_output_path(out_csv: str | Path, folder: str | Path, model_path: str | Path) -> Path:
@@ -253,7 +252,7 @@ def classify_folder(
     clf.prepare(engine, batch_size)  # a model that does not match its sidecar fails here
     relpaths = _list(folder)
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        rows = list(pool.map(lambda r: manifest.inspect_file(folder, r), relpaths))
+        rows = list(pool.map(lambda r: inspect_file(folder, r), relpaths))
     files = pd.DataFrame(rows)
     if files.empty:
         files = pd.DataFrame(columns=["relpath", "path", "label", "status", "reason", "sha256"])
@@ -328,11 +327,10 @@ def classify_folder(
     )
 
     metrics, unscored, excluded = None, {}, {}
-    # Class layout: the top folder names the label, matched to the model's classes without
-    # regard to case (``Basophil/`` is basophil), as the manifest does.
+    # Class layout: the top folder names the label among the model's classes (class_of).
     parts = good["relpath"].str.split("/")
     folders = parts.str[0].where(parts.str.len() > 1, ".")
-    labels = folders.str.lower().map({c.lower(): c for c in classes})
+    labels = folders.map(lambda f: class_of(f, classes))
     labelled = labels.notna().to_numpy()
     scored = labelled & labels.isin(answers).to_numpy()
     if labelled.any():

@@ -35,7 +35,7 @@ from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.errors import BloodlibError, OutputPathError
 from bloodlib.core.hashing import sha256_text
-from bloodlib.data import manifest
+from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
 from bloodlib.evaluate import reject
 from bloodlib.models.saved import (
     load_classifier,
@@ -173,11 +173,11 @@ def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise AdaptError(f"not a folder: {folder}")
-    rows = [manifest.inspect_file(folder, rel) for rel, _, _ in manifest.list_files(folder)]
+    rows = [inspect_file(folder, rel) for rel, _, _ in list_files(folder)]
     files = pd.DataFrame(rows, columns=["relpath", "path", "label", "status", "reason", "sha256"])
     parts = files["relpath"].str.split("/")
     files["folder"] = parts.str[0].where(parts.str.len() > 1, ".")
-    classed = files["folder"].str.lower().isin(CLASSES)
+    classed = files["folder"].map(class_of).notna()
     ignored = files.loc[~classed, "folder"].value_counts().sort_index().to_dict()
     if not classed.any():
         raise AdaptError(
@@ -222,9 +222,9 @@ def unlabelled_cells(
     folder = Path(folder)
     if not folder.is_dir():
         raise AdaptError(f"not a folder: {folder}")
-    rows = [manifest.inspect_file(folder, rel) for rel, _, _ in manifest.list_files(folder)]
+    rows = [inspect_file(folder, rel) for rel, _, _ in list_files(folder)]
     files = pd.DataFrame(rows, columns=["relpath", "path", "status", "sha256"])
-    good = files[files["status"].isin(manifest.CLASSIFIABLE)]  # hidden files are "hidden"
+    good = files[files["status"].isin(CLASSIFIABLE)]  # hidden files are "hidden"
     good = good[~good["sha256"].isin(exclude)].drop_duplicates("sha256")
     if good.empty:
         raise AdaptError(
