@@ -15,7 +15,7 @@ from bloodlib.cli import main
 from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.hashing import sha256_file
-from bloodlib.data import stain
+from bloodlib.data import look
 from bloodlib.models.backbones import leaves
 from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
 from bloodlib.train.adapt import AdaptError, adapt, choose_support, labelled_cells
@@ -66,7 +66,7 @@ def stain_network(size: int = SIZE):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
-    """``stain.other_lab`` copies of the embedded sample's cells, class folders in mixed case."""
+    """``look.other_lab`` copies of the embedded sample's cells, class folders in mixed case."""
     root = tmp_path_factory.mktemp("lab") / "other_lab"
     cells = []
     for cls in LAB_CLASSES:
@@ -74,7 +74,7 @@ def lab(tmp_path_factory) -> Path:
         if len(files) < PER_CLASS:
             pytest.skip("the embedded sample is missing or too small")
         cells += [(str(p), cls.capitalize()) for p in files[:PER_CLASS]]
-    assert len(stain.write_other_lab(cells, root)) == 3 * PER_CLASS
+    assert len(look.write_other_lab(cells, root)) == 3 * PER_CLASS
     (root / "notes").mkdir()
     (root / "notes" / "readme.txt").write_text("not a class folder")
     return root

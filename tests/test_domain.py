@@ -16,7 +16,7 @@ from tiny_models import write_cell
 from bloodlib import CLASSES
 from bloodlib.cli import main
 from bloodlib.core.config import SAMPLE_DIR
-from bloodlib.data import stain
+from bloodlib.data import look, stain
 from bloodlib.evaluate import reject
 from bloodlib.evaluate.metrics import log_average
 from bloodlib.models.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
@@ -224,7 +224,7 @@ def test_cli_classes_and_reject(keras_model, lab_folder, tmp_path, capsys):
 def test_reinhard_undoes_most_of_a_colour_shift():
     cells = sample_cells(4)
     for cell in cells:
-        shifted = stain.other_lab(cell, zoom_factor=1.0, blur=0.0)  # colour only
+        shifted = look.other_lab(cell, zoom_factor=1.0, blur=0.0)  # colour only
         before = stain.lab_distance(shifted)
         assert stain.lab_distance(stain.reinhard(shifted)) < 0.25 * before  # towards PBC's
         # With the cell's own statistics as the reference, the shift itself is undone.
@@ -241,45 +241,45 @@ def test_estimated_size_follows_the_zoom():
     cells = sample_cells(8)
     ratios = []
     for cell in cells:
-        base = stain.nucleus_fraction(cell)
+        base = look.nucleus_fraction(cell)
         assert base is not None and 0.05 < base < 0.8
         for factor in (0.6, 1.5):
-            ratios.append(stain.nucleus_fraction(stain.zoom(cell, factor)) / base / factor)
+            ratios.append(look.nucleus_fraction(look.zoom(cell, factor)) / base / factor)
     assert np.median(ratios) == pytest.approx(1.0, abs=0.1)
     assert min(ratios) > 0.7 and max(ratios) < 1.3
     # One zoom for a lab: cells shown 1.6x larger get a zoom of about 1 / 1.6 more.
-    big = [stain.zoom(c, 1.6) for c in cells]
-    assert stain.lab_zoom(big) / stain.lab_zoom(cells) == pytest.approx(1 / 1.6, rel=0.15)
-    _, factor = stain.rescale_cell(big[0])
+    big = [look.zoom(c, 1.6) for c in cells]
+    assert look.lab_zoom(big) / look.lab_zoom(cells) == pytest.approx(1 / 1.6, rel=0.15)
+    _, factor = look.rescale_cell(big[0])
     assert factor < 1.0
 
 
 @pytest.mark.unit
 def test_synthetic_other_lab_shifts_colour_and_size():
     cells = sample_cells(8)
-    moved = [stain.other_lab(c) for c in cells]
+    moved = [look.other_lab(c) for c in cells]
     assert all(m.shape == c.shape for m, c in zip(moved, cells, strict=True))
     far = np.median([stain.lab_distance(m) for m in moved])
     assert far > 3 * np.median([stain.lab_distance(c) for c in cells])
     # Cells 1.5x larger: --rescale-cell's zoom for them is about 1 / 1.5 of PBC's own.
-    ratio = stain.lab_zoom(moved, "reinhard") / stain.lab_zoom(cells, "reinhard")
-    assert ratio == pytest.approx(1 / stain.OTHER_LAB_ZOOM, rel=0.2)
+    ratio = look.lab_zoom(moved, "reinhard") / look.lab_zoom(cells, "reinhard")
+    assert ratio == pytest.approx(1 / look.OTHER_LAB_ZOOM, rel=0.2)
 
 
 @pytest.mark.unit
 def test_transform_choices():
-    assert stain.make_transform() is None and stain.make_transform("none", 1.0) is None
+    assert look.make_transform() is None and look.make_transform("none", 1.0) is None
     with pytest.raises(ValueError, match="reinhard, macenko"):
-        stain.make_transform("vahadane")
+        look.make_transform("vahadane")
     with pytest.raises(ValueError, match="needs the lab's stains"):
-        stain.make_transform("macenko")
+        look.make_transform("macenko")
     batch = np.stack(sample_cells(2, size=64))
-    out = stain.make_transform("reinhard", 0.5)(batch)
+    out = look.make_transform("reinhard", 0.5)(batch)
     assert out.shape == batch.shape and out.dtype == np.float32
     assert 0 <= out.min() and out.max() <= 255
     blank = np.full((32, 32, 3), 200.0, np.float32)
-    assert stain.nucleus_fraction(blank) is None
-    assert stain.rescale_cell(blank)[1] == 1.0
+    assert look.nucleus_fraction(blank) is None
+    assert look.rescale_cell(blank)[1] == 1.0
     ref = stain.StainReference.from_dict(stain.PBC_REFERENCE.to_dict())
     assert ref == stain.PBC_REFERENCE
 
@@ -336,14 +336,14 @@ def test_macenko_recovers_a_labs_stains_and_maps_them_to_the_reference():
 @pytest.mark.unit
 def test_macenko_brings_a_shifted_lab_towards_pbc_and_refuses_blank_frames():
     cells = sample_cells(8)
-    moved = [stain.other_lab(c, zoom_factor=1.0) for c in cells]
+    moved = [look.other_lab(c, zoom_factor=1.0) for c in cells]
     stains = stain.macenko_stains(moved)
     back = [stain.macenko(m, stains) for m in moved]
     before = np.median([stain.lab_distance(m) for m in moved])
     assert np.median([stain.lab_distance(b) for b in back]) < 0.6 * before
-    out = stain.make_transform("macenko", 0.8, stains=stains)(np.stack(moved[:2]))
+    out = look.make_transform("macenko", 0.8, stains=stains)(np.stack(moved[:2]))
     assert out.shape == (2, 224, 224, 3) and 0 <= out.min() and out.max() <= 255
-    assert 0.25 < stain.lab_zoom(moved, "macenko") < 4.0  # stains estimated from the cells
+    assert 0.25 < look.lab_zoom(moved, "macenko") < 4.0  # stains estimated from the cells
     blank = [np.full((32, 32, 3), 200.0, np.float32)] * 3
     with pytest.raises(ValueError, match="too few to estimate the stains"):
         stain.macenko_stains(blank)
@@ -355,7 +355,7 @@ def stained_lab(tmp_path) -> Path:
     folder = tmp_path / "stained_lab"
     for i, cell in enumerate(sample_cells(8, size=96)):
         (folder / CLASSES[i]).mkdir(parents=True)
-        Image.fromarray(stain.other_lab(cell).round().astype(np.uint8)).save(
+        Image.fromarray(look.other_lab(cell).round().astype(np.uint8)).save(
             folder / CLASSES[i] / f"c{i}.png"
         )
     return folder
@@ -381,21 +381,21 @@ def test_classify_with_macenko_estimates_the_folders_stains(
 
 @pytest.mark.unit
 def test_folder_look_tells_pbc_cells_from_another_labs():
-    cells = sample_cells(16, size=stain.LOOK_SIZE)
-    pbc = stain.folder_look(cells)
+    cells = sample_cells(16, size=look.LOOK_SIZE)
+    pbc = look.folder_look(cells)
     assert not pbc.unlike_pbc and pbc.n_cells == 16
-    assert pbc.colour_distance < 0.6 * stain.SHIFT_COLOUR_DISTANCE
+    assert pbc.colour_distance < 0.6 * look.SHIFT_COLOUR_DISTANCE
     assert 0.7 < pbc.nucleus_ratio < 1.4
-    other = stain.folder_look([stain.other_lab(c) for c in cells])
+    other = look.folder_look([look.other_lab(c) for c in cells])
     assert other.unlike_pbc and other.nucleus_ratio > 1.25 * pbc.nucleus_ratio
     assert other.to_dict()["unlike_pbc"] is True
-    blank = stain.folder_look([np.full((32, 32, 3), 230.0, np.float32)])
+    blank = look.folder_look([np.full((32, 32, 3), 230.0, np.float32)])
     assert blank.nucleus_ratio is None and "nuclei" not in blank.describe()
 
 
 def write_lab(folder: Path, shift: bool) -> Path:
     for i, cell in enumerate(sample_cells(8, size=96)):
-        img = stain.other_lab(cell) if shift else cell
+        img = look.other_lab(cell) if shift else cell
         (folder / CLASSES[i]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.round().astype(np.uint8)).save(folder / CLASSES[i] / f"c{i}.png")
     return folder
@@ -455,7 +455,7 @@ def test_classify_with_both_normalisations_multiplies_the_two_predictions(keras_
     assert stain.normalize_views("Reinhard+Macenko") == ("reinhard", "macenko")
     assert stain.normalize_views(None) == ("none",)
     with pytest.raises(ValueError, match="several views of each cell"):
-        stain.make_transform("reinhard+macenko")
+        look.make_transform("reinhard+macenko")
     runs = {
         name: classify_folder(
             keras_model, stained_lab, progress=False, normalize=name, rescale_cell=True
@@ -479,7 +479,7 @@ def test_tecom_cells_are_larger_and_colour_normalises():
     """Another lab's real cells: larger in the frame than PBC's, colours that normalise."""
     paths = [p for d in sorted(TECOM.iterdir()) if d.is_dir() for p in sorted(d.iterdir())[:4]]
     cells = [np.asarray(Image.open(p).convert("RGB").resize((224, 224)), np.float32) for p in paths]
-    assert stain.lab_zoom(cells, "reinhard") < 0.85  # shrink: their cells fill more frame
+    assert look.lab_zoom(cells, "reinhard") < 0.85  # shrink: their cells fill more frame
     for cell in cells:
         assert stain.lab_distance(stain.reinhard(cell)) < 0.25 * stain.lab_distance(cell)
     # Macenko with the lab's dyes: a yellow slide, dyes that absorb (non-negative red density

@@ -29,6 +29,14 @@ from bloodlib.core.errors import OutputPathError
 from bloodlib.core.io import write_with
 from bloodlib.data import stain
 from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
+from bloodlib.data.look import (
+    LOOK_SIZE,
+    ZOOM_SAMPLE,
+    FolderLook,
+    folder_look,
+    lab_zoom,
+    make_transform,
+)
 from bloodlib.evaluate import reject
 from bloodlib.evaluate.metrics import evaluate, log_average, per_class_table
 from bloodlib.models.saved import load_classifier, sidecar_path
@@ -56,7 +64,7 @@ class ClassifyResult:
     #: The lab-wide zoom of --rescale-cell, per colour normalisation it was measured after.
     zoom: dict[str, float] | None = None
     lab_stains: stain.StainVectors | None = None  # the lab's dyes, with --normalize macenko
-    look: stain.FolderLook | None = None  # how far the folder's cells are from PBC's look
+    look: FolderLook | None = None  # how far the folder's cells are from PBC's look
     adapted: bool = False  # the model was adapted to another lab (``adapt``): no PBC warning
     n_uncertain: int = 0
     #: Labelled cells left out of the metrics because --classes excludes their class.
@@ -273,7 +281,7 @@ def classify_folder(
     look = None
     if len(good):
         try:
-            look = stain.folder_look(lab_sample(good["path"].tolist(), stain.LOOK_SIZE))
+            look = folder_look(lab_sample(good["path"].tolist(), LOOK_SIZE))
         except Exception as exc:  # advisory only: never the reason a classification fails
             warnings.warn(f"could not measure the cells' look: {exc}", stacklevel=2)
     views = stain.normalize_views(normalize)
@@ -283,12 +291,12 @@ def classify_folder(
         if "macenko" in views:
             lab_stains = stain.macenko_stains(sample, source=str(folder))
         if rescale_cell:  # measured after each colour move, as the network will see the cells
-            zoom = {v: stain.lab_zoom(sample, v, stains=lab_stains) for v in views}
+            zoom = {v: lab_zoom(sample, v, stains=lab_stains) for v in views}
     n_uncertain = 0
     if len(good):
         probas = clf.predict_proba_views(
             good["path"].tolist(),
-            [stain.make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views],
+            [make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views],
             hashes=good["sha256"].tolist(),
             batch_size=batch_size,
             progress=progress,
@@ -373,9 +381,9 @@ def classify_folder(
 
 def lab_sample(paths: list[str], image_size: int) -> list[np.ndarray]:
     """The cells a folder's lab-wide normalisation is measured on: up to
-    ``stain.ZOOM_SAMPLE`` of them, evenly spread over the sorted paths (so every class of a
+    ``ZOOM_SAMPLE`` of them, evenly spread over the sorted paths (so every class of a
     class layout contributes), decoded as the model sees them."""
     from bloodlib.data.pipeline import load_images
 
-    pick = np.unique(np.linspace(0, len(paths) - 1, min(stain.ZOOM_SAMPLE, len(paths))).round())
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(ZOOM_SAMPLE, len(paths))).round())
     return list(load_images([paths[int(i)] for i in pick], image_size))

@@ -3,13 +3,13 @@
 The measurement behind issue 12, in pieces a notebook calls and a test can check:
 
 - the other lab: a real folder in the class layout, or a *synthetic* one written from the
-  run's PBC test cells (:func:`synthetic_lab`; ``stain.other_lab``), with a fingerprint of
+  run's PBC test cells (:func:`synthetic_lab`; ``look.other_lab``), with a fingerprint of
   its files (:func:`load_lab`);
 - the shift itself: colour (CIELAB means and spreads) and size (the stained nucleus's share
   of the frame) of both labs' cells (:func:`cell_statistics`, :func:`shift_table`);
 - the remedies, each scored the same way (:func:`score`): the classes a lab has
   (``reject.restrict``), Reinhard colour normalisation and one zoom per lab
-  (``stain.make_transform``), rejection at the threshold notebook 04 recorded, the robust
+  (``look.make_transform``), rejection at the threshold notebook 04 recorded, the robust
   recipe (:func:`train_robust`: ``FinetuneConfig.augment_domain``), and adapting on a few
   labelled cells (:func:`adapt_curve`: ``adapt.adapt``);
 - the sentences that state these numbers (generated, never typed).
@@ -35,7 +35,7 @@ from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED, robust_name
 from bloodlib.core.hashing import sha256_rows
 from bloodlib.core.io import read_json, write_json
-from bloodlib.data import stain
+from bloodlib.data import look, stain
 from bloodlib.evaluate import reject
 
 #: Cells per lab whose colour and size are measured (a random subset drawn with the seed):
@@ -94,7 +94,7 @@ def load_lab(folder: str | Path, synthetic: bool = False) -> OtherLab:
 
 
 def synthetic_lab(test_cells: pd.DataFrame, out_dir: str | Path) -> Path:
-    """Write ``stain.other_lab`` copies of ``test_cells`` (path, label) into ``out_dir``.
+    """Write ``look.other_lab`` copies of ``test_cells`` (path, label) into ``out_dir``.
 
     ``out_dir`` belongs to the run folder (never a data folder). Deterministic, so a folder
     already made from the same cells is kept as it is; one made from other cells (another
@@ -117,7 +117,7 @@ def synthetic_lab(test_cells: pd.DataFrame, out_dir: str | Path) -> Path:
         if read_json(marker) == want:
             return out_dir
         shutil.rmtree(out_dir)  # made from another split or another shift: make it again
-    stain.write_other_lab(source, out_dir)
+    look.write_other_lab(source, out_dir)
     write_json(marker, want)
     return out_dir
 
@@ -130,10 +130,10 @@ def synthetic_marker(out_dir: str | Path) -> Path:
 
 def _shift_description() -> dict[str, Any]:
     return {
-        "tint": stain.OTHER_LAB_TINT,
-        "gamma": stain.OTHER_LAB_GAMMA,
-        "zoom": stain.OTHER_LAB_ZOOM,
-        "blur": stain.OTHER_LAB_BLUR,
+        "tint": look.OTHER_LAB_TINT,
+        "gamma": look.OTHER_LAB_GAMMA,
+        "zoom": look.OTHER_LAB_ZOOM,
+        "blur": look.OTHER_LAB_BLUR,
     }
 
 
@@ -153,14 +153,14 @@ def cell_statistics(paths: Sequence[str], image_size: int) -> pd.DataFrame:
     """Per cell, at the model's input size: CIELAB means and spreads, nucleus fraction.
 
     Columns: ``L``, ``a``, ``b`` (means), ``L_std``, ``a_std``, ``b_std``, and
-    ``nucleus_fraction`` (``stain.nucleus_fraction``; NaN where no nucleus was found).
+    ``nucleus_fraction`` (``look.nucleus_fraction``; NaN where no nucleus was found).
     """
     from bloodlib.data.pipeline import load_images
 
     rows = []
     for image in load_images(list(paths), image_size):
         mean, std = stain.lab_stats(image)
-        frac = stain.nucleus_fraction(image)
+        frac = look.nucleus_fraction(image)
         rows.append([*mean, *std, np.nan if frac is None else frac])
     return pd.DataFrame(
         rows, columns=["L", "a", "b", "L_std", "a_std", "b_std", "nucleus_fraction"], dtype=float
@@ -244,7 +244,7 @@ def predict(
     """The model's own probabilities (every class) for ``paths``, after the chosen transform
     (``tta``: averaged over the 8 flips and rotations, as ``classify --tta``; ``stains``:
     the lab's, for ``macenko``)."""
-    transform = stain.make_transform(normalize, zoom, stains=stains)
+    transform = look.make_transform(normalize, zoom, stains=stains)
     return clf.predict_proba(
         list(paths), batch_size=batch_size, progress=False, transform=transform, tta=tta
     )
@@ -576,8 +576,8 @@ def lab_sentence(lab: OtherLab, n_source: int | None = None) -> str:
         return (
             f"**The other lab here is synthetic.** No other lab's cells were given "
             f"(`other_lab = None`), so its {len(lab.cells)} cells are the run's PBC test cells "
-            f"shifted by `stain.other_lab` (a yellow tint, a flatter camera curve, a "
-            f"{stain.OTHER_LAB_ZOOM:g}x zoom and a slight blur), written to `{lab.folder.name}/` "
+            f"shifted by `look.other_lab` (a yellow tint, a flatter camera curve, a "
+            f"{look.OTHER_LAB_ZOOM:g}x zoom and a slight blur), written to `{lab.folder.name}/` "
             f"in the run folder ({counts}). Every number below measures this made-up shift, "
             "not a real lab: pass `other_lab` (e.g. `../shared/data/external-dev/tecom`) to "
             "measure real cells."
