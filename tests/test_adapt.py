@@ -16,9 +16,10 @@ from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.data import look
+from bloodlib.data.labs import LabFolderError, labelled_cells
 from bloodlib.models.backbones import leaves
 from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
-from bloodlib.train.adapt import AdaptError, adapt, choose_support, labelled_cells
+from bloodlib.train.adapt import AdaptError, adapt, choose_support
 
 SIZE = 48
 #: The synthetic lab's classes: the three whose sample cells differ most in stain and size
@@ -233,12 +234,12 @@ def test_refusals(base_model, lab, tmp_path):
     shutil.copytree(lab, broken)
     (broken / "Monocyte").mkdir()
     (broken / "Monocyte" / "MO_1.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
-    with pytest.raises(AdaptError, match="Monocyte"):
+    with pytest.raises(LabFolderError, match="Monocyte"):
         adapt(base_model, broken, tmp_path / "new.keras")
     flat = tmp_path / "flat"
     flat.mkdir()
     shutil.copy(next((lab / "Platelet").iterdir()), flat / "cell.jpg")
-    with pytest.raises(AdaptError, match="no class folder"):
+    with pytest.raises(LabFolderError, match="no class folder"):
         adapt(base_model, flat, tmp_path / "new.keras")
     assert not (tmp_path / "new.keras").exists()
 
@@ -506,7 +507,7 @@ def _mean_entropy(model_path: Path, paths: list[str], present: list[str]) -> flo
 
 @pytest.mark.unit
 def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, tmp_path):
-    from bloodlib.train.adapt import unlabelled_cells
+    from bloodlib.data.labs import unlabelled_cells
 
     cells, _ = labelled_cells(lab)
     support, held = choose_support(cells, SHOTS, seed=3)
@@ -525,7 +526,7 @@ def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, t
     assert not got["relpath"].str.contains("hidden|thumbs|broken").any()
     few = unlabelled_cells(mixed, set(), seed=3, limit=7)
     assert len(few) == 7 and few.equals(unlabelled_cells(mixed, set(), seed=3, limit=7))
-    with pytest.raises(AdaptError, match="no usable image besides the labelled cells"):
+    with pytest.raises(LabFolderError, match="no usable image besides the labelled cells"):
         unlabelled_cells(mixed, set(got["sha256"]), seed=3)
 
 
@@ -585,7 +586,7 @@ def test_unlabelled_refusals(base_model, lab, tmp_path, capsys):
         adapt(base_model, lab, tmp_path / "new.keras", unlabelled=lab, entropy_weight=-1.0)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(AdaptError, match="no usable image"):
+    with pytest.raises(LabFolderError, match="no usable image"):
         adapt(base_model, lab, tmp_path / "new.keras", unlabelled=empty, train="top")
     argv = ["adapt", str(base_model), str(lab), "--out", str(tmp_path / "new.keras")]
     assert main([*argv, "--entropy-weight", "0.5"]) == 2

@@ -14,7 +14,7 @@ import pytest
 from bloodlib.core import paper
 from bloodlib.models import backbones
 from bloodlib.study import runner
-from bloodlib.teach import plots
+from bloodlib.teach import narrative, plots
 from bloodlib.train import design1
 
 pytestmark = pytest.mark.unit
@@ -95,7 +95,7 @@ def test_sentence_names_the_cheapest_backbone_inside_the_best_interval():
             _result("efficientnet_lite1", 240, 177),
         ]
     )
-    text = design1.backbone_sentence(table)
+    text = narrative.backbone_sentence(table)
     assert "efficientnet_lite2" in text and "90.0%" in text
     assert "the cheapest is efficientnet_lite0" in text
     assert "2 other backbones" in text
@@ -105,20 +105,20 @@ def test_sentence_when_the_best_is_also_the_cheapest():
     table = design1.backbone_table(
         [_result("efficientnet_lite0", 224, 190), _result("efficientnet_lite2", 260, 120)]
     )
-    text = design1.backbone_sentence(table)
+    text = narrative.backbone_sentence(table)
     assert "efficientnet_lite0" in text
     assert "No other backbone scores inside that interval" in text
     tied = design1.backbone_table(
         [_result("mobilenet_v2", 224, 180), _result("efficientnet_lite2", 260, 178)]
     )
     assert "1 other backbone scores inside that interval, but none costs less" in (
-        design1.backbone_sentence(tied)
+        narrative.backbone_sentence(tied)
     )
 
 
 def test_one_backbone_says_how_to_run_the_comparison():
     table = design1.backbone_table([_result("efficientnet_lite0", 288, 178)])
-    text = design1.backbone_sentence(table)
+    text = narrative.backbone_sentence(table)
     assert "needs several backbones" in text and "only efficientnet_lite0" in text
     for name in backbones.offline_backbones():
         assert name in text

@@ -18,7 +18,7 @@ from bloodlib.cli import main
 from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.data import look, stain
 from bloodlib.evaluate import reject
-from bloodlib.evaluate.metrics import log_average
+from bloodlib.evaluate.calibration import log_average
 from bloodlib.models.saved import SidecarError, read_sidecar, save_classifier, update_sidecar
 from bloodlib.predict.classify import classify_folder
 

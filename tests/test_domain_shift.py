@@ -16,10 +16,12 @@ from tiny_models import write_cell
 from bloodlib import CLASSES
 from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.core.io import read_json, write_json
+from bloodlib.data import labs
 from bloodlib.models import backbones
 from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
 from bloodlib.predict.classify import classify_folder
 from bloodlib.study import domain
+from bloodlib.teach import narrative
 
 SIZE = tiny_models.SIZE
 TINY = tiny_models.backbone("tiny", tiny_models.convnet_builder, "caffe", feature_dim=8)
@@ -73,40 +75,40 @@ def vertex_lab(tmp_path_factory) -> Path:
 def test_synthetic_lab_is_written_once_beside_its_marker(tmp_path):
     test = sample_frame(2, classes=("lymphocyte", "platelet"))
     out = tmp_path / "run" / "other_lab_synthetic"
-    assert domain.synthetic_lab(test, out) == out
+    assert labs.synthetic_lab(test, out) == out
     files = sorted(out.rglob("*.jpg"))
     assert [f.relative_to(out).as_posix().split("/")[0] for f in files] == ["lymphocyte"] * 2 + [
         "platelet"
     ] * 2
-    marker = domain.synthetic_marker(out)
+    marker = labs.synthetic_marker(out)
     assert marker.parent == out.parent and marker.is_file()  # not among the lab's cells
     stamp = [f.stat().st_mtime_ns for f in files]
-    domain.synthetic_lab(test, out)  # same cells: kept as written
+    labs.synthetic_lab(test, out)  # same cells: kept as written
     assert [f.stat().st_mtime_ns for f in files] == stamp
-    lab = domain.load_lab(out, synthetic=True)
+    lab = labs.load_lab(out, synthetic=True)
     assert lab.classes_present == ["lymphocyte", "platelet"] and lab.ignored == {}
     assert lab.describe()["per_class"] == {"lymphocyte": 2, "platelet": 2}
 
-    domain.synthetic_lab(test.iloc[:3], out)  # another split: made again from those cells
+    labs.synthetic_lab(test.iloc[:3], out)  # another split: made again from those cells
     assert len(list(out.rglob("*.jpg"))) == 3
-    assert domain.load_lab(out).fingerprint != lab.fingerprint
+    assert labs.load_lab(out).fingerprint != lab.fingerprint
 
     foreign = tmp_path / "somebody_elses"
     foreign.mkdir()
-    with pytest.raises(FileExistsError, match="not written by bloodlib.study.domain.synthetic_lab"):
-        domain.synthetic_lab(test, foreign)
+    with pytest.raises(FileExistsError, match="not written by bloodlib.data.labs.synthetic_lab"):
+        labs.synthetic_lab(test, foreign)
     with pytest.raises(ValueError, match="no test cells"):
-        domain.synthetic_lab(test.iloc[:0], tmp_path / "empty")
+        labs.synthetic_lab(test.iloc[:0], tmp_path / "empty")
 
 
 @pytest.mark.unit
 def test_fingerprint_follows_content_and_labels(vertex_lab):
-    lab = domain.load_lab(vertex_lab)
-    assert lab.fingerprint == domain.fingerprint(lab.cells.sample(frac=1, random_state=0))
+    lab = labs.load_lab(vertex_lab)
+    assert lab.fingerprint == labs.fingerprint(lab.cells.sample(frac=1, random_state=0))
     relabelled = lab.cells.assign(label=lab.cells["label"].where(lab.cells.index != 0, "ig"))
-    assert domain.fingerprint(relabelled) != lab.fingerprint
+    assert labs.fingerprint(relabelled) != lab.fingerprint
     changed = lab.cells.assign(sha256=lab.cells["sha256"].where(lab.cells.index != 1, "0" * 64))
-    assert domain.fingerprint(changed) != lab.fingerprint
+    assert labs.fingerprint(changed) != lab.fingerprint
 
 
 @pytest.mark.unit
@@ -162,7 +164,7 @@ def test_score_all_classes_restricted_and_rejected():
 @pytest.mark.unit
 def test_score_agrees_with_classify(vertex_model, vertex_lab):
     """The notebook's table and `classify` must give a lab the same accuracy."""
-    lab = domain.load_lab(vertex_lab)
+    lab = labs.load_lab(vertex_lab)
     clf = load_classifier(vertex_model)
     proba = domain.predict(clf, lab.cells["path"])
     for allowed in (None, lab.classes_present):
@@ -204,12 +206,12 @@ def test_coverage_curves_stack_per_set_of_cells():
 @pytest.mark.unit
 def test_statistics_see_the_synthetic_shift(tmp_path):
     pbc = sample_frame(3, classes=("lymphocyte", "monocyte", "neutrophil", "eosinophil"))
-    lab = domain.load_lab(domain.synthetic_lab(pbc, tmp_path / "other"), synthetic=True)
+    lab = labs.load_lab(labs.synthetic_lab(pbc, tmp_path / "other"), synthetic=True)
     stats = {
-        "PBC": domain.cell_statistics(pbc["path"], 160),
-        "other": domain.cell_statistics(lab.cells["path"], 160),
+        "PBC": labs.cell_statistics(pbc["path"], 160),
+        "other": labs.cell_statistics(lab.cells["path"], 160),
     }
-    table = domain.shift_table(stats)
+    table = labs.shift_table(stats)
     assert list(table.columns) == ["PBC", "other"]
     ratio = table.loc["nucleus_fraction", "other"] / table.loc["nucleus_fraction", "PBC"]
     # stain.OTHER_LAB_ZOOM is 1.5; the tint weakens blue (the stain channel), so the
@@ -217,10 +219,10 @@ def test_statistics_see_the_synthetic_shift(tmp_path):
     assert 1.1 < ratio < 1.75
     assert table.loc["b", "other"] > table.loc["b", "PBC"] + 5  # the yellow tint
     assert table.loc["L", "other"] > table.loc["L", "PBC"]  # the brighter camera curve
-    text = domain.shift_sentence(table, "PBC", "other")
+    text = narrative.shift_sentence(table, "PBC", "other")
     assert f"{table.loc['b', 'other']:.1f}" in text and f"{ratio:.2f} times" in text
-    assert len(domain.sample_cells(pbc, n=5, seed=1)) == 5
-    assert domain.sample_cells(pbc, n=5, seed=1).equals(domain.sample_cells(pbc, n=5, seed=1))
+    assert len(labs.sample_cells(pbc, n=5, seed=1)) == 5
+    assert labs.sample_cells(pbc, n=5, seed=1).equals(labs.sample_cells(pbc, n=5, seed=1))
 
 
 # --- remedies ------------------------------------------------------------------------------
@@ -295,7 +297,7 @@ def stain_model(tmp_path_factory) -> Path:
 @pytest.mark.unit
 def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     cells = sample_frame(12, classes=("basophil", "eosinophil", "platelet"))
-    folder = domain.synthetic_lab(cells, tmp_path / "lab")
+    folder = labs.synthetic_lab(cells, tmp_path / "lab")
     work = tmp_path / "work" / "not yet made"  # made when missing
     curve = domain.adapt_curve(
         stain_model,
@@ -317,7 +319,7 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     summary = domain.adapt_summary(curve)
     assert list(summary["shots"]) == [1, 3] and list(summary["repeats"]) == [2, 2]
     assert (summary["min"] <= summary["accuracy_present"]).all()
-    text = domain.adapt_sentence(summary, 0.3, repeats=2)
+    text = narrative.adapt_sentence(summary, 0.3, repeats=2)
     assert "mean of 2 draws" in text and "30.0 %" in text
     with pytest.raises(ValueError, match="at least once"):
         domain.adapt_curve(stain_model, folder, [1], repeats=0)
@@ -329,9 +331,9 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     )
     assert list(both["n_support"]) == [3] and list(both["n_unlabelled"]) == [33]
     assert list(both["before_accuracy_present"]) == list(curve["before_accuracy_present"][:1])
-    text = domain.unlabelled_sentence(domain.adapt_summary(both), summary)
+    text = narrative.unlabelled_sentence(domain.adapt_summary(both), summary)
     assert "33 unlabelled" in text and "transductive" in text
-    assert "not run" in domain.unlabelled_sentence(domain.adapt_summary(both.iloc[:0]), summary)
+    assert "not run" in narrative.unlabelled_sentence(domain.adapt_summary(both.iloc[:0]), summary)
     present = ["basophil", "eosinophil", "platelet"]
     rows = domain.adapt_rows(domain.adapt_summary(both), present, " + unlabelled")
     assert [(r["remedy"], r["classes"], r["n"]) for r in rows] == [
@@ -348,12 +350,12 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
 
 @pytest.mark.unit
 def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
-    lab = domain.load_lab(vertex_lab, synthetic=True)
-    assert "synthetic" in domain.lab_sentence(lab)
-    real = domain.load_lab(vertex_lab)
-    assert "synthetic" not in domain.lab_sentence(real) and real.fingerprint in domain.lab_sentence(
+    lab = labs.load_lab(vertex_lab, synthetic=True)
+    assert "synthetic" in narrative.lab_sentence(lab)
+    real = labs.load_lab(vertex_lab)
+    assert "synthetic" not in narrative.lab_sentence(
         real
-    )
+    ) and real.fingerprint in narrative.lab_sentence(real)
     labels = ["lymphocyte", "lymphocyte", "monocyte"]
     proba = np.full((3, 8), 0.01)
     proba[0, CLASSES.index("ig")] = proba[1, CLASSES.index("lymphocyte")] = 0.9
@@ -361,14 +363,14 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
     proba[0, CLASSES.index("lymphocyte")] = proba[2, CLASSES.index("monocyte")] = 0.05
     a = domain.score(proba, labels)
     p = domain.score(proba, labels, allowed=["lymphocyte", "monocyte"])
-    text = domain.zero_shot_sentence(a, p, pbc=0.97)
+    text = narrative.zero_shot_sentence(a, p, pbc=0.97)
     assert "97.0 %" in text and "33.3 %" in text and "100.0 %" in text
     assert "2 of the 3 cells were called a class this lab does not have" in text
     every = domain.score(proba, labels, allowed=list(CLASSES))
-    assert "changes nothing" in domain.zero_shot_sentence(a, every, pbc=0.97)
-    assert "by construction" in domain.robust_sentence(0.97, 0.96, 0.5, 0.9, synthetic=True)
-    assert "by construction" not in domain.robust_sentence(0.97, 0.96, 0.5, 0.9, False)
-    assert "-1.0 points" in domain.robust_sentence(0.97, 0.96, 0.5, 0.9, False)
+    assert "changes nothing" in narrative.zero_shot_sentence(a, every, pbc=0.97)
+    assert "by construction" in narrative.robust_sentence(0.97, 0.96, 0.5, 0.9, synthetic=True)
+    assert "by construction" not in narrative.robust_sentence(0.97, 0.96, 0.5, 0.9, False)
+    assert "-1.0 points" in narrative.robust_sentence(0.97, 0.96, 0.5, 0.9, False)
     rows = pd.DataFrame(
         [
             domain.remedy_row("none", "other lab", a),
@@ -377,13 +379,13 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
         ]
     )
     assert list(rows["classes"]) == ["all 8", "2 present", "2 present"]
-    text = domain.remedies_sentence(rows)
+    text = narrative.remedies_sentence(rows)
     assert "**classes present**" in text and "+66.7 points" in text and "all 8 classes)" in text
     rows.loc[len(rows)] = domain.remedy_row("none", "other lab", {**p, "accuracy": 0.5})
     assert "+50.0 points over the untouched model (50.0 %, 2 present classes)" in (
-        domain.remedies_sentence(rows)
+        narrative.remedies_sentence(rows)
     )
-    assert "No remedy" in domain.remedies_sentence(rows, cells="PBC test")
+    assert "No remedy" in narrative.remedies_sentence(rows, cells="PBC test")
     path = domain.save_results(tmp_path, {"x": np.float32(0.5), "lab": lab.describe()})
     assert read_json(path)["x"] == 0.5 and read_json(path)["lab"]["synthetic"] is True
 
@@ -394,16 +396,16 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
 @pytest.mark.data
 @pytest.mark.skipif(not TECOM.is_dir(), reason="tecom (external-dev) is not on this machine")
 def test_tecom_is_five_white_cell_classes_with_larger_nuclei():
-    lab = domain.load_lab(TECOM)
+    lab = labs.load_lab(TECOM)
     assert not lab.synthetic and len(lab.cells) == 300
     assert lab.classes_present == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-    assert lab.fingerprint == domain.load_lab(TECOM).fingerprint
+    assert lab.fingerprint == labs.load_lab(TECOM).fingerprint
     pbc = sample_frame(8, classes=lab.classes_present)
     stats = {
-        "PBC": domain.cell_statistics(pbc["path"], 224),
-        "tecom": domain.cell_statistics(domain.sample_cells(lab.cells, 40)["path"], 224),
+        "PBC": labs.cell_statistics(pbc["path"], 224),
+        "tecom": labs.cell_statistics(labs.sample_cells(lab.cells, 40)["path"], 224),
     }
-    table = domain.shift_table(stats)
+    table = labs.shift_table(stats)
     # Issue 12: in tecom the white cell fills most of the frame, in PBC about a third of it.
     assert table.loc["nucleus_fraction", "tecom"] > 1.3 * table.loc["nucleus_fraction", "PBC"]
 
@@ -413,7 +415,7 @@ def test_entropy_figure_and_sentence():
     from bloodlib.teach import domain_plots as dplots
 
     entropy = {"PBC test": np.array([0.0, 0.1, 0.2]), "other lab": np.array([0.9, 1.0, 1.1])}
-    text = domain.entropy_sentence(entropy, 5)
+    text = narrative.entropy_sentence(entropy, 5)
     assert "PBC test 0.10" in text and "other lab 1.00" in text and "ln 5 = 1.61" in text
     fig = dplots.plot_entropy(entropy, 5)
     ax = fig.axes[0]

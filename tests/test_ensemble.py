@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tiny_models
 
-from bloodlib import CLASSES
+from bloodlib import CLASSES, evaluate
 from bloodlib.cli import main
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.hashing import sha256_file
@@ -193,17 +193,17 @@ def test_scored_and_studied_as_an_ensemble(members, cells, tmp_path):
     assert entry["seed"] is None and entry["test_accuracy"] == 1.0
     assert entry["model_path"] == "models/m_ensemble.keras"
     # An average of the seeds is not one more seed: the spread over seeds leaves it out.
-    seeds = [
+    members_entries = [
         dict(entry, name=f"m{s}", model_path=f"models/m{s}.keras", seed=s) for s in ("", "_seed43")
     ]
-    for e in seeds:
+    for e in members_entries:
         e.pop("ensemble")
-    spread = scoring.seed_spread([*seeds, entry])
+    spread = evaluate.seed_spread([*members_entries, entry])
     assert [(r["model"], r["n_seeds"]) for r in spread] == [("m", 2)]
     # Notebook 04's recipe table: an ensemble's is its members' (they differ in seed only).
     first = scoring.evaluate_model(members[0], split, n_boot=10)
     recipes = recipe.recipe_differences(
-        tmp_path, [first, scoring.Evaluation(entry, *[None] * 5)], "x"
+        tmp_path, [first, evaluate.Evaluation(entry, *[None] * 5)], "x"
     )
     here = {m: t["here"].tolist() for m, t in recipes.groupby("model")}
     assert here["m_ensemble"] == here["m"] and any("0.25" in str(v) for v in here["m"])

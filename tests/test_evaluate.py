@@ -20,20 +20,17 @@ from sklearn.metrics import (
 
 from bloodlib import CLASSES
 from bloodlib.core import paper
-from bloodlib.evaluate.metrics import (
-    bootstrap_ci,
-    comparison_table,
-    evaluate,
+from bloodlib.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
     log_average,
     logits_from_proba,
-    misclassified,
-    per_class_table,
     reliability_table,
-    shared_mistakes,
     softmax,
 )
+from bloodlib.evaluate.compare import comparison_table
+from bloodlib.evaluate.metrics import bootstrap_ci, evaluate, per_class_table
+from bloodlib.evaluate.mistakes import misclassified, shared_mistakes
 
 pytestmark = pytest.mark.unit
 

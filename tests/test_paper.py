@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bloodlib import evaluate
 from bloodlib.core import paper
-from bloodlib.evaluate import metrics
 from bloodlib.teach import recipe
 
 pytestmark = pytest.mark.unit
@@ -61,7 +61,7 @@ def test_finetune_rows_and_reported_accuracies():
 def test_paper_accuracies_are_the_ones_evaluation_compares_with():
     import inspect
 
-    default = inspect.signature(metrics.comparison_table).parameters["paper"].default
+    default = inspect.signature(evaluate.comparison_table).parameters["paper"].default
     assert default is paper.ACCURACY
 
 

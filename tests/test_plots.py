@@ -16,13 +16,10 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bloodlib import CLASSES
-from bloodlib.evaluate.metrics import (  # noqa: E402
-    calibration_bins,
-    comparison_table,
-    evaluate,
-    misclassified,
-    softmax,
-)
+from bloodlib.evaluate.calibration import calibration_bins, softmax
+from bloodlib.evaluate.compare import comparison_table
+from bloodlib.evaluate.metrics import evaluate
+from bloodlib.evaluate.mistakes import misclassified
 from bloodlib.teach import plots
 
 pytestmark = pytest.mark.unit

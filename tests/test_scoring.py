@@ -8,12 +8,12 @@ import pytest
 import tiny_models
 from tiny_models import write_cell
 
-from bloodlib import CLASSES
-from bloodlib.evaluate import metrics
+from bloodlib import CLASSES, evaluate
+from bloodlib.evaluate import calibration
 from bloodlib.models import saved
 from bloodlib.predict import inference
 from bloodlib.study import scoring
-from bloodlib.teach import recipe
+from bloodlib.teach import narrative, recipe
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +34,7 @@ def _result(name, y, pred, *, tta=False, model_path="models/m.keras", **metrics)
     proba[np.arange(len(y)), pred] = 1 - 0.01 * (k - 1)
     test = pd.DataFrame({"path": [f"c{i}.jpg" for i in range(len(y))]})
     entry = {"name": name, "tta": tta, "model_path": model_path, "n_test": len(y), **metrics}
-    return scoring.Evaluation(entry, test, np.asarray(y), proba, proba, np.asarray(pred))
+    return evaluate.Evaluation(entry, test, np.asarray(y), proba, proba, np.asarray(pred))
 
 
 def test_paired_comparison_counts_discordant_cells_and_brackets_the_gain():
@@ -43,7 +43,7 @@ def test_paired_comparison_counts_discordant_cells_and_brackets_the_gain():
     b = a.copy()
     b[70:80] = 0  # b fixes 10 of a's errors
     b[0:2] = 1  # and breaks 2
-    c = scoring.paired_comparison(y, a, b, n_boot=2000, seed=0)
+    c = evaluate.paired_comparison(y, a, b, n_boot=2000, seed=0)
     assert (c.n, c.only_b, c.only_a) == (100, 10, 2)
     assert c.accuracy_a == pytest.approx(0.70) and c.accuracy_b == pytest.approx(0.78)
     assert c.difference == pytest.approx(0.08)
@@ -58,10 +58,10 @@ def test_paired_comparison_counts_discordant_cells_and_brackets_the_gain():
 def test_paired_comparison_of_identical_answers_is_exactly_zero():
     y = np.arange(40) % len(CLASSES)
     pred = np.roll(y, 3)
-    c = scoring.paired_comparison(y, pred, pred, n_boot=100)
+    c = evaluate.paired_comparison(y, pred, pred, n_boot=100)
     assert c.difference == 0 and c.ci95 == (0.0, 0.0) and c.p_mcnemar == 1.0
     with pytest.raises(ValueError):
-        scoring.paired_comparison(y, pred, pred[:-1])
+        evaluate.paired_comparison(y, pred, pred[:-1])
 
 
 def test_tta_gains_pairs_each_network_with_its_tta_twin():
@@ -74,22 +74,22 @@ def test_tta_gains_pairs_each_network_with_its_tta_twin():
         _result("net_tta", y, tta, tta=True),
         _result("svm", y, y, model_path="models/svm.joblib"),
     ]
-    table = scoring.tta_gains(results, n_boot=500)
+    table = evaluate.tta_gains(results, n_boot=500)
     assert table["model"].tolist() == ["net"]
     row = table.iloc[0]
     assert (row["fixed"], row["broken"], row["n"]) == (4, 0, 48)
     assert row["gain"] == pytest.approx(4 / 48)
-    sentence = scoring.tta_sentence(row)
+    sentence = narrative.tta_sentence(row)
     assert "75.0 %" in sentence and "83.3 %" in sentence and "fixed 4 and broke 0" in sentence
-    assert scoring.tta_gains(results[2:]).empty
+    assert evaluate.tta_gains(results[2:]).empty
 
 
 def test_tta_sentence_follows_the_interval():
     row = {"model": "m", "n": 10, "plain": 0.5, "tta": 0.6, "gain": 0.1, "fixed": 1, "broken": 0}
     row |= {"p_mcnemar": 1.0}
-    assert "includes zero" in scoring.tta_sentence({**row, "ci_lo": 0.0, "ci_hi": 0.3})
-    assert "above zero" in scoring.tta_sentence({**row, "ci_lo": 0.05, "ci_hi": 0.3})
-    assert "below zero" in scoring.tta_sentence({**row, "ci_lo": -0.3, "ci_hi": -0.05})
+    assert "includes zero" in narrative.tta_sentence({**row, "ci_lo": 0.0, "ci_hi": 0.3})
+    assert "above zero" in narrative.tta_sentence({**row, "ci_lo": 0.05, "ci_hi": 0.3})
+    assert "below zero" in narrative.tta_sentence({**row, "ci_lo": -0.3, "ci_hi": -0.05})
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_tta_sentence_follows_the_interval():
 )
 def test_calibration_sentence_states_what_the_numbers_say(temperature, before, after, words):
     entry = {"name": "m", "temperature": temperature, "ece": before, "ece_after_scaling": after}
-    text = scoring.calibration_sentence({**entry, "ece_bins": 5, "n_val": 24})
+    text = narrative.calibration_sentence({**entry, "ece_bins": 5, "n_val": 24})
     for w in words:
         assert w in text
 
@@ -110,15 +110,15 @@ def test_calibration_sentence_states_what_the_numbers_say(temperature, before, a
 def test_calibration_summary_never_claims_a_fix_that_did_not_happen():
     worse = {"ece": 0.17, "ece_after_scaling": 0.25}
     better = {"ece": 0.17, "ece_after_scaling": 0.10}
-    assert "no model" in scoring.calibration_summary([worse, worse])
-    assert "raised it for 2" in scoring.calibration_summary([worse, worse])
-    assert "every model" in scoring.calibration_summary([better])
-    assert "1 of 2 models" in scoring.calibration_summary([better, worse])
+    assert "no model" in narrative.calibration_summary([worse, worse])
+    assert "raised it for 2" in narrative.calibration_summary([worse, worse])
+    assert "every model" in narrative.calibration_summary([better])
+    assert "1 of 2 models" in narrative.calibration_summary([better, worse])
 
 
 def test_interval_sentence_names_what_the_interval_leaves_out():
     entry = {"name": "m", "test_accuracy": 0.75, "n_test": 48, "accuracy_ci95": [0.625, 0.875]}
-    text = scoring.interval_sentence(entry)
+    text = narrative.interval_sentence(entry)
     assert "36 of 48" in text and "62.5 %" in text and "87.5 %" in text and "25.0 points" in text
     assert "another seed" in text
 
@@ -126,10 +126,10 @@ def test_interval_sentence_names_what_the_interval_leaves_out():
 def test_same_test_cells_refuses_results_on_different_cells():
     y = np.zeros(4, dtype=int)
     a, b = _result("a", y, y), _result("b", y, y)
-    assert scoring.same_test_cells([a, b]) == 4
+    assert evaluate.same_test_cells([a, b]) == 4
     b.test = b.test.iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="other test cells"):
-        scoring.same_test_cells([a, b])
+        evaluate.same_test_cells([a, b])
 
 
 def test_metrics_round_trip_and_saved_models(tmp_path):
@@ -143,9 +143,9 @@ def test_metrics_round_trip_and_saved_models(tmp_path):
         (tmp_path / "models" / name).write_text("{}")
     assert [p.name for p in scoring.study_models(tmp_path)] == ["a.keras", "b.joblib"]
     y = np.zeros(3, dtype=int)
-    path = scoring.write_metrics(tmp_path, [_result("a", y, y), {"name": "b"}], split={"seed": 1})
+    path = evaluate.write_metrics(tmp_path, [_result("a", y, y), {"name": "b"}], split={"seed": 1})
     assert path == tmp_path / "metrics.json"
-    data = scoring.read_metrics(tmp_path)
+    data = evaluate.read_metrics(tmp_path)
     assert [m["name"] for m in data["models"]] == ["a", "b"] and data["split"] == {"seed": 1}
 
 
@@ -156,9 +156,9 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     info = {"name": "m", "method": "finetune", "backbone": "tiny", "image_size": SIZE}
     _save(tiny_models.vertex_classifier(SIZE), path, {**info, "classes": list(CLASSES)})
     rows = []
-    for part, seeds in (("val", range(2)), ("test", range(2, 5))):
+    for part, draws in (("val", range(2)), ("test", range(2, 5))):
         for c, label in enumerate(CLASSES):
-            for s in seeds:
+            for s in draws:
                 p = write_cell(tmp_path / "img" / label / f"{part}{s}.jpg", c, seed=10 * c + s)
                 rows.append({"path": str(p), "sha256": f"{c}-{s}", "label": label, "split": part})
     split = pd.DataFrame(rows)
@@ -166,14 +166,14 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     results = scoring.evaluate_models([path], split, tta=True, n_boot=50)
     assert [r.name for r in results] == ["m", "m_tta"]
     plain, tta = results
-    assert isinstance(plain, scoring.Evaluation)
+    assert isinstance(plain, evaluate.Evaluation)
     assert (plain.metrics["tta"], tta.metrics["tta"]) == (False, True)
     assert plain.metrics["engine"] == tta.metrics["engine"] == "tflite"
     assert plain.metrics["model_path"] == tta.metrics["model_path"] == "models/m.keras"
     n = 3 * len(CLASSES)
     assert plain.metrics["n_test"] == len(plain.test) == len(plain.predictions) == n
     assert plain.metrics["n_val"] == 2 * len(CLASSES)
-    assert plain.metrics["ece_bins"] == metrics.calibration_bins(n)
+    assert plain.metrics["ece_bins"] == evaluate.calibration_bins(n)
     assert plain.test["split"].eq("test").all()
     # Mean colour decides this model's answer, and no flip or rotation changes a mean.
     assert plain.metrics["test_accuracy"] == tta.metrics["test_accuracy"] == 1.0
@@ -192,7 +192,7 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     assert info["reject_threshold"] == record["reject_threshold"]
     assert record["reject_threshold"] is not None  # every validation cell is right here
     assert record["test_coverage"] == 1.0 and record["test_accepted_accuracy"] == 1.0
-    assert "uncertain" in scoring.rejection_sentence(record)
+    assert "uncertain" in narrative.rejection_sentence(record)
     table = recipe.recipe_differences(tmp_path / "run", results, "sample")
     assert set(table["model"]) == {"m"} and list(table.columns[1:]) == [
         "aspect",
@@ -203,28 +203,28 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
 
 
 def test_calibration_bins_fit_the_test_set():
-    assert metrics.calibration_bins(48) == metrics.MIN_BINS
-    assert metrics.calibration_bins(200) == 10
-    assert metrics.calibration_bins(10_000) == metrics.MAX_BINS
+    assert evaluate.calibration_bins(48) == calibration.MIN_BINS
+    assert evaluate.calibration_bins(200) == 10
+    assert evaluate.calibration_bins(10_000) == calibration.MAX_BINS
 
 
 def test_ranking_sentence_flags_a_lead_within_noise():
     a = {"name": "a", "test_accuracy": 0.8, "n_test": 48, "accuracy_ci95": [0.7, 0.9]}
     b = {"name": "b", "test_accuracy": 0.75, "n_test": 48, "accuracy_ci95": [0.6, 0.85]}
-    text = scoring.ranking_sentence([b, a])
+    text = narrative.ranking_sentence([b, a])
     assert text.startswith("Highest test accuracy: **a**, 80.0 %") and "Next: b, 75.0 %" in text
     assert "-5.0 points" in text and "could flip" in text and "smoke-test" not in text
-    sure = scoring.ranking_sentence([a, {**b, "test_accuracy": 0.5}], smoke_test=True)
+    sure = narrative.ranking_sentence([a, {**b, "test_accuracy": 0.5}], smoke_test=True)
     assert "could flip" not in sure and "smoke-test numbers" in sure
 
 
 def test_ranking_sentence_of_a_tie_and_no_negative_zero():
     a = {"name": "a", "test_accuracy": 0.855, "n_test": 200, "accuracy_ci95": [0.8, 0.9]}
-    text = scoring.ranking_sentence([a, {**a, "name": "a_tta"}])
+    text = narrative.ranking_sentence([a, {**a, "name": "a_tta"}])
     assert "Tied with a_tta" in text and "-0.0" not in text and "could flip" not in text
     row = {"model": "m", "n": 200, "plain": 0.855, "tta": 0.855, "gain": -0.0, "fixed": 5}
     row |= {"broken": 5, "ci_lo": -0.03, "ci_hi": 0.03, "p_mcnemar": 1.0}
-    assert "(+0.0 points)" in scoring.tta_sentence(row)
+    assert "(+0.0 points)" in narrative.tta_sentence(row)
 
 
 def test_rejection_sentence_says_when_nothing_is_answered():
@@ -236,8 +236,8 @@ def test_rejection_sentence_says_when_nothing_is_answered():
         "test_coverage": 0.0,
         "test_accepted_accuracy": None,
     }
-    assert "answers none of them" in scoring.rejection_sentence(record)
-    assert "no threshold" in scoring.rejection_sentence({**record, "reject_threshold": None})
+    assert "answers none of them" in narrative.rejection_sentence(record)
+    assert "no threshold" in narrative.rejection_sentence({**record, "reject_threshold": None})
 
 
 def test_seed_mistakes_pool_each_models_seeds_and_name_the_shared_floor():
@@ -256,27 +256,27 @@ def test_seed_mistakes_pool_each_models_seeds_and_name_the_shared_floor():
         _result("net_seed44", y, miss_all, model_path="models/net_seed44.keras", seed=44),
         _result("ens", y, y, model_path="models/net_seeds.keras", ensemble=[42, 43, 44]),
     ]
-    found = scoring.seed_mistakes(results)
+    found = evaluate.seed_mistakes(results)
     assert list(found) == ["net"]
     df = found["net"]
     assert list(df["index"]) == [0, 1, 5] and list(df["n_wrong"]) == [3, 3, 1]
     assert df.loc[0, "true"] == CLASSES[y[0]] and df.loc[0, "pred"] == CLASSES[miss_all[0]]
-    text = scoring.seed_mistakes_sentence("net", df, len(y))
+    text = narrative.seed_mistakes_sentence("net", df, len(y))
     assert "3 of the 10 test cells" in text and "**2** by every seed" in text
     assert "2.3 by each seed" in text  # (3 + 3 + 1) / 3
     assert f"{CLASSES[y[0]]} → {CLASSES[miss_all[0]]} (1)" in text
-    assert "every seed" in scoring.seed_mistakes_sentence("net", df[df["n_wrong"] < 3], 10)
-    assert "no seed misclassified" in scoring.seed_mistakes_sentence("net", df.head(0), 10)
+    assert "every seed" in narrative.seed_mistakes_sentence("net", df[df["n_wrong"] < 3], 10)
+    assert "no seed misclassified" in narrative.seed_mistakes_sentence("net", df.head(0), 10)
     # metrics.json: the counts and the cells every seed got wrong, by relpath.
     test = results[0].test.assign(relpath=[f"cls/c{i}.jpg" for i in range(len(y))])
-    (record,) = scoring.seed_mistakes_record(found, test)
+    (record,) = evaluate.seed_mistakes_record(found, test)
     assert record["n_models"] == 3 and record["n_test"] == 10
     assert (record["wrong_for_some_seed"], record["wrong_for_every_seed"]) == (3, 2)
     assert [c["relpath"] for c in record["every_seed_wrong"]] == ["cls/c0.jpg", "cls/c1.jpg"]
     assert record["every_seed_wrong"][0]["pred"] == CLASSES[miss_all[0]]
-    right = scoring.seed_mistakes([_result("a", y, y, seed=42), _result("a_seed43", y, y, seed=43,
+    right = evaluate.seed_mistakes([_result("a", y, y, seed=42), _result("a_seed43", y, y, seed=43,
                                    model_path="models/m_seed43.keras")])  # fmt: skip
-    (clean,) = scoring.seed_mistakes_record(right, test)
+    (clean,) = evaluate.seed_mistakes_record(right, test)
     assert (clean["n_models"], clean["wrong_for_some_seed"], clean["every_seed_wrong"]) == (
         2,
         0,
@@ -286,4 +286,4 @@ def test_seed_mistakes_pool_each_models_seeds_and_name_the_shared_floor():
     moved = _result("net_seed45", y, y, model_path="models/net_seed45.keras", seed=45)
     moved.test = moved.test.assign(path=moved.test["path"] + "x")
     with pytest.raises(ValueError, match="other test cells"):
-        scoring.seed_mistakes([*results, moved])
+        evaluate.seed_mistakes([*results, moved])

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from bloodlib import CLASSES
+from bloodlib import CLASSES, evaluate
 from bloodlib.core import config
+from bloodlib.evaluate import seeds
 from bloodlib.models.saved import read_sidecar
 from bloodlib.study import runner, scoring
 from bloodlib.study.runner import ParameterError
+from bloodlib.teach import narrative
 from bloodlib.train import design1
 
 pytestmark = pytest.mark.unit
@@ -73,13 +75,13 @@ def test_seed_spread_groups_by_backbone_method_and_tta_in_first_seen_order():
         _entry("lite0_finetune_seed44", 44, 0.95, 0.91),
         _entry("lite0_finetune_seed44_tta", 44, 0.965, tta=True),
     ]
-    spread = scoring.seed_spread(entries)
+    spread = evaluate.seed_spread(entries)
     assert [(r["name"], r["n_seeds"]) for r in spread] == [
         ("lite0_svm", 1),
         ("lite0_finetune", 3),
         ("lite0_finetune_tta", 3),
     ]
-    assert all(tuple(r) == scoring.SPREAD_KEYS for r in spread)
+    assert all(tuple(r) == seeds.SPREAD_KEYS for r in spread)
     svm, net, tta = spread
     assert svm["accuracy_std"] is None and svm["balanced_accuracy_std"] is None
     assert svm["accuracy_mean"] == pytest.approx(0.89)
@@ -93,7 +95,7 @@ def test_seed_spread_groups_by_backbone_method_and_tta_in_first_seen_order():
 
 def test_seed_spread_refuses_a_seed_counted_twice():
     with pytest.raises(ValueError, match="repeat"):
-        scoring.seed_spread([_entry("a", 42, 0.9), _entry("a_seed42", 42, 0.9)])
+        evaluate.seed_spread([_entry("a", 42, 0.9), _entry("a_seed42", 42, 0.9)])
 
 
 def test_seed_models_keep_this_runs_seeds_only(tmp_path):
@@ -117,8 +119,8 @@ def test_seed_table_sets_the_spread_beside_the_first_seeds_interval():
         _entry("n", 42, 0.97, ci=[0.95, 0.99]),
         _entry("n_seed43", 43, 0.95),
     ]
-    table = scoring.seed_table(scoring.seed_spread(entries), entries)
-    assert list(table.columns) == list(scoring.SEED_TABLE_COLUMNS)
+    table = evaluate.seed_table(evaluate.seed_spread(entries), entries)
+    assert list(table.columns) == list(seeds.SEED_TABLE_COLUMNS)
     row = table.iloc[0]
     assert row["seeds"] == "42, 43" and row["n_seeds"] == 2
     assert row["ci_width"] == pytest.approx(0.04)
@@ -139,8 +141,8 @@ def test_seed_sentence_compares_the_seed_spread_with_the_interval(accs, words):
         _entry(f"n_seed{s}" if s != 42 else "n", s, a, ci=[0.92, 1.0] if s == 42 else None)
         for s, a in zip((42, 43, 44), accs, strict=True)
     ]
-    row = scoring.seed_spread(entries)[0]
-    text = scoring.seed_sentence(row, entries)
+    row = evaluate.seed_spread(entries)[0]
+    text = narrative.seed_sentence(row, entries)
     assert words in text
     assert f"from {100 * min(accs):.1f} % to {100 * max(accs):.1f} %" in text
     if "no difference" not in words:
@@ -149,7 +151,7 @@ def test_seed_sentence_compares_the_seed_spread_with_the_interval(accs, words):
 
 def test_seed_sentence_with_one_seed_says_how_to_run_several():
     entries = [_entry("n", 42, 0.97, ci=[0.95, 0.99])]
-    text = scoring.seed_sentence(scoring.seed_spread(entries)[0], entries)
+    text = narrative.seed_sentence(evaluate.seed_spread(entries)[0], entries)
     assert "-p n_seeds=3" in text and "one training seed" in text
 
 
@@ -206,14 +208,14 @@ def test_svm_seed_table_and_sentence_come_from_the_fits(svm_runs):
     assert list(table.columns) == list(design1.SEED_COLUMNS)
     assert table["seed"].tolist() == [42, 43, 44]
     assert table["test_accuracy"].tolist() == [r.test_accuracy for r in svm_runs.values()]
-    text = design1.seed_sentence(table)
+    text = narrative.svm_seed_sentence(table)
     std = np.std(table["test_accuracy"], ddof=1)
     assert f"standard deviation of {100 * std:.2f} points" in text
     if table["test_accuracy"].nunique() == 1 and table["C"].nunique() == 1:
         assert "changed neither the chosen setting nor the test accuracy" in text
     else:
         assert "changed neither" not in text
-    assert "-p n_seeds=3" in design1.seed_sentence(table.iloc[:1])
+    assert "-p n_seeds=3" in narrative.svm_seed_sentence(table.iloc[:1])
 
 
 def test_svm_seed_sentence_says_when_the_seed_changed_nothing():
@@ -228,10 +230,10 @@ def test_svm_seed_sentence_says_when_the_seed_changed_nothing():
             "balanced_accuracy": [0.88, 0.88],
         }
     )
-    text = design1.seed_sentence(table)
+    text = narrative.svm_seed_sentence(table)
     assert "same kernel and C for every seed" in text and "changed neither" in text
     table.loc[1, ["C", "test_accuracy"]] = [1.0, 0.92]
-    text = design1.seed_sentence(table)
+    text = narrative.svm_seed_sentence(table)
     assert "2 different settings" in text and "changed neither" not in text
 
 
@@ -264,7 +266,7 @@ def test_spread_table_shows_only_models_trained_with_several_seeds(tmp_path: Pat
         json.dumps(
             {
                 "models": entries,
-                "seed_spread": scoring.seed_spread(entries),
+                "seed_spread": evaluate.seed_spread(entries),
                 "seed_mistakes": shared,
             }
         )
@@ -279,10 +281,10 @@ def test_spread_table_shows_only_models_trained_with_several_seeds(tmp_path: Pat
 
 def test_seed_sentences_one_for_the_run_when_nothing_repeated():
     entries = [_entry("s", 42, 0.9, method="svm"), _entry("n", 42, 0.97, ci=[0.95, 0.99])]
-    (text,) = scoring.seed_sentences(scoring.seed_spread(entries), entries)
+    (text,) = narrative.seed_sentences(evaluate.seed_spread(entries), entries)
     assert "one seed (42)" in text and "-p n_seeds=3" in text
     entries.append(_entry("n_seed43", 43, 0.96))
-    texts = scoring.seed_sentences(scoring.seed_spread(entries), entries)
+    texts = narrative.seed_sentences(evaluate.seed_spread(entries), entries)
     assert len(texts) == 1 and texts[0].startswith("**n** over 2 training seeds (42, 43)")
 
 
@@ -297,7 +299,7 @@ def test_seed_figure_draws_one_column_per_model():
         _entry("n_seed43", 43, 0.95),
         _entry("s", 42, 0.9, method="svm", ci=[0.85, 0.94]),
     ]
-    fig = plot_seed_spread(entries, scoring.seed_spread(entries))
+    fig = plot_seed_spread(entries, evaluate.seed_spread(entries))
     ax = fig.axes[0]
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["n", "s"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -316,15 +318,15 @@ def test_seed_group_pools_a_models_seeds_but_never_two_recipes():
         entry("lite0_finetune_seed43", 43, 0.96),
         entry("lite0_finetune_seed43", 43, 0.97, tta=True),
     ]
-    assert scoring.seed_group(entries[3]) == ("lite0_finetune", False)
-    assert scoring.seed_group(entries[4]) == ("lite0_finetune", True)
-    spread = scoring.seed_spread(entries)
+    assert evaluate.seed_group(entries[3]) == ("lite0_finetune", False)
+    assert evaluate.seed_group(entries[4]) == ("lite0_finetune", True)
+    spread = evaluate.seed_spread(entries)
     assert [(r["model"], r["tta"], r["seeds"]) for r in spread] == [
         ("lite0_finetune", False, [42, 43]),
         ("lite0_finetune", True, [42, 43]),
         ("lite0_robust", False, [42]),
     ]
-    assert [e["name"] for e in scoring.seed_members(entries, spread[1])] == [
+    assert [e["name"] for e in evaluate.seed_members(entries, spread[1])] == [
         "lite0_finetune_tta",
         "lite0_finetune_seed43_tta",
     ]

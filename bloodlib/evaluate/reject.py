@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bloodlib.core.errors import BloodlibError
-from bloodlib.evaluate.metrics import logits_from_proba, softmax
+from bloodlib.evaluate.calibration import logits_from_proba, softmax
 
 #: Default accuracy that :func:`choose_threshold` asks of the accepted validation cells:
 #: a lab reviews the uncertain cells by eye, and a differential count tolerates about one

@@ -38,7 +38,8 @@ from bloodlib.data.look import (
     make_transform,
 )
 from bloodlib.evaluate import reject
-from bloodlib.evaluate.metrics import evaluate, log_average, per_class_table
+from bloodlib.evaluate.calibration import log_average
+from bloodlib.evaluate.metrics import evaluate, per_class_table
 from bloodlib.models.saved import load_classifier, sidecar_path
 
 

@@ -19,12 +19,10 @@ Plotting lives in :mod:`bloodlib.teach.domain_plots`; nothing here draws.
 
 from __future__ import annotations
 
-import json
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +31,9 @@ import pandas as pd
 
 from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED, robust_name
-from bloodlib.core.hashing import sha256_rows
-from bloodlib.core.io import read_json, write_json
+from bloodlib.core.io import write_json
 from bloodlib.data import look, stain
-from bloodlib.evaluate import reject
-
-#: Cells per lab whose colour and size are measured (a random subset drawn with the seed):
-#: medians over 100 cells move by about a percent, and the pass stays a few seconds.
-STATS_CELLS = 100
+from bloodlib.evaluate import reject, results
 
 #: Bootstrap resamples for the robust model's metrics.json entry (as notebook 04's full runs).
 N_BOOT = 1000
@@ -49,131 +42,7 @@ N_BOOT = 1000
 # --- the other lab -----------------------------------------------------------------------
 
 
-@dataclass
-class OtherLab:
-    """A lab's labelled cells: ``cells`` has relpath, path, label, sha256 (relpath order)."""
-
-    folder: Path
-    cells: pd.DataFrame
-    synthetic: bool
-    fingerprint: str
-    ignored: dict[str, int]
-
-    @property
-    def classes_present(self) -> list[str]:
-        """The lab's classes, in the model's (CLASSES) order."""
-        have = set(self.cells["label"])
-        return [c for c in CLASSES if c in have]
-
-    def describe(self) -> dict[str, Any]:
-        """What ``domain_shift.json`` records about the lab."""
-        return {
-            "path": str(self.folder),
-            "synthetic": self.synthetic,
-            "fingerprint": self.fingerprint,
-            "n_cells": int(len(self.cells)),
-            "classes_present": self.classes_present,
-            "per_class": self.cells["label"].value_counts().reindex(self.classes_present).to_dict(),
-            "ignored": self.ignored,
-        }
-
-
-def fingerprint(cells: pd.DataFrame) -> str:
-    """One hash of a lab's cells: relpaths, labels and content hashes (24 hex digits)."""
-    rows = cells.sort_values("relpath")[["relpath", "label", "sha256"]]
-    return sha256_rows(rows.itertuples(index=False))[:24]
-
-
-def load_lab(folder: str | Path, synthetic: bool = False) -> OtherLab:
-    """A class-layout folder's usable cells (see ``adapt.labelled_cells``) and their fingerprint."""
-    from bloodlib.train.adapt import labelled_cells
-
-    folder = Path(folder)
-    cells, ignored = labelled_cells(folder)
-    return OtherLab(folder, cells, synthetic, fingerprint(cells), ignored)
-
-
-def synthetic_lab(test_cells: pd.DataFrame, out_dir: str | Path) -> Path:
-    """Write ``look.other_lab`` copies of ``test_cells`` (path, label) into ``out_dir``.
-
-    ``out_dir`` belongs to the run folder (never a data folder). Deterministic, so a folder
-    already made from the same cells is kept as it is; one made from other cells (another
-    split) is replaced. A folder that exists without this function's marker
-    (:func:`synthetic_marker`) is refused.
-    """
-    out_dir = Path(out_dir)
-    source = sorted(zip(test_cells["path"].astype(str), test_cells["label"], strict=True))
-    if not source:
-        raise ValueError("no test cells to make a synthetic lab from: run notebook 01 first")
-    # As JSON reads it back (tuples become lists), so an unchanged lab compares equal.
-    want = json.loads(json.dumps({"cells": source, "shift": _shift_description()}))
-    marker = synthetic_marker(out_dir)
-    if out_dir.exists():
-        if not marker.is_file():
-            raise FileExistsError(
-                f"{out_dir} exists but was not written by bloodlib.study.domain.synthetic_lab: move it "
-                "away or give notebook 05 another run_dir"
-            )
-        if read_json(marker) == want:
-            return out_dir
-        shutil.rmtree(out_dir)  # made from another split or another shift: make it again
-    look.write_other_lab(source, out_dir)
-    write_json(marker, want)
-    return out_dir
-
-
-def synthetic_marker(out_dir: str | Path) -> Path:
-    """Beside the folder (``<folder>.json``), not in it: a lab folder holds only cells."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(f"{out_dir.name}.json")
-
-
-def _shift_description() -> dict[str, Any]:
-    return {
-        "tint": look.OTHER_LAB_TINT,
-        "gamma": look.OTHER_LAB_GAMMA,
-        "zoom": look.OTHER_LAB_ZOOM,
-        "blur": look.OTHER_LAB_BLUR,
-    }
-
-
 # --- why it fails: colour and size ---------------------------------------------------------
-
-
-def sample_cells(
-    cells: pd.DataFrame, n: int = STATS_CELLS, seed: int = DEFAULT_SEED
-) -> pd.DataFrame:
-    """At most ``n`` rows drawn with ``seed`` (all of them when there are fewer), in path order."""
-    if len(cells) <= n:
-        return cells.reset_index(drop=True)
-    return cells.sample(n, random_state=seed).sort_values("path").reset_index(drop=True)
-
-
-def cell_statistics(paths: Sequence[str], image_size: int) -> pd.DataFrame:
-    """Per cell, at the model's input size: CIELAB means and spreads, nucleus fraction.
-
-    Columns: ``L``, ``a``, ``b`` (means), ``L_std``, ``a_std``, ``b_std``, and
-    ``nucleus_fraction`` (``look.nucleus_fraction``; NaN where no nucleus was found).
-    """
-    from bloodlib.data.pipeline import load_images
-
-    rows = []
-    for image in load_images(list(paths), image_size):
-        mean, std = stain.lab_stats(image)
-        frac = look.nucleus_fraction(image)
-        rows.append([*mean, *std, np.nan if frac is None else frac])
-    return pd.DataFrame(
-        rows, columns=["L", "a", "b", "L_std", "a_std", "b_std", "nucleus_fraction"], dtype=float
-    )
-
-
-def shift_table(stats: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Median of each statistic per lab (columns: the labs), and the nuclei found."""
-    table = pd.DataFrame({lab: s.median() for lab, s in stats.items()})
-    table.loc["nuclei found"] = [
-        float(s["nucleus_fraction"].notna().mean()) for s in stats.values()
-    ]
-    return table
 
 
 # --- predicting and scoring ----------------------------------------------------------------
@@ -418,13 +287,12 @@ def train_robust(
 
 def upsert_metrics(run_dir: str | Path, entry: Mapping[str, Any]) -> Path:
     """Add (or replace, by name) one model's entry in ``metrics.json``, keeping everything else."""
-    from bloodlib.study import scoring
 
     path = Path(run_dir) / "metrics.json"
-    data = scoring.read_metrics(run_dir) if path.is_file() else {"models": []}
+    data = results.read_metrics(run_dir) if path.is_file() else {"models": []}
     models = [m for m in data.get("models", []) if m.get("name") != entry["name"]]
     extra = {k: v for k, v in data.items() if k != "models"}
-    return scoring.write_metrics(run_dir, [*models, dict(entry)], **extra)
+    return results.write_metrics(run_dir, [*models, dict(entry)], **extra)
 
 
 #: Columns of :func:`adapt_curve`'s table (also when no number of shots was given).
@@ -557,175 +425,3 @@ def save_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
 
 
 # --- sentences -----------------------------------------------------------------------------
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} %"
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def lab_sentence(lab: OtherLab, n_source: int | None = None) -> str:
-    """Where the other lab's cells come from, saying plainly when they are synthetic."""
-    per = lab.cells["label"].value_counts().reindex(lab.classes_present)
-    counts = _join([f"{c} {int(n)}" for c, n in per.items()])
-    if lab.synthetic:
-        return (
-            f"**The other lab here is synthetic.** No other lab's cells were given "
-            f"(`other_lab = None`), so its {len(lab.cells)} cells are the run's PBC test cells "
-            f"shifted by `look.other_lab` (a yellow tint, a flatter camera curve, a "
-            f"{look.OTHER_LAB_ZOOM:g}x zoom and a slight blur), written to `{lab.folder.name}/` "
-            f"in the run folder ({counts}). Every number below measures this made-up shift, "
-            "not a real lab: pass `other_lab` (e.g. `../shared/data/external-dev/tecom`) to "
-            "measure real cells."
-        )
-    return (
-        f"The other lab's cells: {len(lab.cells)} real cells from `{lab.folder}` ({counts}; "
-        f"fingerprint `{lab.fingerprint}`)."
-    )
-
-
-def zero_shot_sentence(
-    all_classes: Mapping[str, Any], present: Mapping[str, Any], pbc: float
-) -> str:
-    """The PBC model's fall on the other lab, all classes and among those present."""
-    instead = pd.Series(all_classes["predicted"])
-    absent = set(CLASSES) - set(present["classes_allowed"] or CLASSES)
-    wrong_absent = int(instead.isin(absent).sum())
-    text = (
-        f"On its own PBC test cells the model is right {_pct(pbc)} of the time; on the other "
-        f"lab's {all_classes['n']} cells, {_pct(all_classes['accuracy'])} (balanced "
-        f"{_pct(all_classes['balanced_accuracy'])})."
-    )
-    if not absent:
-        text += " The lab has all eight classes, so allowing only its classes changes nothing."
-    else:
-        text += (
-            f" Allowed to answer only the {len(present['classes_allowed'])} classes the lab has: "
-            f"{_pct(present['accuracy'])} (balanced {_pct(present['balanced_accuracy'])})."
-        )
-        text += (
-            f" {wrong_absent} of the {all_classes['n']} cells were called a class this lab does "
-            f"not have ({_join(sorted(absent))})."
-        )
-    return text
-
-
-def shift_sentence(table: pd.DataFrame, pbc: str, other: str) -> str:
-    """How the two labs' colour and nucleus size differ, from :func:`shift_table`."""
-    t = table
-    ratio = t.loc["nucleus_fraction", other] / t.loc["nucleus_fraction", pbc]
-    hue = np.hypot(t.loc["a", other] - t.loc["a", pbc], t.loc["b", other] - t.loc["b", pbc])
-    size = (
-        f"its nuclei span {ratio:.2f} times PBC's share of the frame"
-        if abs(ratio - 1) >= 0.05
-        else "its nuclei fill about the same share of the frame as PBC's"
-    )
-    return (
-        f"Median over the cells measured: the other lab's lightness L* is "
-        f"{t.loc['L', other]:.1f} against PBC's {t.loc['L', pbc]:.1f}, its b* (blue to yellow) "
-        f"{t.loc['b', other]:.1f} against {t.loc['b', pbc]:.1f}, a colour distance of "
-        f"{hue:.1f} in the a*b* plane; {size} ({t.loc['nucleus_fraction', other]:.3f} against "
-        f"{t.loc['nucleus_fraction', pbc]:.3f} of the side)."
-    )
-
-
-def remedies_sentence(table: pd.DataFrame, cells: str = "other lab") -> str:
-    """The best and worst remedy on ``cells`` (answering every cell), against zero-shot."""
-    rows = table[(table["cells"] == cells) & (table["coverage"] >= 1.0)]
-    if rows.empty:
-        return f"No remedy was measured on the {cells}'s cells."
-    best = rows.loc[rows["accuracy"].idxmax()]
-    # Against the untouched model answering the same classes (all 8 when it was not scored so).
-    untouched = rows[rows["remedy"] == "none"]
-    base = untouched[untouched["classes"] == best["classes"]]
-    if base.empty:
-        base = untouched[untouched["classes"] == "all 8"]
-    text = (
-        f"On the {cells}'s cells the best remedy answering every cell is **{best['remedy']}** "
-        f"({best['classes']} classes): {_pct(best['accuracy'])} (balanced "
-        f"{_pct(best['balanced_accuracy'])}, n = {int(best['n'])})"
-    )
-    if len(base):
-        b = base.iloc[0]
-        gain = 100 * (best["accuracy"] - b["accuracy"])
-        text += (
-            f", {gain:+.1f} points over the untouched model ({_pct(b['accuracy'])}, "
-            f"{b['classes']} classes)"
-        )
-    text += "."
-    if cells == "other lab" and (rows["n"] < 100).any():
-        text += " With fewer than 100 cells one cell moves accuracy by more than a point."
-    return text
-
-
-def robust_sentence(
-    pbc_base: float, pbc_robust: float, other_base: float, other_robust: float, synthetic: bool
-) -> str:
-    """What the robust recipe cost on PBC and bought on the other lab (classes present)."""
-    d_pbc = 100 * (pbc_robust - pbc_base)
-    d_other = 100 * (other_robust - other_base)
-    text = (
-        f"The robust model scores {_pct(pbc_robust)} on the PBC test cells ({d_pbc:+.1f} points "
-        f"against the base model's {_pct(pbc_base)}) and {_pct(other_robust)} on the other lab "
-        f"among the classes present ({d_other:+.1f} points against {_pct(other_base)})."
-    )
-    if synthetic:
-        text += (
-            " On a synthetic lab this flatters it: the other-lab augmentation (zoom, blur, tint, "
-            "gamma) covers the synthetic shift by construction, so only real cells of another lab "
-            "can judge the recipe."
-        )
-    return text
-
-
-def adapt_sentence(summary: pd.DataFrame, zero_shot_present: float, repeats: int) -> str:
-    """How held-out accuracy grows with the labelled cells per class."""
-    if summary.empty:
-        return "No adaptation was run."
-    first, last = summary.iloc[0], summary.iloc[-1]
-    text = (
-        f"With {int(first['shots'])} labelled cell(s) per class, the adapted model is right on "
-        f"{_pct(first['accuracy_present'])} of the held-out cells; with {int(last['shots'])}, "
-        f"{_pct(last['accuracy_present'])} (the base model: {_pct(zero_shot_present)} on all of "
-        f"the lab's cells, among the classes present)."
-    )
-    if repeats == 1:
-        text += (
-            " One draw of support cells per point: another draw moves each point, the more so "
-            "the fewer held-out cells are left (raise `adapt_repeats` to see by how much)."
-        )
-    else:
-        text += f" Each point is the mean of {repeats} draws; the band spans their range."
-    return text
-
-
-def unlabelled_sentence(with_unlabelled: pd.DataFrame, without: pd.DataFrame) -> str:
-    """Adapting with the lab's unlabelled cells beside the same numbers of shots without."""
-    if with_unlabelled.empty:
-        return "Adapting with unlabelled cells was not run (`unlabelled_shots` is empty)."
-    plain = without.set_index("shots")["accuracy_present"]
-    parts = []
-    for s in with_unlabelled.itertuples():
-        also = f" (without them: {_pct(plain[s.shots])})" if s.shots in plain.index else ""
-        parts.append(f"{_pct(s.accuracy_present)} with {int(s.shots)} per class{also}")
-    n = int(with_unlabelled["n_unlabelled"].max())
-    return (
-        f"Adding the lab's other cells without their labels ({n} unlabelled cells, "
-        f"`adapt --unlabelled`): {'; '.join(parts)}. The scored cells were "
-        "among the unlabelled ones, so the score is transductive: what a lab gets when it "
-        "adapts on the very batch it then classifies."
-    )
-
-
-def entropy_sentence(entropy: Mapping[str, np.ndarray], n_classes: int) -> str:
-    """Mean entropy of the predictions per set of cells, beside its ceiling ln(n_classes)."""
-    means = ", ".join(f"{name} {float(np.mean(e)):.2f}" for name, e in entropy.items())
-    return (
-        f"Mean entropy of the base model's predictions among the {n_classes} classes present "
-        f"(nats): {means}; at most ln {n_classes} = {np.log(n_classes):.2f}, when every class "
-        "is equally likely."
-    )

@@ -28,7 +28,7 @@ from bloodlib import CLASSES
 from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.io import atomic_path
-from bloodlib.evaluate.metrics import expected_calibration_error, reliability_table
+from bloodlib.evaluate.calibration import expected_calibration_error, reliability_table
 
 _STYLE = "whitegrid"
 _SPLIT_ORDER = ("train", "val", "test")
@@ -447,10 +447,10 @@ def plot_reliability(
 
     With ``proba_after`` (e.g. after temperature scaling) both curves are drawn. The lower
     panel shows how many test images fall in each confidence bin. ``n_bins`` defaults to
-    :func:`bloodlib.evaluate.metrics.calibration_bins` of the number of images, so small test sets
+    :func:`bloodlib.evaluate.calibration.calibration_bins` of the number of images, so small test sets
     get fewer, fuller bins.
     """
-    from bloodlib.evaluate.metrics import calibration_bins
+    from bloodlib.evaluate.calibration import calibration_bins
 
     n = len(np.asarray(y_true))
     n_bins = int(n_bins or calibration_bins(n))
@@ -494,8 +494,8 @@ def plot_misclassified(
 ) -> Figure:
     """Gallery of the most confident mistakes titled "true → pred (p)".
 
-    ``df`` comes from :func:`bloodlib.evaluate.metrics.misclassified`; an empty frame draws "no errors".
-    A frame from :func:`bloodlib.evaluate.metrics.shared_mistakes` adds how many seeds got each wrong.
+    ``df`` comes from :func:`bloodlib.evaluate.mistakes.misclassified`; an empty frame draws "no errors".
+    A frame from :func:`bloodlib.evaluate.mistakes.shared_mistakes` adds how many seeds got each wrong.
     """
     rows_df = df.head(n)
     shared = {"n_wrong", "n_models"} <= set(df.columns)  # from evaluate.shared_mistakes
@@ -642,7 +642,7 @@ def plot_learning_curves(
 def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
     """Test accuracy per model (bars, 95% CI whiskers when given) with the paper's numbers as markers.
 
-    ``table`` is :func:`bloodlib.evaluate.metrics.comparison_table`'s output. ``smoke_test`` (a run on
+    ``table`` is :func:`bloodlib.evaluate.compare.comparison_table`'s output. ``smoke_test`` (a run on
     the embedded sample) says so in the title: those numbers check that the study runs, they
     are not a result to hold against the paper's.
     """

@@ -2,7 +2,7 @@
 seed's bootstrap interval (what one run would report).
 
 Kept beside :mod:`bloodlib.teach.plots` and in its style (returns a Figure, never shows it); the
-numbers come from :func:`bloodlib.study.scoring.seed_spread` and the metrics entries.
+numbers come from :func:`bloodlib.evaluate.seeds.seed_spread` and the metrics entries.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bloodlib.study.scoring import seed_members
+from bloodlib.evaluate.seeds import seed_members
 
 
 def plot_seed_spread(
     entries: Sequence[Mapping[str, Any]], spread: Sequence[Mapping[str, Any]], title: str = ""
 ) -> Figure:
-    """One column per :func:`~bloodlib.study.scoring.seed_spread` row: a dot per training seed's
+    """One column per :func:`~bloodlib.evaluate.seeds.seed_spread` row: a dot per training seed's
     test accuracy (the first seed filled), a bar at their mean, and the first seed's 95%
     bootstrap interval drawn beside them. Dots scattered less than that bar is long say the
     seed matters less than the luck of the test sample."""

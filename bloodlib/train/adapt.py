@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.errors import BloodlibError, OutputPathError
 from bloodlib.core.hashing import sha256_text
-from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
+from bloodlib.data.labs import labelled_cells, unlabelled_cells
 from bloodlib.evaluate import reject
 from bloodlib.models.saved import (
     load_classifier,
@@ -81,9 +80,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_ENTROPY_WEIGHT = 0.3
 #: Unlabelled cells beside each batch of labelled ones (the step costs about twice as much).
 UNLABELLED_BATCH = 16
-#: At most this many unlabelled cells, drawn with the seed: they are decoded once and kept in
-#: memory (2,000 cells at 224 px: 300 MB), and 200 steps of 16 see 3,200 of them anyway.
-MAX_UNLABELLED = 2000
 
 
 def effective_batch(batch_size: int, n_cells: int) -> int:
@@ -164,38 +160,6 @@ class AdaptResult:
         return "\n".join(lines)
 
 
-def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Usable cells of a class-layout folder (relpath, path, label, sha256), and ignored folders.
-
-    Raises :class:`AdaptError` when no folder names a class, or when a class folder holds
-    no usable cell (every file defective), naming the folder.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdaptError(f"not a folder: {folder}")
-    rows = [inspect_file(folder, rel) for rel, _, _ in list_files(folder)]
-    files = pd.DataFrame(rows, columns=["relpath", "path", "label", "status", "reason", "sha256"])
-    parts = files["relpath"].str.split("/")
-    files["folder"] = parts.str[0].where(parts.str.len() > 1, ".")
-    classed = files["folder"].map(class_of).notna()
-    ignored = files.loc[~classed, "folder"].value_counts().sort_index().to_dict()
-    if not classed.any():
-        raise AdaptError(
-            f"{folder} has no class folder: put each lab's cells in a sub-folder named for "
-            f"its class ({', '.join(CLASSES)}; any case)"
-        )
-    good = files[classed & (files["status"] == "ok")]  # not "hidden", even when it decodes
-    empty = sorted(set(files.loc[classed, "folder"]) - set(good["folder"]))
-    if empty:
-        raise AdaptError(
-            f"class folder(s) {', '.join(empty)} in {folder} hold no usable cell image "
-            "(empty, or every file unreadable): add labelled cells there or remove the folder; "
-            "`python -m bloodlib scan --data FOLDER` lists what is wrong with each file"
-        )
-    good = good[["relpath", "path", "label", "sha256"]].sort_values("relpath")
-    return good.reset_index(drop=True), ignored
-
-
 def choose_support(
     cells: pd.DataFrame, shots: int, seed: int = DEFAULT_SEED
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -209,31 +173,6 @@ def choose_support(
         pick += rng.permutation(idx)[:shots].tolist()
     mask = cells.index.isin(pick)
     return cells[mask].reset_index(drop=True), cells[~mask].reset_index(drop=True)
-
-
-def unlabelled_cells(
-    folder: str | Path, exclude: set[str], seed: int = DEFAULT_SEED, limit: int = MAX_UNLABELLED
-) -> pd.DataFrame:
-    """Readable images anywhere under ``folder`` (relpath, path, sha256), labels not read.
-
-    Images whose content is in ``exclude`` (the labelled support) and repeated contents are
-    left out; at most ``limit``, drawn with ``seed``. Raises :class:`AdaptError` when none is left.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdaptError(f"not a folder: {folder}")
-    rows = [inspect_file(folder, rel) for rel, _, _ in list_files(folder)]
-    files = pd.DataFrame(rows, columns=["relpath", "path", "status", "sha256"])
-    good = files[files["status"].isin(CLASSIFIABLE)]  # hidden files are "hidden"
-    good = good[~good["sha256"].isin(exclude)].drop_duplicates("sha256")
-    if good.empty:
-        raise AdaptError(
-            f"{folder} holds no usable image besides the labelled cells: give a folder of the "
-            "lab's unlabelled cells (any layout), or leave out --unlabelled"
-        )
-    if len(good) > limit:
-        good = good.sample(limit, random_state=seed)
-    return good[["relpath", "path", "sha256"]].sort_values("relpath").reset_index(drop=True)
 
 
 def _augmented(

@@ -309,47 +309,6 @@ def backbone_table(
     return table.reset_index(drop=True)
 
 
-def backbone_sentence(table: pd.DataFrame) -> str:
-    """What the comparison says: the best test accuracy, and the cheapest backbone (fewest
-    GMACs) whose test accuracy lies inside the best one's 95% interval. With fewer than two
-    backbones, how to run the comparison instead."""
-    if len(table) < 2:
-        only = f" (only {table['backbone'].iloc[0]} ran)" if len(table) else ""
-        return (
-            f"A comparison needs several backbones{only}. Run all four offline ones with "
-            "`python -m bloodlib run --profile sample -p "
-            "'02_feature_extraction_svm.backbones=[efficientnet_lite0, efficientnet_lite1, "
-            "efficientnet_lite2, mobilenet_v2]'` (or `--profile backbones` on full data)."
-        )
-    best = table.loc[table["test_accuracy"].idxmax()]
-    low, high = best["test_ci_low"], best["test_ci_high"]
-    inside = table[(table["test_accuracy"] >= low) & (table["test_accuracy"] <= high)]
-    text = (
-        f"Best test accuracy: {best['backbone']} at {best['image_size']} px, "
-        f"{best['test_accuracy']:.1%} (95% interval {low:.1%} to {high:.1%})."
-    )
-    with_gmacs = inside.dropna(subset=["gmacs"])
-    if with_gmacs.empty:
-        return text
-    cheap = with_gmacs.loc[with_gmacs["gmacs"].idxmin()]
-    others = len(inside) - 1
-    if cheap["backbone"] == best["backbone"]:
-        if not others:
-            return text + " No other backbone scores inside that interval."
-        return text + (
-            f" {others} other backbone{'s' if others != 1 else ''} score"
-            f"{'s' if others == 1 else ''} inside that interval, but none costs less compute: "
-            "the best is also the cheapest of them."
-        )
-    return text + (
-        f" {others} other backbone{'s' if others != 1 else ''} score{'s' if others == 1 else ''}"
-        f" inside that interval; the cheapest is {cheap['backbone']} "
-        f"({cheap['test_accuracy']:.1%} at {cheap['gmacs']:.2f} GMACs an image against "
-        f"{best['gmacs']:.2f}): on this test split the data cannot tell them apart, so the "
-        "cheaper network is the reasonable choice."
-    )
-
-
 # ----------------------------------------------------------------------------- seeds
 
 #: Columns of :func:`seed_table`, in order.
@@ -372,45 +331,3 @@ def seed_table(runs: Mapping[int, SVMExperiment]) -> pd.DataFrame:
         for s, r in sorted(runs.items())
     ]
     return pd.DataFrame(rows, columns=list(SEED_COLUMNS))
-
-
-def seed_sentence(table: pd.DataFrame) -> str:
-    """What repeating design 1 over seeds changed, from :func:`seed_table`'s numbers (the
-    standard deviation is :func:`bloodlib.study.scoring.seed_spread`'s). One seed: how to run more."""
-    from bloodlib.study.scoring import seed_spread
-
-    if len(table) < 2:
-        return (
-            "One training seed: nothing to compare. `python -m bloodlib run --profile sample "
-            "-p n_seeds=3` fits the SVM with three seeds on the same split (and fine-tunes "
-            "three networks in notebook 03)."
-        )
-    first = table.iloc[0]
-    entries = [
-        {"name": first["name"], "backbone": "svm", "method": "svm", "tta": False, **row}
-        for row in table[["seed", "test_accuracy", "balanced_accuracy"]].to_dict("records")
-    ]
-    spread = seed_spread(entries)[0]
-    std = spread["accuracy_std"]
-    settings = table[["kernel", "C"]].astype(str).drop_duplicates()
-    text = (
-        f"Over {len(table)} seeds on the same split, the SVM's test accuracy was "
-        f"{100 * spread['accuracy_mean']:.1f} % on average with a standard deviation of "
-        f"{100 * std:.2f} points (from {100 * table['test_accuracy'].min():.1f} % to "
-        f"{100 * table['test_accuracy'].max():.1f} %). "
-    )
-    text += (
-        "Cross-validation chose the same kernel and C for every seed. "
-        if len(settings) == 1
-        else f"Cross-validation chose {len(settings)} different settings of kernel and C. "
-    )
-    text += (
-        "The features are frozen, so the seed only reshuffles the cross-validation folds and "
-        "the folds Platt scaling calibrates on"
-    )
-    if table["test_accuracy"].nunique() == 1 and len(settings) == 1:
-        return text + ": here it changed neither the chosen setting nor the test accuracy."
-    return text + (
-        ": enough to move some test cells across the boundary. Notebook 04 sets this spread "
-        "beside the fine-tuned networks' and beside the bootstrap interval."
-    )
