@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from bloodlib.models.saved import load_classifier
     from bloodlib.predict import inference
     from bloodlib.predict.classify import classify_folder
+    from bloodlib.predict.engine import load_classifier
     from bloodlib.train.finetune import FinetuneConfig, build_classifier, save_model
 
     n, bs, size = args.images, args.batch_size, args.image_size

@@ -18,7 +18,8 @@ from bloodlib.core.hashing import sha256_file
 from bloodlib.data import look
 from bloodlib.data.labs import LabFolderError, labelled_cells
 from bloodlib.models.backbones import leaves
-from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.models.saved import read_sidecar, save_classifier
+from bloodlib.predict.engine import load_classifier
 from bloodlib.train.adapt import AdaptError, adapt, choose_support
 
 SIZE = 48

@@ -17,8 +17,9 @@ from tiny_models import write_cell
 from bloodlib import CLASSES
 from bloodlib.core.hashing import sha256_file
 from bloodlib.models import backbones, features, svm
-from bloodlib.models.saved import SidecarError, load_classifier, save_classifier
+from bloodlib.models.saved import SidecarError, save_classifier
 from bloodlib.predict.classify import classify_folder
+from bloodlib.predict.engine import load_classifier
 
 pytestmark = pytest.mark.unit
 

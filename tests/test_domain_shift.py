@@ -18,8 +18,9 @@ from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.core.io import read_json, write_json
 from bloodlib.data import labs
 from bloodlib.models import backbones
-from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.models.saved import read_sidecar, save_classifier
 from bloodlib.predict.classify import classify_folder
+from bloodlib.predict.engine import load_classifier
 from bloodlib.study import domain
 from bloodlib.teach import narrative
 

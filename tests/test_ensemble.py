@@ -15,7 +15,8 @@ from bloodlib.cli import main
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.models.ensemble import EnsembleError, build_ensemble, seed_ensemble
-from bloodlib.models.saved import load_classifier, read_sidecar, save_classifier
+from bloodlib.models.saved import read_sidecar, save_classifier
+from bloodlib.predict.engine import load_classifier
 from bloodlib.teach import recipe
 from bloodlib.train.adapt import AdaptError, adapt
 

@@ -18,7 +18,8 @@ from tiny_models import write_cell
 from bloodlib import CLASSES
 from bloodlib.data.pipeline import make_dataset
 from bloodlib.models import backbones
-from bloodlib.models.saved import load_classifier, read_sidecar
+from bloodlib.models.saved import read_sidecar
+from bloodlib.predict.engine import load_classifier
 from bloodlib.train import finetune
 from bloodlib.train.finetune import (
     FinetuneConfig,

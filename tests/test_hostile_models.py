@@ -23,9 +23,10 @@ from bloodlib import CLASSES
 from bloodlib.cli import main
 from bloodlib.core.errors import BloodlibError, OutputPathError, UnsafeModelError
 from bloodlib.models import saved, svm
-from bloodlib.models.saved import SidecarError, load_classifier, save_classifier, sidecar_path
+from bloodlib.models.saved import SidecarError, save_classifier, sidecar_path
 from bloodlib.predict import classify
 from bloodlib.predict.classify import classify_folder
+from bloodlib.predict.engine import load_classifier
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,10 @@ import tiny_models
 from tiny_models import write_cell
 
 from bloodlib import CLASSES
-from bloodlib.models.saved import load_classifier, save_classifier
+from bloodlib.models.saved import save_classifier
 from bloodlib.predict import inference
 from bloodlib.predict.classify import classify_folder
+from bloodlib.predict.engine import load_classifier
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import tiny_models
 
 from bloodlib import CLASSES
 from bloodlib.models import backbones
-from bloodlib.models.saved import load_classifier
+from bloodlib.predict.engine import load_classifier
 
 pytestmark = pytest.mark.unit
 

@@ -187,7 +187,7 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="TTA"):
         scoring.record_rejection(tmp_path / "run", tta)
     record = scoring.record_rejection(tmp_path / "run", plain)
-    info = saved.load_classifier(path).info
+    info = saved.open_model(path).info
     assert info["temperature"] == pytest.approx(plain.metrics["temperature"])
     assert info["reject_threshold"] == record["reject_threshold"]
     assert record["reject_threshold"] is not None  # every validation cell is right here

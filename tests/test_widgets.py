@@ -19,7 +19,7 @@ from tiny_models import write_cell  # noqa: E402
 
 from bloodlib import CLASSES  # noqa: E402
 from bloodlib.models import backbones
-from bloodlib.models.saved import load_classifier  # noqa: E402
+from bloodlib.predict.engine import load_classifier
 from bloodlib.teach import widgets
 from bloodlib.train import finetune
 from bloodlib.train.finetune import FinetuneConfig, build_classifier  # noqa: E402

@@ -1,7 +1,7 @@
 """Average several fine-tuned networks into one model: an ensemble of training seeds.
 
 ``python -m bloodlib ensemble MODEL MODEL [...] --out ENSEMBLE.keras`` loads each member
-safely (``saved.load_classifier``: sidecar schema, hash binding, Keras safe mode), checks
+safely (``saved.open_model``: sidecar schema, hash binding, Keras safe mode), checks
 that they answer the same question (same classes in the same order, backbone, input size
 and weights), and writes one Keras model whose output is the mean of the members' class
 probabilities. It is an ordinary bloodlib model: ``classify`` (with ``--tta``,
@@ -27,9 +27,9 @@ from typing import Any
 from bloodlib.core.errors import BloodlibError, OutputPathError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.models.saved import (
-    Classifier,
-    load_classifier,
+    SavedModel,
     model_seed,
+    open_model,
     read_sidecar,
     refuse_overwriting_inputs,
     save_classifier,
@@ -76,7 +76,7 @@ class EnsembleResult:
         )
 
 
-def member_record(clf: Classifier) -> dict[str, Any]:
+def member_record(clf: SavedModel) -> dict[str, Any]:
     """What the ensemble's sidecar keeps of one member: enough to find and check it again."""
     return {
         "name": clf.info["name"],
@@ -87,7 +87,7 @@ def member_record(clf: Classifier) -> dict[str, Any]:
     }
 
 
-def check_members(members: Sequence[Classifier]) -> None:
+def check_members(members: Sequence[SavedModel]) -> None:
     """Raise :class:`EnsembleError` unless the members can be averaged: at least two
     fine-tuned networks, none repeated, answering the same classes from the same input."""
     if len(members) < 2:
@@ -150,7 +150,7 @@ def average_model(models: Sequence[Any], name: str = "ensemble") -> Any:
 def build_ensemble(model_paths: Sequence[str | Path], out: str | Path) -> EnsembleResult:
     """Average the fine-tuned networks at ``model_paths`` into ``out`` (a ``.keras`` file)."""
     out = check_out_path(out, model_paths)
-    members = [load_classifier(p) for p in model_paths]
+    members = [open_model(p) for p in model_paths]
     check_members(members)
     records = [member_record(m) for m in members]
     model = average_model([m.model for m in members], name=Path(out).stem)
@@ -182,7 +182,7 @@ def seed_ensemble(model_paths: Sequence[str | Path], out: str | Path) -> Ensembl
         try:
             info = read_sidecar(out)
             recorded = [m["model_sha256"] for m in info["ensemble"]["members"]]
-            load_classifier(out)  # still bound to its sidecar
+            open_model(out)  # still bound to its sidecar
             if recorded == current:
                 return EnsembleResult(out, info["ensemble"]["members"], info)
         except (BloodlibError, KeyError, TypeError):

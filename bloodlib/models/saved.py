@@ -21,16 +21,18 @@ import json
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.pipeline import Pipeline
 
 from bloodlib.core.errors import OutputPathError, UnsafeModelError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.core.io import atomic_path, json_default, read_json, write_json
+from bloodlib.models import svm
 
 #: Kept for callers of the old name: the one content hash lives in ``bloodlib.core.io``.
 file_sha256 = sha256_file
@@ -174,8 +176,8 @@ def update_sidecar(model_path: str | Path, **fields: Any) -> dict[str, Any]:
     forbidden = set(fields) & {*BOUND_KEYS, "model_sha256", "binding_sha256"}
     if forbidden:
         raise ValueError(f"{', '.join(sorted(forbidden))} cannot be updated: re-save the model")
-    clf = load_classifier(model_path)
-    info = json.loads(json.dumps({**clf.info, **fields}, default=json_default))
+    saved = open_model(model_path)
+    info = json.loads(json.dumps({**saved.info, **fields}, default=json_default))
     validate_sidecar(info, sidecar_path(model_path))
     write_json(sidecar_path(model_path), info)
     return info
@@ -288,8 +290,6 @@ def save_classifier(model: Any, model_path: str | Path, info: dict[str, Any]) ->
         raise ValueError(f"a {method} model is saved as {suffix}, not {model_path.name}")
     check_outputs(model, method, len(info["classes"]), model_path)
     if method == "svm":
-        from bloodlib.models import svm
-
         svm.save(model, model_path)
     else:
         with atomic_path(model_path, suffix=".keras") as tmp:
@@ -324,7 +324,7 @@ def check_outputs(model: Any, method: str, n_classes: int, where: str | Path) ->
 
 def _check_svm_features(model: Any, backbone: str, where: str | Path) -> None:
     """An SVM reads the features of its sidecar's backbone: it must be known and fit the SVM."""
-    from bloodlib.models import backbones
+    from bloodlib.models import backbones  # lazy: it imports Keras, which a sidecar never needs
 
     bb = backbones.REGISTRY.get(backbone)
     if bb is None:
@@ -344,18 +344,15 @@ def _check_svm_features(model: Any, backbone: str, where: str | Path) -> None:
 
 
 @dataclass
-class Classifier:
-    """A loaded model of either kind, answering class probabilities for image files."""
+class SavedModel:
+    """A model file whose sidecar, format and binding were checked; the model loads on first use."""
 
     path: Path
     info: dict[str, Any]
-    _model: Any = field(default=None, repr=False)
-    #: The engine of the last prediction: "svm", "keras" or "tflite".
-    engine: str | None = None
-    _forward: dict = field(default_factory=dict, repr=False)
-    _sha256: str | None = field(default=None, repr=False)
     #: The file's format as sniffed from its bytes: "keras", "skops" or "pickle".
     format: str = "keras"
+    _sha256: str | None = field(default=None, repr=False)
+    _model: Any = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -365,156 +362,52 @@ class Classifier:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
-    def prepare(self, engine: str = "auto", batch_size: int = 32) -> None:
-        """Load what predicting needs and check it answers the sidecar's classes: fail before work."""
-        if self.info["method"] == "svm":
-            self.model  # noqa: B018 (loads and checks the pipeline)
-        else:
-            self._forward_for(engine, batch_size)
-
-    def _forward_for(self, engine: str, batch_size: int):
-        from bloodlib.predict import inference
-
-        key = (inference.resolve_engine(engine), batch_size)
-        if key not in self._forward:
-            forward, used = inference.forward_fn(
-                load=lambda: self.model,
-                model_sha256=self.sha256,
-                engine=engine,
-                batch_size=batch_size,
-            )
-            # A cached TFLite copy is keyed by the model's hash, but the sidecar may have been
-            # swapped since: check what it answers too.
-            shape = getattr(forward, "output_shape", None)
-            if shape is not None and tuple(shape) != (len(self.classes),):
-                raise SidecarError(
-                    f"{self.path}: the network answers {shape[-1] if shape else 0} classes, but "
-                    f"the sidecar lists {len(self.classes)}; the sidecar does not describe this model"
-                )
-            self._forward[key] = forward, used
-        return self._forward[key]
-
-    def predict_proba(
-        self,
-        paths: list[str],
-        *,
-        hashes: list[str] | None = None,
-        batch_size: int = 32,
-        progress: bool = True,
-        engine: str = "auto",
-        tta: bool = False,
-        transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """Class probabilities, one row per path, in order.
-
-        ``engine``, ``tta`` and ``transform`` (a function of each decoded batch, float32
-        0..255 at the model's size, applied before the model: ``bloodlib.data.stain``) apply to
-        fine-tuned networks (see ``bloodlib.predict.inference``); an SVM always predicts from
-        cached backbone features.
-        """
-        return self.predict_proba_views(
-            paths,
-            [transform],
-            hashes=hashes,
-            batch_size=batch_size,
-            progress=progress,
-            engine=engine,
-            tta=tta,
-        )[0]
-
-    def predict_proba_views(
-        self,
-        paths: list[str],
-        transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None],
-        *,
-        hashes: list[str] | None = None,
-        batch_size: int = 32,
-        progress: bool = True,
-        engine: str = "auto",
-        tta: bool = False,
-    ) -> list[np.ndarray]:
-        """:meth:`predict_proba` after each of ``transforms`` (None: as decoded), one array
-        per transform; every file is read and decoded once for all of them."""
-        if self.info["method"] == "svm":
-            if tta or any(t is not None for t in transforms):
-                raise ValueError(
-                    f"{self.path.name}: test-time augmentation and colour/scale normalisation "
-                    "apply to fine-tuned networks, not to an SVM on cached features"
-                )
-            from bloodlib.models import features
-
-            model = self.model  # load and check before extracting any feature
-            hashes = hashes or [sha256_file(p) for p in paths]
-            fs = features.extract(
-                paths,
-                hashes,
-                self.info["backbone"],
-                image_size=self.image_size,
-                weights=self.info.get("weights", "imagenet"),
-                batch_size=batch_size,
-                progress=progress,
-            )
-            from bloodlib.models.svm import predict_proba
-
-            self.engine = "svm"
-            proba = predict_proba(model, fs.features, len(self.classes))
-            return [proba for _ in transforms]
-        from bloodlib.data.pipeline import make_dataset
-        from bloodlib.predict import inference
-
-        forward, self.engine = self._forward_for(engine, batch_size)
-        if self.engine == "tflite":  # decode and predict in turns: see decoded_chunks
-            batches = inference.decoded_chunks(paths, self.image_size, batch_size)
-        else:  # TensorFlow shares its own thread pools with tf.data: stream
-            batches = make_dataset(
-                paths, image_size=self.image_size, batch_size=batch_size
-            ).as_numpy_iterator()
-        return inference.predict_views(
-            forward, batches, transforms, tta=tta, total=len(paths), progress=progress
-        )
-
-    @property
-    def model(self) -> Any:
-        """The SVM pipeline or Keras model, loaded on first use (a cached TFLite copy needs none)."""
-        if self._model is None:
-            if self.format == "keras":
-                import keras
-
-                import bloodlib.models.backbones  # noqa: F401  (registers custom layers before loading)
-
-                try:  # safe mode refuses Lambda layers and other code in the config
-                    model = keras.models.load_model(self.path, compile=False, safe_mode=True)
-                except Exception as exc:  # noqa: BLE001 (the user's file is at fault, say so)
-                    raise UnsafeModelError(
-                        f"{self.path}: Keras could not load it in safe mode "
-                        f"({type(exc).__name__}: {exc})"
-                    ) from exc
-            else:
-                from bloodlib.models import svm
-
-                # A pickle gets here only past load_classifier(trust_pickle=True).
-                model = (
-                    svm.load_pickle(self.path) if self.format == "pickle" else svm.load(self.path)
-                )
-            check_outputs(model, self.info["method"], len(self.classes), self.path)
-            if self.info["method"] == "svm":
-                _check_svm_features(model, self.info["backbone"], self.path)
-            self._model = model
-        return self._model
-
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
             self._sha256 = sha256_file(self.path)
         return self._sha256
 
+    @property
+    def model(self) -> Any:
+        """The SVM pipeline or Keras model, loaded safely on first use and checked against the
+        sidecar's classes (and, for an SVM, its backbone's features)."""
+        if self._model is None:
+            model = _load_keras(self.path) if self.format == "keras" else _load_svm(self)
+            check_outputs(model, self.info["method"], len(self.classes), self.path)
+            if self.info["method"] == "svm":
+                _check_svm_features(model, self.info["backbone"], self.path)
+            self._model = model
+        return self._model
 
-def load_classifier(path: str | Path, *, trust_pickle: bool = False) -> Classifier:
+
+def _load_keras(path: Path) -> Any:
+    import keras  # lazy: reading a sidecar or an SVM needs no TensorFlow
+
+    import bloodlib.models.backbones  # noqa: F401  (registers custom layers before loading)
+
+    try:  # safe mode refuses Lambda layers and other code in the config
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 (the user's file is at fault, say so)
+        raise UnsafeModelError(
+            f"{path}: Keras could not load it in safe mode ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _load_svm(saved: SavedModel) -> Any:
+    # A pickle gets here only past open_model(trust_pickle=True).
+    return svm.load_pickle(saved.path) if saved.format == "pickle" else svm.load(saved.path)
+
+
+def open_model(
+    path: str | Path, *, trust_pickle: bool = False, kind: type[SavedModel] = SavedModel
+) -> SavedModel:
     """A ``.keras`` or ``.skops`` model with its sidecar; the model itself loads on first use.
 
     Checked here, before any work: the sidecar's schema, the file's real format against
     its name and the sidecar's method, and the sidecar's binding to this file. A pickle
     (``.joblib``) is refused unless ``trust_pickle``: unpickling can run arbitrary code.
+    ``kind``: the class returned (``bloodlib.predict.engine.Classifier`` adds predicting).
     """
     path = Path(path)
     if not path.is_file():
@@ -525,7 +418,7 @@ def load_classifier(path: str | Path, *, trust_pickle: bool = False) -> Classifi
     _check_format(path, fmt, info["method"], trust_pickle)
     sha = sha256_file(path)
     _check_binding(path, info, sha)
-    return Classifier(path, info, _sha256=sha, format=fmt)
+    return kind(path, info, format=fmt, _sha256=sha)
 
 
 def convert_pickle(path: str | Path, *, trust_pickle: bool = False) -> Path:
@@ -535,14 +428,12 @@ def convert_pickle(path: str | Path, *, trust_pickle: bool = False) -> Path:
     sidecar (shared by name) then belongs to the ``.skops`` file; the ``.joblib`` is left
     for the user to delete.
     """
-    clf = load_classifier(path, trust_pickle=trust_pickle)
-    if clf.format != "pickle":
-        raise UnsafeModelError(f"{path} is a {clf.format} file, not a pickle: nothing to convert")
-    from sklearn.pipeline import Pipeline
-
-    model = clf.model
+    saved = open_model(path, trust_pickle=trust_pickle)
+    if saved.format != "pickle":
+        raise UnsafeModelError(f"{path} is a {saved.format} file, not a pickle: nothing to convert")
+    model = saved.model
     if not isinstance(model, Pipeline):
         raise UnsafeModelError(
             f"{path} holds a {type(model).__name__}, not a bloodlib SVM pipeline"
         )
-    return save_classifier(model, clf.path.with_suffix(".skops"), clf.info)
+    return save_classifier(model, saved.path.with_suffix(".skops"), saved.info)

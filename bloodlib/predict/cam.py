@@ -58,7 +58,7 @@ _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def keras_model(model: Any) -> Any:
-    """The Keras model inside a ``bloodlib.models.saved.Classifier``, or ``model`` itself."""
+    """The Keras model inside a ``bloodlib.predict.engine.Classifier``, or ``model`` itself."""
     if hasattr(model, "predict_proba") and hasattr(model, "info"):
         if model.info.get("method") == "svm":
             raise CamError(
@@ -241,7 +241,7 @@ def grad_cam(
     """Grad-CAM maps (Selvaraju et al. 2017) of ``images`` for one class each.
 
     ``model``: a Keras classifier as loaded by ``keras.models.load_model(path,
-    compile=False)`` (a ``bloodlib.models.saved.Classifier`` also works), nested backbones
+    compile=False)`` (a ``bloodlib.predict.engine.Classifier`` also works), nested backbones
     included. ``images``: ``(N, H, W, 3)`` RGB in 0..255, what the model takes (see
     ``bloodlib.data.pipeline.load_images``). ``class_index``: None for each image's
     predicted class, one int for all, or one int per image. ``layer``: the name of

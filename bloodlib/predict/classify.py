@@ -40,7 +40,8 @@ from bloodlib.data.look import (
 from bloodlib.evaluate import reject
 from bloodlib.evaluate.calibration import log_average
 from bloodlib.evaluate.metrics import evaluate, per_class_table
-from bloodlib.models.saved import load_classifier, sidecar_path
+from bloodlib.models.saved import sidecar_path
+from bloodlib.predict.engine import load_classifier
 
 
 @dataclass

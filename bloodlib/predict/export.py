@@ -34,11 +34,8 @@ from bloodlib.core.config import DEFAULT_SEED, SAMPLE_DIR
 from bloodlib.core.errors import BloodlibError, OutputPathError
 from bloodlib.core.hashing import sha256_file, sha256_rows
 from bloodlib.core.io import read_json, write_json
-from bloodlib.models.saved import (
-    binding_sha256,
-    load_classifier,
-    refuse_overwriting_inputs,
-)
+from bloodlib.models.saved import binding_sha256, refuse_overwriting_inputs
+from bloodlib.predict.engine import load_classifier
 
 #: Export formats and the suffix their ``--out`` must carry ("" for a SavedModel folder).
 FORMATS: dict[str, str] = {"tflite": ".tflite", "onnx": ".onnx", "savedmodel": ""}

@@ -63,7 +63,7 @@ def evaluate_model(
     and the entry is named ``<name>_tta``. ECE uses :func:`bloodlib.evaluate.calibration.calibration_bins`
     bins for the test set's size (``ece_bins`` in the entry).
     """
-    from bloodlib.models.saved import load_classifier
+    from bloodlib.predict.engine import load_classifier
 
     model_path = Path(model_path)
     clf = classifier or load_classifier(model_path)
@@ -155,7 +155,7 @@ def evaluate_models(
     **kwargs: Any,
 ) -> list[Evaluation]:
     """:func:`evaluate_model` for every model; fine-tuned networks also with ``tta`` when asked."""
-    from bloodlib.models.saved import load_classifier
+    from bloodlib.predict.engine import load_classifier
 
     results = []
     for path in model_paths:

@@ -61,7 +61,7 @@ def _png(fig: Any) -> bytes:
 def _input_size(model: Any, image_size: int | None) -> int:
     if image_size:
         return int(image_size)
-    if hasattr(model, "image_size"):  # a bloodlib.models.saved.Classifier
+    if hasattr(model, "image_size"):  # a bloodlib.predict.engine.Classifier
         return int(model.image_size)
     return int(model.inputs[0].shape[1])
 
@@ -156,7 +156,7 @@ def confusion_browser(
 
     ``frame``: the test cells (``path``, ``label``); ``proba``: their ``(N, K)`` class
     probabilities in ``classes`` order. With ``model`` (a Keras classifier or a
-    ``bloodlib.models.saved.Classifier``) each cell also shows its Grad-CAM map for the
+    ``bloodlib.predict.engine.Classifier``) each cell also shows its Grad-CAM map for the
     predicted class; ``image_size`` defaults to the model's input size.
 
     Interactive: returns the widget (two dropdowns above the cells). Headless (see
@@ -206,7 +206,7 @@ def classify_cell(
 ) -> Any:
     """ "Classify your own cell": upload an image or type a path; see the top 3 and the map.
 
-    ``classifier``: a ``bloodlib.models.saved.Classifier``. Interactive: returns the widget
+    ``classifier``: a ``bloodlib.predict.engine.Classifier``. Interactive: returns the widget
     (a file upload and a path box; ``path`` fills the box). Headless: classifies
     ``path`` (required) and returns the static figure.
     """

@@ -36,12 +36,8 @@ from bloodlib.core.errors import BloodlibError, OutputPathError
 from bloodlib.core.hashing import sha256_text
 from bloodlib.data.labs import labelled_cells, unlabelled_cells
 from bloodlib.evaluate import reject
-from bloodlib.models.saved import (
-    load_classifier,
-    refuse_overwriting_inputs,
-    save_classifier,
-    sidecar_path,
-)
+from bloodlib.models.saved import refuse_overwriting_inputs, save_classifier, sidecar_path
+from bloodlib.predict.engine import load_classifier
 
 #: What ``train`` may name: the layers that learn while adapting.
 TRAIN_MODES = ("head", "top", "block", "bn")
