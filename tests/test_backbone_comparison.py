@@ -13,7 +13,8 @@ import pytest
 
 from bloodlib.core import paper
 from bloodlib.models import backbones
-from bloodlib.study import runner
+from bloodlib.study import profiles
+from bloodlib.study.profiles import load_profiles
 from bloodlib.teach import narrative, plots
 from bloodlib.train import design1
 
@@ -123,7 +124,7 @@ def test_one_backbone_says_how_to_run_the_comparison():
     for name in backbones.offline_backbones():
         assert name in text
     # The command in the sentence parses into the four backbones.
-    key, value = runner.parse_override(text.split("-p '")[1].split("'")[0])
+    key, value = profiles.parse_override(text.split("-p '")[1].split("'")[0])
     assert key == "02_feature_extraction_svm.backbones"
     assert sorted(value) == sorted(backbones.offline_backbones())
 
@@ -146,7 +147,7 @@ def test_plot_labels_every_point_and_draws_the_paper_lines():
 
 
 def test_backbones_profile_compares_the_offline_backbones_on_full_data():
-    profiles = runner.load_profiles()
+    profiles = load_profiles()
     prof, full = profiles["backbones"], profiles["full"]
     assert prof["common"] == full["common"]
     nb02 = prof["notebooks"]["02_feature_extraction_svm"]

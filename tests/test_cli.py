@@ -72,7 +72,7 @@ def test_run_full_without_data(capsys):
 
 
 def test_debug_shows_the_exception(tmp_path):
-    from bloodlib.study.runner import DataSpecError
+    from bloodlib.study.profiles import DataSpecError
 
     with pytest.raises(DataSpecError):
         main(["run", "--profile", "full", "--data", str(tmp_path / "nowhere"), "--debug"])

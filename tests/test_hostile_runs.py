@@ -29,8 +29,10 @@ from bloodlib.cli import main
 from bloodlib.core.config import REPO_ROOT
 from bloodlib.core.errors import RunLockedError
 from bloodlib.data import source
-from bloodlib.study import provenance, runner
-from bloodlib.study.runner import ParameterError, RunLock, plan_study
+from bloodlib.study import planning, profiles, provenance
+from bloodlib.study.planning import plan_study
+from bloodlib.study.profiles import ParameterError
+from bloodlib.study.run_lock import RunLock
 
 pytestmark = pytest.mark.unit
 
@@ -148,7 +150,7 @@ def test_lock_probe_creates_nothing_and_sees_a_holder(tmp_path):
 LOCK_HOLDER = """\
 import sys, time
 from pathlib import Path
-from bloodlib.study.runner import RunLock
+from bloodlib.study.run_lock import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -262,7 +264,7 @@ def test_parameter_rules(tmp_path, override, words):
 def test_parameter_types_and_ranges_of_the_real_notebooks(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    for profile in runner.load_profiles():  # every shipped profile passes its own checks
+    for profile in profiles.load_profiles():  # every shipped profile passes its own checks
         plan_study(profile, data=data)
     ok = {
         "learning_rate_head": 1,  # an integer is a fine float
@@ -291,7 +293,7 @@ def test_parameter_types_and_ranges_of_the_real_notebooks(tmp_path):
 
 
 def test_notebook_defaults_are_parsed_with_ast(tmp_path):
-    defaults = runner.notebook_defaults(REPO_ROOT / "notebooks" / "03_fine_tuning.ipynb")
+    defaults = planning.notebook_defaults(REPO_ROOT / "notebooks" / "03_fine_tuning.ipynb")
     assert isinstance(defaults["epochs_finetune"], int)
     assert isinstance(defaults["learning_rate_head"], float)
     assert isinstance(defaults["augment"], bool)

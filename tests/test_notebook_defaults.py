@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from bloodlib.study import runner
+from bloodlib.study import planning, profiles
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("path", runner.find_notebooks(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", planning.find_notebooks(), ids=lambda p: p.stem)
 def test_notebook_defaults_match_the_sample_profile(path) -> None:
-    profile = runner.load_profiles()["sample"]
+    profile = profiles.load_profiles()["sample"]
     wanted = {**(profile.get("common") or {}), **(profile["notebooks"].get(path.stem) or {})}
-    defaults = runner.notebook_defaults(path)
+    defaults = planning.notebook_defaults(path)
     differ = {
         key: (defaults[key], value)
         for key, value in wanted.items()

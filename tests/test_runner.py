@@ -15,8 +15,9 @@ from dummy_notebooks import run_dummy_study as _run
 from dummy_notebooks import statuses as _statuses
 
 from bloodlib.data import source
-from bloodlib.study import provenance, runner
-from bloodlib.study.runner import DataSpecError, RunError, plan_study
+from bloodlib.study import kernels, planning, profiles, provenance, runner
+from bloodlib.study.planning import plan_study
+from bloodlib.study.profiles import DataSpecError, RunError, load_profiles
 
 pytestmark = pytest.mark.unit
 
@@ -222,16 +223,16 @@ def test_data_is_required_and_must_exist(tmp_path):
     (tmp_path / "ds").mkdir()
     plans = plan_study("full", data=tmp_path / "ds", notebooks_dir=notebooks)
     assert plans[0].parameters["data"] == str((tmp_path / "ds").resolve())
-    full = runner.load_profiles()["full"]["notebooks"]["03_fine_tuning"]
+    full = profiles.load_profiles()["full"]["notebooks"]["03_fine_tuning"]
     assert plans[2].parameters["epochs_head"] == full["epochs_head"]  # the full profile's value
 
 
 def test_profiles_file_is_complete():
-    profiles = runner.load_profiles()
+    profiles = load_profiles()
     assert set(profiles) == {"sample", "full", "accurate", "robust", "backbones", "paper"}
     for prof in profiles.values():
         # Every notebook of the study, each with its own section in every profile.
-        assert set(prof["notebooks"]) == {p.stem for p in runner.find_notebooks()}
+        assert set(prof["notebooks"]) == {p.stem for p in planning.find_notebooks()}
         assert prof["common"]["split_fractions"] == [0.7, 0.1, 0.2]
     assert profiles["sample"]["common"]["data"] == "sample"
     assert profiles["full"]["common"]["data"] is None
@@ -262,7 +263,7 @@ def test_a_profile_extends_another_notebook_by_notebook(tmp_path):
         "    b: {z: 30, w: 4}\n",
         encoding="utf-8",
     )
-    profiles = runner.load_profiles(path)
+    profiles = load_profiles(path)
     child, grand = profiles["child"], profiles["grandchild"]
     assert child["common"] == {"seed": 7, "data": None}
     assert child["notebooks"] == {"a": {"x": 1, "y": 20}, "b": {"z": 3}}
@@ -284,12 +285,12 @@ def test_a_profile_that_extends_nothing_or_itself_is_refused(tmp_path, text, mes
     path = tmp_path / "profiles.yml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(RunError, match=message):
-        runner.load_profiles(path)
+        profiles.load_profiles(path)
 
 
 def test_shipped_variants_change_only_what_they_say():
     """robust, accurate and backbones are `full` plus their own lines: the recipe is full's."""
-    profiles = runner.load_profiles()
+    profiles = load_profiles()
     full = profiles["full"]
     for name, changed in {
         "robust": {"crop", "epochs_finetune", "augment_domain"},
@@ -305,8 +306,8 @@ def test_shipped_variants_change_only_what_they_say():
 
 def test_data_keywords_match_bloodlib_source(tmp_path):
     source = pytest.importorskip("bloodlib.data.source")
-    assert runner.DATA_KEYWORDS is source.KEYWORDS  # one constant, not a copy
-    for word in runner.DATA_KEYWORDS:
+    assert planning.DATA_KEYWORDS is source.KEYWORDS  # one constant, not a copy
+    for word in planning.DATA_KEYWORDS:
         assert source._classify(word)[0] in {"sample", "download"}
     notebooks = write_study(tmp_path / "notebooks")
     plans = plan_study("full", data="Mendeley", notebooks_dir=notebooks)
@@ -318,12 +319,12 @@ def test_data_keywords_match_bloodlib_source(tmp_path):
     [("1e-3", 0.001), ("3", 3), ("[a, b]", ["a", "b"]), ("null", None), ("true", True), ("x", "x")],
 )
 def test_parse_override_values(text, value):
-    assert runner.parse_override(f"k={text}") == ("k", value)
+    assert profiles.parse_override(f"k={text}") == ("k", value)
 
 
 def test_parse_override_rejects_missing_equals():
     with pytest.raises(RunError, match="KEY=VALUE"):
-        runner.parse_override("epochs_head")
+        profiles.parse_override("epochs_head")
 
 
 def test_results_table(tmp_path):
@@ -346,7 +347,7 @@ def test_results_table(tmp_path):
 
 def _plans(**params):
     return [
-        runner.NotebookPlan(
+        planning.NotebookPlan(
             name="02_x", path=Path("02_x.ipynb"), declared=list(params), parameters=params
         )
     ]
@@ -357,7 +358,7 @@ def test_missing_imagenet_weights_fail_before_any_notebook(monkeypatch, tmp_path
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv("BLOODLIB_WEIGHTS_VGG16", raising=False)
     with pytest.raises(RunError, match="BLOODLIB_WEIGHTS_VGG16"):
-        runner.check_weights(_plans(backbones=["vgg16", "efficientnet_lite0"]))
+        planning.check_weights(_plans(backbones=["vgg16", "efficientnet_lite0"]))
 
 
 def test_weights_check_accepts_local_files_and_the_offline_backbone(monkeypatch, tmp_path):
@@ -365,8 +366,8 @@ def test_weights_check_accepts_local_files_and_the_offline_backbone(monkeypatch,
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     weights = tmp_path / "vgg16.h5"
     weights.write_bytes(b"stand-in: only its existence is checked here")
-    runner.check_weights(_plans(backbones=["vgg16"], weights_files={"vgg16": str(weights)}))
-    runner.check_weights(_plans(backbones=["efficientnet_lite0"]))
+    planning.check_weights(_plans(backbones=["vgg16"], weights_files={"vgg16": str(weights)}))
+    planning.check_weights(_plans(backbones=["efficientnet_lite0"]))
 
 
 def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd, monkeypatch):
@@ -385,7 +386,7 @@ def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd, monkeypa
     assert "without encryption" not in err
     assert not [p.name for p in notebooks.iterdir() if "ipc" in p.name]
     assert not list(sockets.iterdir())  # every kernel's folder removed at its shutdown
-    manager = runner._ipc_kernel_manager()(kernel_name=KERNEL)
+    manager = kernels._ipc_kernel_manager()(kernel_name=KERNEL)
     assert manager.transport == "ipc"
     folder = Path(manager.ip).parent
     assert folder.parent == sockets and stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -401,16 +402,16 @@ def test_other_lab_is_checked_and_passed_absolute(tmp_path, monkeypatch):
     plans = plan_study("sample", overrides={"other_lab": "lab"})
     (nb05,) = [p for p in plans if p.name == "05_domain_shift"]
     assert nb05.parameters["other_lab"] == str(lab.resolve())
-    with pytest.raises(runner.ParameterError, match="folder not found"):
+    with pytest.raises(profiles.ParameterError, match="folder not found"):
         plan_study("sample", overrides={"other_lab": "nowhere"})
-    with pytest.raises(runner.ParameterError, match="shots"):
+    with pytest.raises(profiles.ParameterError, match="shots"):
         plan_study("sample", overrides={"shots": [0, 5]})
-    with pytest.raises(runner.ParameterError, match="non-empty list"):
+    with pytest.raises(profiles.ParameterError, match="non-empty list"):
         plan_study("sample", overrides={"shots": []})
     # Adapting with unlabelled cells too may be switched off, but not given nonsense.
     (nb05,) = [
         p for p in plan_study("sample", overrides={"unlabelled_shots": []}) if p.name == nb05.name
     ]
     assert nb05.parameters["unlabelled_shots"] == []
-    with pytest.raises(runner.ParameterError, match="unlabelled_shots"):
+    with pytest.raises(profiles.ParameterError, match="unlabelled_shots"):
         plan_study("sample", overrides={"unlabelled_shots": [5, 0]})

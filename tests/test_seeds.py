@@ -16,8 +16,8 @@ from bloodlib import CLASSES, evaluate
 from bloodlib.core import config
 from bloodlib.evaluate import seeds
 from bloodlib.models.saved import read_sidecar
-from bloodlib.study import runner, scoring
-from bloodlib.study.runner import ParameterError
+from bloodlib.study import parameters, planning, profiles, runner, scoring
+from bloodlib.study.profiles import ParameterError
 from bloodlib.teach import narrative
 from bloodlib.train import design1
 
@@ -241,15 +241,15 @@ def test_svm_seed_sentence_says_when_the_seed_changed_nothing():
 
 
 def test_n_seeds_rule_and_profiles():
-    runner.check_parameter("nb", "n_seeds", 3, default=1, has_default=True)
+    parameters.check_parameter("nb", "n_seeds", 3, default=1, has_default=True)
     with pytest.raises(ParameterError, match="n_seeds"):
-        runner.check_parameter("nb", "n_seeds", 0, default=1, has_default=True)
-    for name, profile in runner.load_profiles().items():
+        parameters.check_parameter("nb", "n_seeds", 0, default=1, has_default=True)
+    for name, profile in profiles.load_profiles().items():
         assert profile["common"]["n_seeds"] >= 1, name
 
 
 def test_notebooks_02_to_04_declare_n_seeds():
-    declared = {p.stem: runner.notebook_defaults(p) for p in runner.find_notebooks()}
+    declared = {p.stem: planning.notebook_defaults(p) for p in planning.find_notebooks()}
     for stem in ("02_feature_extraction_svm", "03_fine_tuning", "04_evaluation"):
         assert declared[stem]["n_seeds"] == 1, stem
 

@@ -15,7 +15,8 @@ import pytest
 
 from bloodlib import CLASSES
 from bloodlib.predict import inference
-from bloodlib.study.runner import find_notebooks, run_study
+from bloodlib.study.planning import find_notebooks
+from bloodlib.study.runner import run_study
 
 pytestmark = pytest.mark.notebooks
 

@@ -10,12 +10,12 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
-
 #: The package's own folder (``bloodlib/``): its source decides what a run computes.
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: Root of the repository when bloodlib is used from a checkout.
 REPO_ROOT = PACKAGE_DIR.parent
+#: The study's numbered notebooks in a checkout.
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 #: The embedded sample shipped in the repository.
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 DEFAULT_SEED = 42
@@ -40,6 +40,8 @@ def cache_dir() -> Path:
 def set_seeds(seed: int = DEFAULT_SEED) -> None:
     """Seed Python, NumPy and (when imported) TensorFlow/Keras."""
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    import numpy as np  # lazy: the CLI reads this module's paths for --help without NumPy
+
     random.seed(seed)
     np.random.seed(seed)
     try:
