@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from bloodlib.predict import inference
     from bloodlib.predict.classify import classify_folder
     from bloodlib.predict.engine import load_classifier
-    from bloodlib.train.finetune import FinetuneConfig, build_classifier, save_model
+    from bloodlib.train.finetune import save_model
+    from bloodlib.train.network import build_classifier
+    from bloodlib.train.recipe import FinetuneConfig
 
     n, bs, size = args.images, args.batch_size, args.image_size
     chosen = C.choose_images(args.data, n)

@@ -64,14 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from bloodlib import CLASSES
-    from bloodlib.train.finetune import (
-        FinetuneConfig,
-        _compile,
-        _datasets,
-        build_classifier,
-        choose_precision,
-        set_trainable,
-    )
+    from bloodlib.train.devices import choose_precision
+    from bloodlib.train.finetune import _datasets
+    from bloodlib.train.network import _compile, build_classifier, set_trainable
+    from bloodlib.train.recipe import FinetuneConfig
 
     n, bs, size, epochs = args.images, args.batch_size, args.image_size, args.epochs
     chosen = C.choose_images(args.data, n)

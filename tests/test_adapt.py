@@ -320,7 +320,8 @@ def test_cli_help_states_the_library_defaults(capsys):
 def test_top_mode_picks_the_convolution_before_pooling(backbone):
     """On the real architectures "top" is the 1x1 convolution that feeds the pooled features."""
     from bloodlib.train.adapt import _set_trainable
-    from bloodlib.train.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.network import build_classifier
+    from bloodlib.train.recipe import FinetuneConfig
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
     _set_trainable(model, "top")
@@ -403,7 +404,8 @@ def test_a_cropping_base_adapts_on_the_whole_frame(lab, tmp_path, monkeypatch):
     import tiny_models
 
     from bloodlib.models import backbones
-    from bloodlib.train.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.network import build_classifier
+    from bloodlib.train.recipe import FinetuneConfig
 
     bb = tiny_models.backbone("tiny", tiny_models.mean_colour_builder, "none", feature_dim=3)
     monkeypatch.setitem(backbones.REGISTRY, "tiny", bb)
@@ -434,7 +436,8 @@ def test_block_mode_trains_the_last_block_and_what_follows_it(backbone):
 
     from bloodlib.models import backbones
     from bloodlib.train.adapt import _set_trainable
-    from bloodlib.train.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.network import build_classifier
+    from bloodlib.train.recipe import FinetuneConfig
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
     n = _set_trainable(model, "block", backbone)
@@ -476,7 +479,8 @@ def test_block_mode_on_inception_starts_after_the_previous_blocks_marker():
     import keras
 
     from bloodlib.train.adapt import _set_trainable
-    from bloodlib.train.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.network import build_classifier
+    from bloodlib.train.recipe import FinetuneConfig
 
     model = build_classifier(FinetuneConfig(backbone="inception_v3", image_size=75, weights=None))
     _set_trainable(model, "block", "inception_v3")

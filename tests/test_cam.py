@@ -19,7 +19,8 @@ from bloodlib import CLASSES  # noqa: E402
 from bloodlib.models import backbones
 from bloodlib.predict import cam
 from bloodlib.teach import plots
-from bloodlib.train.finetune import FinetuneConfig, build_classifier  # noqa: E402
+from bloodlib.train.network import build_classifier
+from bloodlib.train.recipe import FinetuneConfig
 
 # Every test is `unit` (synthetic, fast) except the one on the real dev images (`data`).
 

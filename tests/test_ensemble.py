@@ -17,7 +17,7 @@ from bloodlib.core.hashing import sha256_file
 from bloodlib.models.ensemble import EnsembleError, build_ensemble, seed_ensemble
 from bloodlib.models.saved import read_sidecar, save_classifier
 from bloodlib.predict.engine import load_classifier
-from bloodlib.teach import recipe
+from bloodlib.teach import versus_paper
 from bloodlib.train.adapt import AdaptError, adapt
 
 pytestmark = pytest.mark.unit
@@ -203,7 +203,7 @@ def test_scored_and_studied_as_an_ensemble(members, cells, tmp_path):
     assert [(r["model"], r["n_seeds"]) for r in spread] == [("m", 2)]
     # Notebook 04's recipe table: an ensemble's is its members' (they differ in seed only).
     first = scoring.evaluate_model(members[0], split, n_boot=10)
-    recipes = recipe.recipe_differences(
+    recipes = versus_paper.recipe_differences(
         tmp_path, [first, evaluate.Evaluation(entry, *[None] * 5)], "x"
     )
     here = {m: t["here"].tolist() for m, t in recipes.groupby("model")}

@@ -257,7 +257,8 @@ def test_a_cropping_classifier_exports_with_its_crop(fmt, tmp_path, capsys):
     if fmt == "onnx":
         pytest.importorskip("tf2onnx")
         pytest.importorskip("onnxruntime")
-    from bloodlib.train.finetune import FinetuneConfig, build_classifier
+    from bloodlib.train.network import build_classifier
+    from bloodlib.train.recipe import FinetuneConfig
 
     cfg = FinetuneConfig(backbone="tiny", image_size=SIZE, weights=None, crop=0.5, seed=3)
     model = build_classifier(cfg)

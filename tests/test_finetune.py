@@ -20,14 +20,10 @@ from bloodlib.data.pipeline import make_dataset
 from bloodlib.models import backbones
 from bloodlib.models.saved import read_sidecar
 from bloodlib.predict.engine import load_classifier
-from bloodlib.train import finetune
-from bloodlib.train.finetune import (
-    FinetuneConfig,
-    build_classifier,
-    load_history,
-    set_trainable,
-    train,
-)
+from bloodlib.train import finetune, network, recipe
+from bloodlib.train.finetune import load_history, train
+from bloodlib.train.network import build_classifier, set_trainable
+from bloodlib.train.recipe import FinetuneConfig
 
 pytestmark = pytest.mark.unit
 
@@ -223,7 +219,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, data, monkeypatch, e
     model_path = tmp_path / "models" / "tiny_ft.keras"
 
     monkeypatch.setattr(
-        finetune, "_backup", lambda path: Interrupt(str(path), double_checkpoint=True)
+        finetune, "atomic_backup", lambda path: Interrupt(str(path), double_checkpoint=True)
     )
     with pytest.raises(KeyboardInterrupt):
         train(cfg, *data, tmp_path, "tiny_ft", verbose=0)
@@ -239,7 +235,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, data, monkeypatch, e
             seen.append((Path(self.backup_dir).name, epoch))
 
     monkeypatch.setattr(
-        finetune, "_backup", lambda path: Recording(str(path), double_checkpoint=True)
+        finetune, "atomic_backup", lambda path: Recording(str(path), double_checkpoint=True)
     )
     result = train(cfg, *data, tmp_path, "tiny_ft", verbose=0)
     assert seen == [("backup_phase2", 2)]  # phase 1 not repeated; phase 2 from epoch 2, not 0
@@ -272,11 +268,11 @@ def test_load_history_keeps_the_last_record_of_a_repeated_epoch(tmp_path):
 
 def test_inception_unfreezes_from_the_start_of_the_block():
     """`mixedK` closes block K in InceptionV3, so block 5 starts right after `mixed4`."""
-    cfg = finetune.FinetuneConfig(
+    cfg = recipe.FinetuneConfig(
         backbone="inception_v3", image_size=75, weights=None, unfreeze_from_block=5
     )
-    model = finetune.build_classifier(cfg)
-    finetune.set_trainable(model, cfg, phase=2)
+    model = network.build_classifier(cfg)
+    network.set_trainable(model, cfg, phase=2)
     base = model.layers[1].layers[-1]
     names = [layer.name for layer in base.layers]
     first_after = names.index("mixed4") + 1
@@ -356,12 +352,12 @@ def test_head_on_features_with_random_weights_caches_nothing(data, tmp_path, mon
 
 def test_warmup_schedule_starts_at_zero_and_peaks_at_the_learning_rate():
     cfg = config(learning_rate_finetune=1e-3, epochs_finetune=4, warmup_epochs=1.0)
-    lr = finetune.learning_rate_finetune(cfg, steps_per_epoch=10)
+    lr = network.learning_rate_finetune(cfg, steps_per_epoch=10)
     assert float(lr(0)) == pytest.approx(0.0)
     assert float(lr(10)) == pytest.approx(1e-3, rel=1e-3)
     assert float(lr(40)) < 1e-4
     with pytest.raises(ValueError, match="cosine"):
-        finetune.learning_rate_finetune(replace(cfg, schedule="constant"), 10)
+        network.learning_rate_finetune(replace(cfg, schedule="constant"), 10)
 
 
 def test_time_to_accuracy_reads_the_first_epoch_at_target():
@@ -380,7 +376,7 @@ def test_whole_frame_is_the_same_network_without_its_crop():
     cfg = config(crop=0.5, weights=None)
     cropped = build_classifier(cfg)
     assert tuple(cropped.layers[1].get_layer("centre_crop").output.shape[1:3]) == (SIZE // 2,) * 2
-    whole = finetune.whole_frame(cropped, cfg)
+    whole = network.whole_frame(cropped, cfg)
     assert "centre_crop" not in [layer.name for layer in whole.layers[1].layers]
     assert tuple(whole.input.shape) == tuple(cropped.input.shape)
     assert tuple(whole.layers[1].layers[-1].input.shape[1:3]) == (SIZE, SIZE)  # the backbone's
@@ -392,7 +388,7 @@ def test_whole_frame_is_the_same_network_without_its_crop():
     y[:, :4] = 255.0
     assert np.allclose(cropped(x), cropped(y))
     assert not np.allclose(whole(x), whole(y))
-    assert finetune.whole_frame(whole, replace(cfg, crop=1.0)) is whole
+    assert network.whole_frame(whole, replace(cfg, crop=1.0)) is whole
 
 
 def test_ema_is_what_validation_scores(data, tmp_path):

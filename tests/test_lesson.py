@@ -9,8 +9,8 @@ import tiny_models
 
 from bloodlib.models import backbones
 from bloodlib.teach import lesson
-from bloodlib.train import finetune
-from bloodlib.train.finetune import FinetuneConfig, build_classifier
+from bloodlib.train.network import build_classifier
+from bloodlib.train.recipe import FinetuneConfig
 
 pytestmark = pytest.mark.unit
 
@@ -38,11 +38,6 @@ def _history(val_accuracy, epochs_head=2):
             "phase": ["head"] * epochs_head + ["fine-tune"] * (n - epochs_head),
         }
     )
-
-
-def test_checkpoint_criterion_is_the_one_training_uses():
-    assert lesson.CHECKPOINT_MONITOR == finetune.CHECKPOINT_MONITOR
-    assert lesson.CHECKPOINT_MODE == finetune.CHECKPOINT_MODE
 
 
 def test_best_epoch_is_one_based_and_first_on_ties():

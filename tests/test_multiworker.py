@@ -2,7 +2,7 @@
 
 Each worker is this file run as a script with its own ``TF_CONFIG`` (a cluster of two
 ``127.0.0.1`` workers, task index 0 and 1), the way a study runs on two machines: it
-calls ``finetune.get_strategy()`` and ``finetune.train`` with a tiny backbone for one
+calls ``devices.get_strategy()`` and ``finetune.train`` with a tiny backbone for one
 short epoch on a few cells, then writes its final weights. The test passes when both
 finish within a timeout (a hang fails it), both saw a cluster of two replicas that really
 exchanged values, and both ended with the same weights.
@@ -142,13 +142,13 @@ def worker(index: int, out: Path) -> None:
     import tiny_models
 
     from bloodlib.models import backbones
-    from bloodlib.train import finetune
+    from bloodlib.train import devices, finetune, network, recipe
 
-    strategy = finetune.get_strategy()  # first: it configures the collectives
+    strategy = devices.get_strategy()  # first: it configures the collectives
     tiny = tiny_models.backbone("tiny", tiny_models.convnet_builder, "caffe", feature_dim=8)
     backbones.REGISTRY["tiny"] = tiny
     train_df, val_df = _cells(out / f"data{index}")
-    cfg = finetune.FinetuneConfig(
+    cfg = recipe.FinetuneConfig(
         backbone="tiny",
         image_size=tiny_models.SIZE,
         batch_size=4,  # per replica: 8 cells a step over the two workers
@@ -160,7 +160,7 @@ def worker(index: int, out: Path) -> None:
         seed=1,
     )
     finetune.config.set_seeds(cfg.seed)
-    initial = finetune.build_classifier(cfg)  # what train() starts from, with the same seed
+    initial = network.build_classifier(cfg)  # what train() starts from, with the same seed
     np.savez(out / f"initial{index}.npz", *initial.get_weights())
     result = finetune.train(cfg, train_df, val_df, out / f"worker{index}", "tiny", verbose=0)
 
@@ -207,29 +207,29 @@ if __name__ == "__main__":
 )
 def test_a_malformed_tf_config_is_a_clear_error(tf_config_value, problem):
     from bloodlib.core.errors import BloodlibError
-    from bloodlib.train import finetune
+    from bloodlib.train import devices
 
     with pytest.raises(BloodlibError, match=problem) as err:
-        finetune._multi_worker_strategy(tf_config_value)
+        devices._multi_worker_strategy(tf_config_value)
     assert "unset it" in str(err.value)
 
 
 def test_the_strategy_is_created_once_per_process(monkeypatch):
-    from bloodlib.train import finetune
+    from bloodlib.train import devices
 
     made = object()
     monkeypatch.setenv("TF_CONFIG", tf_config([1, 2], 0))
-    monkeypatch.setattr(finetune, "_MULTI_WORKER", made)
-    assert finetune.get_strategy() is made
+    monkeypatch.setattr(devices, "_MULTI_WORKER", made)
+    assert devices.get_strategy() is made
 
 
 def test_a_strategy_asked_for_after_tensorflow_work_says_what_to_do(tmp_path):
     """TensorFlow configures collectives only before its first op: a late call explains it."""
     script = (
         "import tensorflow as tf; tf.constant(1.0) + 1\n"
-        "from bloodlib.train import finetune\n"
+        "from bloodlib.train import devices\n"
         "from bloodlib.core.errors import BloodlibError\n"
-        "try:\n    finetune.get_strategy()\n"
+        "try:\n    devices.get_strategy()\n"
         "except BloodlibError as exc:\n    print('CLEAR:', exc)\n"
     )
     repo = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""bloodlib.core.paper (the paper's facts) and bloodlib.teach.recipe (the differences table)."""
+"""bloodlib.core.paper (the paper's facts) and bloodlib.teach.versus_paper (the differences table)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from bloodlib import evaluate
 from bloodlib.core import paper
-from bloodlib.teach import recipe
+from bloodlib.teach import versus_paper
 
 pytestmark = pytest.mark.unit
 
@@ -20,20 +20,22 @@ SVM_PARAMS = {
 
 
 def test_differences_has_the_four_columns_and_one_row_per_aspect():
-    table = recipe.differences("svm", SVM_PARAMS)
+    table = versus_paper.differences("svm", SVM_PARAMS)
     assert list(table.columns) == ["aspect", "paper", "here", "why"]
     assert table["aspect"].is_unique
     assert not table.isna().any().any()
 
 
 def test_differences_follows_the_parameters():
-    table = recipe.differences("svm", SVM_PARAMS).set_index("aspect")
+    table = versus_paper.differences("svm", SVM_PARAMS).set_index("aspect")
     assert "288 px" in table.loc["input size", "here"]
     assert "3-fold" in table.loc["classifier", "here"]
     assert "240 usable images" in table.loc["data", "here"]
     assert table.loc["backbone", "here"] == "EfficientNet-Lite0"
     assert table.loc["backbone", "paper"] == "VGG-16, InceptionV3 (ImageNet weights)"
-    native = recipe.differences("svm", {**SVM_PARAMS, "backbones": ["vgg16"], "image_size": None})
+    native = versus_paper.differences(
+        "svm", {**SVM_PARAMS, "backbones": ["vgg16"], "image_size": None}
+    )
     native = native.set_index("aspect")
     assert native.loc["input size", "why"] == "the networks' native sizes"
 
@@ -50,7 +52,7 @@ def test_finetune_rows_and_reported_accuracies():
         "augment": False,
         "max_train_images": None,
     }
-    table = recipe.differences("design 2", params).set_index("aspect")
+    table = versus_paper.differences("design 2", params).set_index("aspect")
     assert table.loc["backbone", "why"] == "same as the paper"
     assert table.loc["schedule", "here"] == "3 epochs head only, then 15 epochs fine-tuning"
     assert table.loc["augmentation", "here"] == "none"
@@ -67,7 +69,7 @@ def test_paper_accuracies_are_the_ones_evaluation_compares_with():
 
 def test_unknown_design_names_the_choices():
     with pytest.raises(ValueError, match="finetune"):
-        recipe.differences("boosting", SVM_PARAMS)
+        versus_paper.differences("boosting", SVM_PARAMS)
 
 
 @pytest.mark.parametrize("given", ["sample", "SAMPLE", None, "by path"])
@@ -78,11 +80,15 @@ def test_the_sample_given_by_path_reads_as_the_sample_everywhere(given):
 
     data = str(SAMPLE_DIR / "..") + "/sample" if given == "by path" else given
     assert source.is_sample(data)
-    row = recipe.differences("svm", {**SVM_PARAMS, "data": data}).set_index("aspect").loc["data"]
+    row = (
+        versus_paper.differences("svm", {**SVM_PARAMS, "data": data})
+        .set_index("aspect")
+        .loc["data"]
+    )
     assert row["here"].startswith("the embedded sample")
     assert row["why"] == "a smoke test that runs in minutes on a laptop"
 
 
 def test_another_folder_is_not_the_sample(tmp_path):
-    row = recipe.differences("svm", {**SVM_PARAMS, "data": str(tmp_path)}).set_index("aspect")
+    row = versus_paper.differences("svm", {**SVM_PARAMS, "data": str(tmp_path)}).set_index("aspect")
     assert row.loc["data", "why"] == "the data given to this run"

@@ -13,7 +13,7 @@ from bloodlib.evaluate import calibration
 from bloodlib.models import saved
 from bloodlib.predict import inference
 from bloodlib.study import scoring
-from bloodlib.teach import narrative, recipe
+from bloodlib.teach import narrative, versus_paper
 
 pytestmark = pytest.mark.unit
 
@@ -193,7 +193,7 @@ def test_evaluate_models_adds_a_tta_entry_for_networks(tmp_path, monkeypatch):
     assert record["reject_threshold"] is not None  # every validation cell is right here
     assert record["test_coverage"] == 1.0 and record["test_accepted_accuracy"] == 1.0
     assert "uncertain" in narrative.rejection_sentence(record)
-    table = recipe.recipe_differences(tmp_path / "run", results, "sample")
+    table = versus_paper.recipe_differences(tmp_path / "run", results, "sample")
     assert set(table["model"]) == {"m"} and list(table.columns[1:]) == [
         "aspect",
         "paper",

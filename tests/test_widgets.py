@@ -22,7 +22,8 @@ from bloodlib.models import backbones
 from bloodlib.predict.engine import load_classifier
 from bloodlib.teach import widgets
 from bloodlib.train import finetune
-from bloodlib.train.finetune import FinetuneConfig, build_classifier  # noqa: E402
+from bloodlib.train.network import build_classifier
+from bloodlib.train.recipe import FinetuneConfig
 
 pytestmark = pytest.mark.unit
 

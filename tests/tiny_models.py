@@ -106,7 +106,7 @@ def vertex_classifier(image_size: int = SIZE):
 
 def finetune_config(**changes):
     """The smallest real fine-tuning: backbone "tiny" (register it first), one epoch a phase."""
-    from bloodlib.train.finetune import FinetuneConfig
+    from bloodlib.train.recipe import FinetuneConfig
 
     base = dict(
         backbone="tiny",

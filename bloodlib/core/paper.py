@@ -1,7 +1,7 @@
 """The facts of Acevedo et al. 2019 and of the PBC dataset paper, as constants.
 
 Only what the two papers are known to state is written down; every other aspect of the
-recipe is :data:`UNKNOWN` rather than guessed. ``bloodlib.teach.recipe`` builds from these
+recipe is :data:`UNKNOWN` rather than guessed. ``bloodlib.teach.versus_paper`` builds from these
 the table of how a run's recipe differs from the paper's.
 """
 

@@ -244,10 +244,10 @@ def robust_config(base_info: Mapping[str, Any], **changes: Any):
 
     ``crop`` goes back to 1: other labs' cells fill most of their frame, and the augmentation
     zooms PBC's to match, so a centre crop would cut exactly the cells this model is for.
-    Keys the sidecar holds but :class:`~bloodlib.train.finetune.FinetuneConfig` does not know
+    Keys the sidecar holds but :class:`~bloodlib.train.recipe.FinetuneConfig` does not know
     (an older or newer bloodlib) are dropped rather than failing.
     """
-    from bloodlib.train.finetune import FinetuneConfig
+    from bloodlib.train.recipe import FinetuneConfig
 
     cfg = dict(base_info.get("config") or {})
     if not cfg:

@@ -14,10 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: What the checkpoint watches (the same values as ``finetune.CHECKPOINT_MONITOR`` / ``_MODE``,
-#: repeated so plots need not import Keras; a unit test keeps them equal).
-CHECKPOINT_MONITOR = "val_accuracy"
-CHECKPOINT_MODE = "max"
+from bloodlib.train.recipe import CHECKPOINT_MODE, CHECKPOINT_MONITOR
 
 
 def _params(weights: list[Any]) -> int:
@@ -68,7 +65,7 @@ def trainable_by_phase(model: Any, cfg: Any) -> pd.DataFrame:
     Columns: phase, trainable tensors, trainable parameters, frozen parameters,
     BatchNorm layers (trainable / total).
     """
-    from bloodlib.train.finetune import set_trainable
+    from bloodlib.train.network import set_trainable
 
     base = model.layers[1].layers[-1]  # the backbone network inside "<backbone>_features"
     batchnorms = [layer for layer in base.layers if type(layer).__name__ == "BatchNormalization"]
@@ -105,10 +102,10 @@ def learning_rate_curve(cfg: Any, n_train: int) -> pd.DataFrame:
     """The learning rate at every optimizer step of both phases.
 
     Columns: step (counted over both phases), epochs (training progress in epochs), phase,
-    learning_rate. Phase 2 uses :func:`bloodlib.train.finetune.learning_rate_finetune`, the
+    learning_rate. Phase 2 uses :func:`bloodlib.train.network.learning_rate_finetune`, the
     schedule training itself uses; its optimizer starts counting steps at 0.
     """
-    from bloodlib.train.finetune import learning_rate_finetune
+    from bloodlib.train.network import learning_rate_finetune
 
     steps = steps_per_epoch(cfg, n_train)
     head = np.full(steps * cfg.epochs_head, float(cfg.learning_rate_head))

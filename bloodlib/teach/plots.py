@@ -29,6 +29,7 @@ from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.io import atomic_path
 from bloodlib.evaluate.calibration import expected_calibration_error, reliability_table
+from bloodlib.train.recipe import CHECKPOINT_MODE, CHECKPOINT_MONITOR
 
 _STYLE = "whitegrid"
 _SPLIT_ORDER = ("train", "val", "test")
@@ -562,8 +563,8 @@ def plot_learning_curves(
     """
     from bloodlib.teach import lesson
 
-    monitor = monitor or lesson.CHECKPOINT_MONITOR
-    mode = mode or lesson.CHECKPOINT_MODE
+    monitor = monitor or CHECKPOINT_MONITOR
+    mode = mode or CHECKPOINT_MODE
     h = history.reset_index(drop=True)
     if "epoch" in h.columns and h["epoch"].is_monotonic_increasing and h["epoch"].is_unique:
         x = h["epoch"].to_numpy(dtype=float) + 1

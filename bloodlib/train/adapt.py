@@ -471,7 +471,8 @@ def adapt(
     base_cfg = clf.info.get("config") or {}
     crop = float(base_cfg.get("crop", 1.0))
     if crop < 1.0:
-        from bloodlib.train.finetune import FinetuneConfig, whole_frame
+        from bloodlib.train.network import whole_frame
+        from bloodlib.train.recipe import FinetuneConfig
 
         model = whole_frame(model, FinetuneConfig.from_sidecar(base_cfg))
         base_cfg = {**base_cfg, "crop": 1.0}
