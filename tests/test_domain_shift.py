@@ -22,7 +22,7 @@ from bloodlib.models.saved import read_sidecar, save_classifier
 from bloodlib.predict.classify import classify_folder
 from bloodlib.predict.engine import load_classifier
 from bloodlib.study import domain
-from bloodlib.teach import narrative
+from bloodlib.teach import narrative, plots
 
 SIZE = tiny_models.SIZE
 TINY = tiny_models.backbone("tiny", tiny_models.convnet_builder, "caffe", feature_dim=8)
@@ -413,12 +413,11 @@ def test_tecom_is_five_white_cell_classes_with_larger_nuclei():
 
 @pytest.mark.unit
 def test_entropy_figure_and_sentence():
-    from bloodlib.teach import domain_plots as dplots
 
     entropy = {"PBC test": np.array([0.0, 0.1, 0.2]), "other lab": np.array([0.9, 1.0, 1.1])}
     text = narrative.entropy_sentence(entropy, 5)
     assert "PBC test 0.10" in text and "other lab 1.00" in text and "ln 5 = 1.61" in text
-    fig = dplots.plot_entropy(entropy, 5)
+    fig = plots.plot_entropy(entropy, 5)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["PBC test", "other lab"]
     assert ax.lines[0].get_xdata()[0] == pytest.approx(np.log(5))
@@ -426,19 +425,17 @@ def test_entropy_figure_and_sentence():
 
 @pytest.mark.unit
 def test_shots_figure_shows_the_unlabelled_points():
-    from bloodlib.teach import domain_plots as dplots
-
     summary = pd.DataFrame(
         {"shots": [1, 5], "repeats": [2, 2], "accuracy_present": [0.6, 0.8], "min": [0.5, 0.7],
          "max": [0.7, 0.9], "before": [0.4, 0.4]}
     )  # fmt: skip
     both = summary.iloc[1:].assign(accuracy_present=0.85, min=0.8, max=0.95)
-    ax = dplots.plot_shots(summary, 0.4, both).axes[0]
+    ax = plots.plot_shots(summary, 0.4, both).axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "adapted + unlabelled cells (transductive)" in labels
     marker = next(c for c in ax.containers if hasattr(c, "lines")).lines[0]
     assert list(marker.get_xdata()) == [5] and list(marker.get_ydata()) == [85.0]
-    plain = dplots.plot_shots(summary, 0.4).axes[0]
+    plain = plots.plot_shots(summary, 0.4).axes[0]
     assert "adapted + unlabelled cells (transductive)" not in [
         t.get_text() for t in plain.get_legend().get_texts()
     ]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bloodlib import CLASSES
-from bloodlib.teach import narrative, projection
+from bloodlib.teach import narrative, plots
 
 pytestmark = pytest.mark.unit
 
@@ -79,14 +79,14 @@ def test_per_class_extremes():
 def test_projection_and_its_sentence():
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(0, 1, (20, 5)), rng.normal(6, 1, (20, 5))])
-    p = projection.project(X, "pca", seed=0)
+    p = plots.project(X, "pca", seed=0)
     assert p.coords.shape == (40, 2)
     assert p.explained[0] > 0.5  # the two blobs differ along one direction
     assert "of the variance" in narrative.explained_variance(p.explained)
-    fig = projection.plot_projection(p, [CLASSES[0]] * 20 + [CLASSES[1]] * 20, "test")
+    fig = plots.plot_projection(p, [CLASSES[0]] * 20 + [CLASSES[1]] * 20, "test")
     assert len(fig.axes[0].collections) == 2
     with pytest.raises(ValueError, match="pca"):
-        projection.project(X, "umap")
+        plots.project(X, "umap")
 
 
 def test_image_sizes_and_brightness():

@@ -292,7 +292,7 @@ def test_seed_figure_draws_one_column_per_model():
     import matplotlib
 
     matplotlib.use("Agg")
-    from bloodlib.teach.seed_figure import plot_seed_spread
+    from bloodlib.teach.plots import plot_seed_spread
 
     entries = [
         _entry("n", 42, 0.97, ci=[0.95, 0.99]),

@@ -1,8 +1,4 @@
-"""Figures of notebook 05 (another lab's cells): what :mod:`bloodlib.study.domain` measured, drawn.
-
-Every function returns a :class:`matplotlib.figure.Figure` and never shows it, as in
-:mod:`bloodlib.teach.plots` (whose helpers and style it shares).
-"""
+"""Figures of notebook 05: another lab's cells beside PBC's, their statistics, and the remedies."""
 
 from __future__ import annotations
 
@@ -15,10 +11,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bloodlib.teach.plots import _STYLE, _image_axis, _thumbnail
+from bloodlib.teach.plots.common import STYLE, image_axis, thumbnail
 
 #: Colours of the two labs in every figure of the notebook.
 LAB_COLOURS = ("#4c72b0", "#dd8452")
+
+
 #: Adapting with the lab's unlabelled cells as well (seaborn's third "deep" colour).
 UNLABELLED_COLOUR = "#55a868"
 
@@ -31,7 +29,7 @@ def plot_predicted_instead(table: pd.DataFrame, title: str = "") -> Figure:
     """
     share = table.div(table.sum(axis=1).replace(0, 1), axis=0) * 100
     colours = sns.color_palette("tab10", len(table.columns))
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(8, 0.6 * len(table) + 1.8), layout="constrained")
         left = np.zeros(len(share))
         for colour, c in zip(colours, share.columns, strict=True):
@@ -79,7 +77,7 @@ def plot_lab_statistics(stats: Mapping[str, pd.DataFrame]) -> Figure:
         ("nucleus_fraction", "nucleus diameter / frame side"),
     ]
     names = list(stats)
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, axes = plt.subplots(
             1, len(panels), figsize=(3.2 * len(panels), 3.6), layout="constrained"
         )
@@ -114,9 +112,9 @@ def plot_side_by_side(
             pick = rows.sample(min(per_lab, len(rows)), random_state=seed) if len(rows) else rows
             for k in range(per_lab):
                 ax = axes[i, j * per_lab + k]
-                _image_axis(ax)
+                image_axis(ax)
                 if k < len(pick):
-                    thumb = _thumbnail(pick["path"].iloc[k])
+                    thumb = thumbnail(pick["path"].iloc[k])
                     if thumb is not None:
                         ax.imshow(thumb)
                 if i == 0 and k == 0:
@@ -132,7 +130,7 @@ def plot_coverage(curves: pd.DataFrame, thresholds: Mapping[str, Any] | None = N
     ``curves``: ``domain.coverage_curves``; ``thresholds``: ``cells -> (coverage, accuracy)``
     at the recorded threshold, marked on each line.
     """
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
         for i, (name, c) in enumerate(curves.groupby("cells", sort=False)):
             colour = LAB_COLOURS[i % 2]
@@ -157,7 +155,7 @@ def plot_shots(
 
     ``unlabelled``: the same summary for adapting with the lab's unlabelled cells too.
     """
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
         x = summary["shots"]
         ax.plot(x, 100 * summary["accuracy_present"], "o-", color=LAB_COLOURS[1], label="adapted")
@@ -201,7 +199,7 @@ def plot_shots(
 def plot_entropy(entropy: Mapping[str, np.ndarray], n_classes: int) -> Figure:
     """Histograms of the per-cell entropy of the predictions, one per set of cells."""
     ceiling = float(np.log(n_classes))
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
         bins = np.linspace(0, max(ceiling, 1e-3), 31)
         for colour, (name, e) in zip(LAB_COLOURS, entropy.items(), strict=False):
@@ -218,7 +216,7 @@ def plot_remedies(table: pd.DataFrame) -> Figure:
     """Grouped bars: accuracy of every remedy, per set of cells (rejection: answered cells)."""
     t = table.copy()
     t["label"] = t["remedy"] + " (" + t["classes"] + ")"
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(t) + 1.8), layout="constrained")
         sns.barplot(
             data=t,

@@ -1,18 +1,9 @@
-"""Figures for data exploration and evaluation.
-
-Every function returns a :class:`matplotlib.figure.Figure` and never calls
-``plt.show()``: notebooks display the returned figure inline, scripts pass it to
-:func:`save_figure`. No backend is forced here (notebooks use inline, tests Agg).
-Seaborn styling is applied per figure with ``sns.axes_style`` so importing this
-module leaves global matplotlib settings untouched.
-"""
+"""Figures of notebook 04: confusion matrices, ROC, reliability, bootstrap, the models compared,\nthe cells they miss (and those every seed misses), saliency maps and one cell's prediction."""
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -26,249 +17,14 @@ from PIL import Image
 
 from bloodlib import CLASSES
 from bloodlib.core import paper
-from bloodlib.core.config import DEFAULT_SEED
-from bloodlib.core.io import atomic_path
 from bloodlib.evaluate.calibration import expected_calibration_error, reliability_table
-from bloodlib.train.recipe import CHECKPOINT_MODE, CHECKPOINT_MONITOR
-
-_STYLE = "whitegrid"
-_SPLIT_ORDER = ("train", "val", "test")
-_THUMB = 160  # px; thumbnails keep galleries of large images light in memory and in PNGs
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, **kwargs: Any) -> Path:
-    """Write ``fig`` atomically (temp file beside ``path``, then rename); create parent folders.
-
-    The format follows the suffix of ``path`` (png when there is none).
-    """
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    kwargs.setdefault("bbox_inches", "tight")
-    with atomic_path(path, suffix=f".{fmt}") as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, **kwargs)
-    return path
-
-
-def _ordered_classes(labels: Iterable[Any], classes: Sequence[str] | None = None) -> list[str]:
-    """Known classes in canonical order first, then any unexpected labels sorted."""
-    present = {str(x) for x in labels if pd.notna(x)}
-    order = list(classes) if classes is not None else list(CLASSES)
-    return [c for c in order if c in present] + sorted(present - set(order))
-
-
-def _usable(table: pd.DataFrame) -> pd.DataFrame:
-    if "status" not in table.columns:
-        return table
-    return table[table["status"] == "ok"]
-
-
-def _thumbnail(path: Any, size: int = _THUMB) -> Image.Image | None:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return im
-    except (OSError, ValueError, TypeError):
-        return None  # a missing/broken file is drawn as a placeholder, not a crash
-
-
-def _image_axis(ax: Axes) -> None:
-    """Hide ticks and frame but keep the axis on, so a y-label (row name) still shows."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.grid(False)
-
-
-def _annotate_bars(ax: Axes, fmt: str = "{:.0f}", fontsize: int = 8) -> None:
-    for container in ax.containers:
-        ax.bar_label(container, fmt=fmt, fontsize=fontsize, padding=2)
-
-
-# ----------------------------------------------------------------------------- data exploration
-
-
-def plot_class_distribution(table: pd.DataFrame) -> Figure:
-    """Images per class, stacked as usable (status == "ok") and excluded."""
-    status = np.where(table["status"] == "ok", "usable", "excluded")
-    counts = pd.crosstab(table["label"].astype(str), status)
-    counts = counts.reindex(index=_ordered_classes(table["label"]), fill_value=0)
-    counts = counts.reindex(columns=["usable", "excluded"], fill_value=0)
-
-    with sns.axes_style(_STYLE):
-        fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
-        x = np.arange(len(counts))
-        ax.bar(x, counts["usable"], color="C0", label="usable")
-        ax.bar(x, counts["excluded"], bottom=counts["usable"], color="C3", label="excluded")
-        totals = counts.sum(axis=1).to_numpy()
-        for xi, (tot, exc) in enumerate(zip(totals, counts["excluded"], strict=True)):
-            text = f"{tot}" if exc == 0 else f"{tot}\n({exc} excl.)"
-            ax.annotate(
-                text,
-                (xi, tot),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
-        ax.set_xticks(x, counts.index, rotation=30, ha="right")
-        ax.set_ylim(0, max(1, totals.max()) * 1.18)
-        ax.set_xlabel("class")
-        ax.set_ylabel("images")
-        ax.set_title(
-            f"Images per class ({int(counts['usable'].sum())} usable, "
-            f"{int(counts['excluded'].sum())} excluded)"
-        )
-        fig.legend(loc="outside right upper")  # outside: never hides a bar or its label
-    return fig
-
-
-def plot_examples(table: pd.DataFrame, per_class: int = 6, seed: int = DEFAULT_SEED) -> Figure:
-    """A grid of random usable images: one row per class, class names as row labels."""
-    usable = _usable(table)
-    classes = _ordered_classes(usable["label"])
-    rng = np.random.default_rng(seed)
-    n_rows, n_cols = max(1, len(classes)), max(1, per_class)
-
-    fig, axes = plt.subplots(
-        n_rows,
-        n_cols,
-        figsize=(1.5 * n_cols + 1.2, 1.5 * n_rows + 0.6),
-        squeeze=False,
-        layout="constrained",
-    )
-    for r, cls in enumerate(classes):
-        paths = usable.loc[usable["label"].astype(str) == cls, "path"].to_numpy()
-        take = rng.choice(len(paths), size=min(per_class, len(paths)), replace=False)
-        for c in range(n_cols):
-            ax = axes[r, c]
-            _image_axis(ax)
-            if c < len(take):
-                im = _thumbnail(paths[take[c]])
-                if im is None:
-                    ax.text(
-                        0.5,
-                        0.5,
-                        "unreadable",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        transform=ax.transAxes,
-                    )
-                else:
-                    ax.imshow(im)
-            if c == 0:
-                ax.set_ylabel(cls, rotation=0, ha="right", va="center", fontsize=10)
-    if not classes:
-        axes[0, 0].text(0.5, 0.5, "no usable images", ha="center", va="center")
-    fig.suptitle(f"Random examples per class (seed {seed})")
-    return fig
-
-
-def _boxes(
-    ax: Axes, groups: Sequence[np.ndarray], positions: np.ndarray, colour: Any, width: float
-) -> None:
-    """Plain matplotlib box plots (seaborn 0.13 trips a deprecation warning in matplotlib >= 3.11)."""
-    keep = [i for i, g in enumerate(groups) if len(g)]
-    if not keep:
-        return
-    ax.boxplot(
-        [groups[i] for i in keep],
-        positions=positions[keep],
-        widths=width,
-        patch_artist=True,
-        manage_ticks=False,
-        boxprops={"facecolor": colour, "alpha": 0.75, "linewidth": 0.8},
-        medianprops={"color": "black", "linewidth": 1},
-        whiskerprops={"linewidth": 0.8},
-        capprops={"linewidth": 0.8},
-        flierprops={"marker": ".", "markersize": 2, "alpha": 0.5},
-    )
-
-
-def plot_size_colour(table: pd.DataFrame) -> Figure:
-    """Per-class box plots of image width, height, brightness and mean R/G/B (usable images)."""
-    usable = _usable(table)
-    labels = usable["label"].astype(str)
-    order = _ordered_classes(labels)
-    x = np.arange(len(order), dtype=float)
-
-    def per_class(col: str) -> list[np.ndarray]:
-        values = pd.to_numeric(usable[col], errors="coerce")
-        return [values[labels == c].dropna().to_numpy() for c in order]
-
-    with sns.axes_style(_STYLE):
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
-        for ax, col, unit in (
-            (axes[0, 0], "width", "px"),
-            (axes[0, 1], "height", "px"),
-            (axes[1, 0], "brightness", "0-255"),
-        ):
-            _boxes(ax, per_class(col), x, "C0", 0.6)
-            ax.set_title(f"{col.capitalize()} per class")
-            ax.set_ylabel(f"{col} ({unit})")
-
-        ax_rgb = axes[1, 1]
-        for offset, (col, colour) in zip(
-            (-0.27, 0.0, 0.27),
-            (("mean_r", "tab:red"), ("mean_g", "tab:green"), ("mean_b", "tab:blue")),
-            strict=True,
-        ):
-            _boxes(ax_rgb, per_class(col), x + offset, colour, 0.24)
-            ax_rgb.plot([], [], "s", color=colour, label=col[-1].upper())  # legend proxy
-        ax_rgb.set_title("Mean colour per class")
-        ax_rgb.set_ylabel("channel mean (0-255)")
-        ax_rgb.legend(title="channel", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        for ax in axes.flat:
-            ax.set_xticks(x, order, rotation=30, ha="right")
-            ax.set_xlim(-0.6, len(order) - 0.4)
-        fig.suptitle(f"Image size and colour ({len(usable)} usable images)")
-    return fig
-
-
-def plot_split(split_df: pd.DataFrame) -> Figure:
-    """Images per class and split (left), and each split's class mix in percent (right).
-
-    Matching percentages across splits show the split is stratified.
-    """
-    counts = pd.crosstab(split_df["label"].astype(str), split_df["split"].astype(str))
-    splits = [s for s in _SPLIT_ORDER if s in counts.columns]
-    splits += sorted(set(counts.columns) - set(splits))
-    counts = counts.reindex(index=_ordered_classes(split_df["label"]), columns=splits, fill_value=0)
-    share = 100 * counts / counts.sum(axis=0).replace(0, np.nan)
-
-    with sns.axes_style(_STYLE):
-        fig, (ax_n, ax_p) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-        counts.plot.bar(ax=ax_n, width=0.8)
-        _annotate_bars(ax_n, fontsize=6)
-        ax_n.set_title("Images per class and split")
-        ax_n.set_ylabel("images")
-        share.plot.bar(ax=ax_p, width=0.8, legend=False)
-        ax_p.set_title("Class share within each split")
-        ax_p.set_ylabel("% of split")
-        for ax in (ax_n, ax_p):
-            ax.set_xlabel("")
-            ax.tick_params(axis="x", labelrotation=30)
-            for label in ax.get_xticklabels():
-                label.set_ha("right")
-        totals = ", ".join(f"{s} {int(counts[s].sum())}" for s in splits)
-        ax_n.get_legend().remove()
-        fig.legend(
-            *ax_n.get_legend_handles_labels(),
-            title=f"split ({totals})",
-            loc="outside upper center",
-            ncol=len(splits),
-            fontsize=9,
-        )
-    return fig
-
-
-# ----------------------------------------------------------------------------- evaluation
+from bloodlib.evaluate.seeds import seed_members
+from bloodlib.teach.plots.common import (
+    STYLE,
+    THUMB,
+    model_title,
+    thumbnail,
+)
 
 
 def plot_confusion(
@@ -342,11 +98,9 @@ def plot_confusions(conf: Any, classes: Sequence[str], title: str | None = None)
 #: many positives (the curve then moves in TPR steps of at most 5 points, finer than the window)
 #: and the macro AUC reaches ROC_ZOOM_MIN_AUC (otherwise the curves leave the window).
 ROC_ZOOM_MIN_POSITIVES = 20
+
+
 ROC_ZOOM_MIN_AUC = 0.95
-
-
-def _model_title(text: str, model_name: str) -> str:
-    return f"{model_name}: {text}" if model_name else text
 
 
 def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], model_name: str = "") -> Figure:
@@ -375,7 +129,7 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], model_name: str = 
         and float(np.mean(aucs)) >= ROC_ZOOM_MIN_AUC
     )
 
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         if zoom:
             fig, (ax, ax_zoom) = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
             panels = (ax, ax_zoom)
@@ -400,9 +154,7 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], model_name: str = 
         )
         fewest = min((cv[5] for cv in curves), default=0)
         ax.set_title(
-            _model_title(
-                f"one-vs-rest ROC ({macro}; n={len(y)}, >= {fewest} per class)", model_name
-            )
+            model_title(f"one-vs-rest ROC ({macro}; n={len(y)}, >= {fewest} per class)", model_name)
         )
         if aucs:
             ax.legend(loc="lower right", fontsize=8)
@@ -455,7 +207,7 @@ def plot_reliability(
 
     n = len(np.asarray(y_true))
     n_bins = int(n_bins or calibration_bins(n))
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, (ax, ax_hist) = plt.subplots(
             2, 1, figsize=(7, 7.5), sharex=True, height_ratios=[3, 1], layout="constrained"
         )
@@ -472,7 +224,7 @@ def plot_reliability(
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy")
         ax.set_title(
-            _model_title(
+            model_title(
                 f"reliability diagram ({n_bins} bins on max probability, n={n})", model_name
             )
         )
@@ -511,7 +263,7 @@ def plot_misclassified(
             va="center",
             fontsize=12,
         )
-        ax.set_title(_model_title("misclassified images", model_name))
+        ax.set_title(model_title("misclassified images", model_name))
         return fig
 
     def name(value: Any) -> str:
@@ -527,7 +279,7 @@ def plot_misclassified(
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, row) in zip(axes.flat, rows_df.iterrows(), strict=False):
-        im = _thumbnail(row["path"])
+        im = thumbnail(row["path"])
         if im is None:
             ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
         else:
@@ -543,100 +295,7 @@ def plot_misclassified(
         if shared
         else "most confident mistakes ({} of {} shown; true → pred (p))"
     )
-    fig.suptitle(_model_title(what.format(len(rows_df), len(df)), model_name))
-    return fig
-
-
-def plot_learning_curves(
-    history: pd.DataFrame,
-    model_name: str = "",
-    *,
-    monitor: str | None = None,
-    mode: str | None = None,
-) -> Figure:
-    """Loss and accuracy per epoch from a Keras CSVLogger log; a dotted line marks phase changes.
-
-    Epochs are numbered as Keras prints them ("Epoch 1/6"): the log's 0-based ``epoch`` plus
-    one. A star marks the epoch the best-weights checkpoint keeps (``monitor``/``mode``,
-    by default ``finetune``'s criterion: highest ``val_accuracy``, first on ties). Epochs
-    that restart per phase (separate ``fit`` calls) are laid end to end.
-    """
-    from bloodlib.teach import lesson
-
-    monitor = monitor or CHECKPOINT_MONITOR
-    mode = mode or CHECKPOINT_MODE
-    h = history.reset_index(drop=True)
-    if "epoch" in h.columns and h["epoch"].is_monotonic_increasing and h["epoch"].is_unique:
-        x = h["epoch"].to_numpy(dtype=float) + 1
-    else:
-        start = float(h["epoch"].iloc[0]) if "epoch" in h.columns and len(h) else 0.0
-        x = start + 1 + np.arange(len(h), dtype=float)
-    h = h.assign(epoch=x - 1)  # laid end to end: best_epoch then numbers them like the x axis
-
-    with sns.axes_style(_STYLE):
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-        for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            drawn = False
-            for col, style, label in (
-                (metric, "-", "train"),
-                (f"val_{metric}", "--", "validation"),
-            ):
-                if col in h.columns:
-                    ax.plot(x, h[col], style, marker="o", ms=3, label=label)
-                    drawn = True
-            if not drawn:
-                ax.text(
-                    0.5,
-                    0.5,
-                    f"no {metric} logged",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                )
-            ax.set_xlabel("epoch (as Keras prints it)")
-            ax.set_ylabel(metric)
-            ax.set_title(metric.capitalize())
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-
-        best = lesson.best_epoch(h, monitor, mode)
-        if best is not None:
-            epoch, value = best
-            ax_best = ax_acc if "accuracy" in monitor else ax_loss
-            ax_best.plot(
-                epoch,
-                value,
-                "*",
-                ms=13,
-                color="C3",
-                zorder=4,
-                label=f"kept by the checkpoint: epoch {epoch} ({monitor} {value:.3f})",
-            )
-
-        if "phase" in h.columns and len(h) > 1:
-            phase = h["phase"].astype(str).to_numpy()
-            changes = np.flatnonzero(phase[1:] != phase[:-1]) + 1
-            for i in changes:
-                for ax in (ax_loss, ax_acc):
-                    ax.axvline((x[i - 1] + x[i]) / 2, color="grey", ls=":", lw=1.5)
-            # Tint each phase and name it in the legend: text on the axes would collide
-            # with curves or legends wherever it is put.
-            starts = np.concatenate([[0], changes])
-            ends = np.concatenate([changes, [len(h)]]) - 1
-            edges = np.concatenate([[x[0] - 0.5], (x[changes - 1] + x[changes]) / 2, [x[-1] + 0.5]])
-            for j, (s, e) in enumerate(zip(starts, ends, strict=True)):
-                for ax in (ax_loss, ax_acc):
-                    ax.axvspan(
-                        edges[j],
-                        edges[j + 1],
-                        color=f"C{(j + 2) % 10}",
-                        alpha=0.08,
-                        lw=0,
-                        label=f"phase: {phase[s]} ({e - s + 1} epochs)",
-                    )
-        for ax in (ax_loss, ax_acc):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8, loc="best")
-        fig.suptitle(_model_title("learning curves", model_name))
+    fig.suptitle(model_title(what.format(len(rows_df), len(df)), model_name))
     return fig
 
 
@@ -652,7 +311,7 @@ def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
     x = np.arange(len(t))
     labels = t["name"].astype(str) if "name" in t.columns else t.index.astype(str)
 
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(t) + 3), 4.5), layout="constrained")
         bars = ax.bar(x, acc, color="C0", width=0.6, label="this study (test accuracy)")
         if {"ci_lo", "ci_hi"} <= set(t.columns):
@@ -723,16 +382,13 @@ def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
     return fig
 
 
-# ----------------------------------------------------------------------------- class-activation maps
-
-
 def _cam_pixels(row: pd.Series) -> np.ndarray | None:
     """The pixels a map is of: the row's ``image``, else its file at the map's size."""
     image = row.get("image")
     if image is not None and np.ndim(image) == 3:
         return np.asarray(image)
     cam = row.get("cam")
-    size = np.shape(cam)[1::-1] if np.ndim(cam) == 2 else (_THUMB, _THUMB)
+    size = np.shape(cam)[1::-1] if np.ndim(cam) == 2 else (THUMB, THUMB)
     try:
         with Image.open(row["path"]) as im:
             return np.asarray(im.convert("RGB").resize(size, Image.BILINEAR))
@@ -796,47 +452,6 @@ def plot_cam_examples(
     return fig
 
 
-# ----------------------------------------------------------------------------- fine-tuning lesson
-
-
-def plot_augmentations(original: Any, copies: Sequence[Any], title: str = "") -> Figure:
-    """One cell and its augmented copies, as training sees them (arrays in 0..255, HxWx3)."""
-    images = [original, *copies]
-    cols = min(len(images), 5)
-    rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.0 * cols, 2.15 * rows + 0.4), squeeze=False, layout="constrained"
-    )
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (ax, im) in enumerate(zip(axes.flat, images, strict=False)):
-        ax.imshow(np.clip(np.asarray(im, dtype=np.float64), 0, 255).astype(np.uint8))
-        ax.set_title("original" if i == 0 else f"copy {i}", fontsize=9)
-    fig.suptitle(title or f"One cell and {len(copies)} augmented copies")
-    return fig
-
-
-def plot_learning_rate(curve: pd.DataFrame, model_name: str = "") -> Figure:
-    """Learning rate per optimizer step over both phases (``lesson.learning_rate_curve``)."""
-    with sns.axes_style(_STYLE):
-        fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
-        for j, (phase, part) in enumerate(curve.groupby("phase", sort=False)):
-            ax.plot(
-                part["epochs"], part["learning_rate"], color=f"C{j}", lw=2, label=f"phase: {phase}"
-            )
-        changes = curve.index[curve["phase"].ne(curve["phase"].shift()) & (curve.index > 0)]
-        for i in changes:
-            ax.axvline(curve.loc[i, "epochs"], color="grey", ls=":", lw=1.5)
-        ax.set_yscale("log")
-        ax.set_xlabel("epochs trained")
-        ax.set_ylabel("learning rate (log scale)")
-        ax.legend(fontsize=8)
-        ax.set_title(
-            _model_title(f"learning rate per optimizer step ({len(curve)} steps)", model_name)
-        )
-    return fig
-
-
 def plot_cell_prediction(
     image: Any,
     proba: Any,
@@ -858,7 +473,7 @@ def plot_cell_prediction(
     order = np.argsort(-proba, kind="stable")[: max(1, top)]
     pixels = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
     panels = 3 if cam is not None else 2
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, axes = plt.subplots(
             1,
             panels,
@@ -892,7 +507,7 @@ def plot_bootstrap(
     """Histogram of bootstrap accuracies with the observed accuracy and the 95% interval."""
     boot = np.asarray(accuracies, dtype=np.float64)
     lo, hi = float(ci95[0]), float(ci95[1])
-    with sns.axes_style(_STYLE):
+    with sns.axes_style(STYLE):
         fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
         # One bar per attainable accuracy (k/n) when there are few test cells.
         values = np.unique(boot)
@@ -903,60 +518,72 @@ def plot_bootstrap(
         ax.set_xlabel("accuracy on a resampled test set")
         ax.set_ylabel("resamples")
         ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(_model_title("bootstrap distribution of the test accuracy", model_name))
+        ax.set_title(model_title("bootstrap distribution of the test accuracy", model_name))
     return fig
 
 
-def plot_accuracy_vs_compute(table: pd.DataFrame, title: str = "") -> Figure:
-    """Design 1 per backbone: test accuracy (95% bootstrap interval as error bars) against
-    GMACs per image, each point labelled, with the paper's design-1 accuracies as dashed
-    reference lines (different data and split: a landmark, not a target).
+def plot_seed_spread(
+    entries: Sequence[Mapping[str, Any]], spread: Sequence[Mapping[str, Any]], title: str = ""
+) -> Figure:
+    """One column per :func:`~bloodlib.evaluate.seeds.seed_spread` row: a dot per training seed's
+    test accuracy (the first seed filled), a bar at their mean, and the first seed's 95%
+    bootstrap interval drawn beside them. Dots scattered less than that bar is long say the
+    seed matters less than the luck of the test sample."""
+    rows = list(spread)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.2), layout="constrained")
+    labelled: set[str] = set()
 
-    ``table``: :func:`bloodlib.train.design1.backbone_table` (columns ``backbone``,
-    ``image_size``, ``gmacs``, ``test_accuracy``, ``test_ci_low``, ``test_ci_high``).
-    A backbone without a GMACs count is left out of the plot (it has no x).
-    """
+    def label(text: str) -> str:
+        if text in labelled:
+            return "_nolegend_"  # one legend entry per kind of mark
+        labelled.add(text)
+        return text
 
-    rows = table.dropna(subset=["gmacs"])
-    with sns.axes_style(_STYLE):
-        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    acc = rows["test_accuracy"].to_numpy(float)
-    err = np.vstack(
-        [acc - rows["test_ci_low"].to_numpy(float), rows["test_ci_high"].to_numpy(float) - acc]
-    )
-    ax.errorbar(
-        rows["gmacs"].to_numpy(float),
-        acc,
-        yerr=np.clip(err, 0, None),
-        fmt="o",
-        color="C0",
-        ecolor="C0",
-        capsize=4,
-        label="test accuracy, 95% interval",
-    )
-    for row in rows.itertuples():
-        ax.annotate(
-            f"{row.backbone} ({row.image_size} px)",
-            (row.gmacs, row.test_accuracy),
-            textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=8,
+    for i, row in enumerate(rows):
+        members = seed_members(entries, row)
+        acc = np.array([m["test_accuracy"] for m in members], dtype=float)
+        first = next((m for m in members if m["name"] == row["name"]), members[0])
+        offsets = np.linspace(-0.12, 0.12, len(acc)) if len(acc) > 1 else np.zeros(1)
+        filled = np.array([m is first for m in members])
+        ax.scatter(
+            i + offsets[~filled],
+            acc[~filled],
+            color="C0",
+            facecolor="white",
+            zorder=3,
+            label=label("another training seed"),
         )
-    for i, name in enumerate(paper.BACKBONES):
-        reported = paper.ACCURACY.get((name, "svm"))
-        if reported is not None:
-            ax.axhline(
-                reported,
-                color=f"C{i + 1}",
-                ls="--",
-                lw=1,
-                label=f"paper, {paper.BACKBONE_NAMES.get(name, name)} + SVM ({reported:.0%})",
+        ax.scatter(
+            i + offsets[filled],
+            acc[filled],
+            color="C0",
+            zorder=3,
+            label=label(f"first seed ({first.get('seed')})"),
+        )
+        ax.hlines(
+            row["accuracy_mean"], i - 0.2, i + 0.2, color="C1", lw=2, label=label("mean over seeds")
+        )
+        ci = first.get("accuracy_ci95")
+        if ci:
+            a = float(first["test_accuracy"])
+            ax.errorbar(
+                i + 0.3,
+                a,
+                yerr=[[a - ci[0]], [ci[1] - a]],
+                fmt="s",
+                color="grey",
+                capsize=4,
+                label=label("first seed, 95% bootstrap interval"),
             )
-    ax.set_xlabel("GMACs per image at the size used")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(
+        [f"{r['name']}\n{r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}" for r in rows],
+        fontsize=8,
+    )
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylabel("test accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    if len(rows):
-        ax.set_xlim(0, float(rows["gmacs"].max()) * 1.35)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "Design 1 per backbone: accuracy against compute")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)  # never over a model's marks
+    ax.set_title(title or "Test accuracy per training seed (same split and test cells)")
     return fig

@@ -1,14 +1,78 @@
-"""A 2-D picture of high-dimensional features: PCA (and optionally t-SNE), coloured by class."""
+"""Figures of notebook 02: the feature space in two dimensions, and accuracy against compute."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
 from bloodlib import CLASSES
+from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.teach.plots.common import (
+    STYLE,
+)
+
+
+def plot_accuracy_vs_compute(table: pd.DataFrame, title: str = "") -> Figure:
+    """Design 1 per backbone: test accuracy (95% bootstrap interval as error bars) against
+    GMACs per image, each point labelled, with the paper's design-1 accuracies as dashed
+    reference lines (different data and split: a landmark, not a target).
+
+    ``table``: :func:`bloodlib.train.design1.backbone_table` (columns ``backbone``,
+    ``image_size``, ``gmacs``, ``test_accuracy``, ``test_ci_low``, ``test_ci_high``).
+    A backbone without a GMACs count is left out of the plot (it has no x).
+    """
+
+    rows = table.dropna(subset=["gmacs"])
+    with sns.axes_style(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    acc = rows["test_accuracy"].to_numpy(float)
+    err = np.vstack(
+        [acc - rows["test_ci_low"].to_numpy(float), rows["test_ci_high"].to_numpy(float) - acc]
+    )
+    ax.errorbar(
+        rows["gmacs"].to_numpy(float),
+        acc,
+        yerr=np.clip(err, 0, None),
+        fmt="o",
+        color="C0",
+        ecolor="C0",
+        capsize=4,
+        label="test accuracy, 95% interval",
+    )
+    for row in rows.itertuples():
+        ax.annotate(
+            f"{row.backbone} ({row.image_size} px)",
+            (row.gmacs, row.test_accuracy),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    for i, name in enumerate(paper.BACKBONES):
+        reported = paper.ACCURACY.get((name, "svm"))
+        if reported is not None:
+            ax.axhline(
+                reported,
+                color=f"C{i + 1}",
+                ls="--",
+                lw=1,
+                label=f"paper, {paper.BACKBONE_NAMES.get(name, name)} + SVM ({reported:.0%})",
+            )
+    ax.set_xlabel("GMACs per image at the size used")
+    ax.set_ylabel("test accuracy")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    if len(rows):
+        ax.set_xlim(0, float(rows["gmacs"].max()) * 1.35)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "Design 1 per backbone: accuracy against compute")
+    return fig
 
 
 @dataclass
