@@ -118,7 +118,7 @@ def adapted(base_model, lab, tmp_path_factory):
 
 @pytest.mark.unit
 def test_support_is_k_per_class_drawn_with_the_seed(lab):
-    cells, ignored = labelled_cells(lab)
+    cells, ignored, _ = labelled_cells(lab)
     assert ignored == {"notes": 1}
     assert set(cells["label"]) == set(LAB_CLASSES) and len(cells) == 3 * PER_CLASS
     support, held = choose_support(cells, SHOTS, seed=3)
@@ -139,7 +139,7 @@ def test_hidden_images_in_class_folders_are_not_cells(lab, tmp_path):
     shutil.copytree(lab, copy)
     tiny_models.write_cell(copy / "Platelet" / "._PLT_copy.jpg", 2, seed=601)  # decodes
     tiny_models.write_cell(copy / "Basophil" / ".thumbs" / "BA.jpg", 0, seed=602)
-    cells, ignored = labelled_cells(copy)
+    cells, ignored, _ = labelled_cells(copy)
     assert ignored == {"notes": 1} and len(cells) == 3 * PER_CLASS
     assert not cells["relpath"].str.contains("/[.]").any()
 
@@ -265,7 +265,7 @@ def test_cli(base_model, lab, tmp_path, capsys):
 @pytest.mark.skipif(not TECOM.is_dir(), reason="tecom (external-dev) is not on this machine")
 def test_adapt_reads_a_real_labs_folder(base_model, tmp_path):
     """tecom's layout (BMP files, five classes, a single basophil) with the tiny network."""
-    cells, _ = labelled_cells(TECOM)
+    cells, _, _ = labelled_cells(TECOM)
     assert set(cells["label"]) <= set(CLASSES) and len(cells["label"].unique()) >= 2
     out = tmp_path / "tecom.keras"
     result = adapt(base_model, TECOM, out, shots=1, epochs=1, batch_size=8, train="top")
@@ -514,7 +514,7 @@ def _mean_entropy(model_path: Path, paths: list[str], present: list[str]) -> flo
 def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, tmp_path):
     from bloodlib.data.labs import unlabelled_cells
 
-    cells, _ = labelled_cells(lab)
+    cells, _, _ = labelled_cells(lab)
     support, held = choose_support(cells, SHOTS, seed=3)
     unl = unlabelled_cells(lab, set(support["sha256"]), seed=3)
     assert sorted(unl["sha256"]) == sorted(held["sha256"])  # labels unread, support left out

@@ -398,7 +398,12 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
 @pytest.mark.skipif(not TECOM.is_dir(), reason="tecom (external-dev) is not on this machine")
 def test_tecom_is_five_white_cell_classes_with_larger_nuclei():
     lab = labs.load_lab(TECOM)
-    assert not lab.synthetic and len(lab.cells) == 300
+    # 300 files, one of them a byte-identical copy of another lymphocyte: left out, so that
+    # no cell is both learnt from and scored (issue 35).
+    assert not lab.synthetic and len(lab.cells) == 299
+    assert lab.copies[["relpath", "status"]].values.tolist() == [
+        ["lymphocyte/tecom_139.bmp", "duplicate"]
+    ]
     assert lab.classes_present == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     assert lab.fingerprint == labs.load_lab(TECOM).fingerprint
     pbc = sample_frame(8, classes=lab.classes_present)

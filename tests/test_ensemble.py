@@ -232,5 +232,7 @@ def test_notebook_05_finds_the_seed_ensemble_of_its_base(members, tmp_path):
     out = tmp_path / "models" / "m_ensemble.keras"
     build_ensemble(members[1:], out)  # an ensemble without m: not m's seeds
     assert domain.seed_ensemble_path(members[0]) is None
-    build_ensemble(members, out)
+    with pytest.raises(OutputPathError, match="add --force"):  # another ensemble is in the way
+        build_ensemble(members, out)
+    build_ensemble(members, out, force=True)
     assert domain.seed_ensemble_path(members[0]) == out

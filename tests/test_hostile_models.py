@@ -22,6 +22,7 @@ from tiny_models import write_cell
 from bloodlib import CLASSES
 from bloodlib.cli import main
 from bloodlib.core.errors import BloodlibError, OutputPathError, UnsafeModelError
+from bloodlib.core.paths import check_output
 from bloodlib.models import saved, svm
 from bloodlib.models.saved import SidecarError, save_classifier, sidecar_path
 from bloodlib.predict import classify
@@ -288,23 +289,25 @@ def test_out_that_cannot_be_created_fails_before_classifying(model_copy, cells, 
 @pytest.mark.parametrize(
     "out", ["m.keras", "m.json", "m.h5", "sub/../m.keras", "link.keras", "elsewhere.keras"]
 )
-def test_refuse_overwriting_inputs_sees_through_names(tmp_path, out):
-    """adapt, ensemble and export share this check: the model, its sidecar (also through a
-    model of another suffix, whose sidecar is the same file), ``..`` and symbolic links."""
+def test_the_shared_output_check_sees_through_names(tmp_path, out):
+    """classify, adapt, ensemble and export share this check (core.paths.check_output): the
+    model, its sidecar (also through a model of another suffix, whose sidecar is the same
+    file), ``..`` and symbolic links."""
     model = tmp_path / "m.keras"
     model.write_bytes(b"model")
     sidecar_path(model).write_text("{}")
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.keras").symlink_to(model)
     target = tmp_path / out
+    inputs = [model, sidecar_path(model)]
     if out == "elsewhere.keras":
-        saved.refuse_overwriting_inputs(target, sidecar_path(target), [tmp_path / "x.keras", model])
+        check_output(target, writes=[sidecar_path(target)], inputs=[tmp_path / "x.keras", *inputs])
         return
-    with pytest.raises(OutputPathError, match="would overwrite the member m.keras"):
-        saved.refuse_overwriting_inputs(target, sidecar_path(target), [model], role="member")
+    with pytest.raises(OutputPathError, match="would overwrite the input m"):
+        check_output(target, writes=[sidecar_path(target)], inputs=inputs)
     # An export's sidecar is named otherwise: its own clash is caught the same way.
     with pytest.raises(OutputPathError, match="would overwrite"):
-        saved.refuse_overwriting_inputs(tmp_path / "e.onnx", sidecar_path(model), [model])
+        check_output(tmp_path / "e.onnx", writes=[sidecar_path(model)], inputs=inputs)
 
 
 @pytest.mark.parametrize("option", ["--batch-size", "--workers"])
@@ -359,25 +362,32 @@ def test_class_count_must_match_the_network(model_copy, cells, tmp_path, capsys,
     write_raw_sidecar(model_copy, {**info, "classes": names})
     with pytest.raises(SidecarError, match="edited after the model was saved"):
         load_classifier(model_copy)
-    # An old-style sidecar without a hash: loads with a warning, then the outputs disagree.
+    # A sidecar without a hash whose classes are not bloodlib's: nothing proves them (issue 35).
     write_raw_sidecar(model_copy, {**INFO, "classes": names})
-    for engine in ("keras", "tflite"):
-        with pytest.warns(UserWarning, match="no model_sha256"):
-            clf = load_classifier(model_copy)
-        with pytest.raises(SidecarError, match=f"lists {n} classes"):
-            clf.prepare(engine)
-    with pytest.warns(UserWarning):
-        code, _, err = cli(capsys, model_copy, cells, "--out", tmp_path / "p.csv")
-    assert code == 2 and "Traceback" not in err and f"lists {n} classes" in err
+    with pytest.raises(SidecarError, match="records no model_sha256.*not bloodlib's"):
+        load_classifier(model_copy)
+    code, _, err = cli(capsys, model_copy, cells, "--out", tmp_path / "p.csv")
+    assert code == 2 and "Traceback" not in err and "records no model_sha256" in err
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_cached_tflite_copy_is_checked_against_the_sidecar(model_copy, cells, tmp_path):
-    classify_folder(model_copy, cells, None, progress=False, engine="tflite")  # caches a copy
-    write_raw_sidecar(model_copy, {**INFO, "classes": ["a", "b", "c"]})
-    with pytest.warns(UserWarning):
-        clf = load_classifier(model_copy)
-    with pytest.raises(SidecarError, match="answers 8 classes"):
+def test_cached_tflite_copy_is_checked_against_the_sidecar(cells, tmp_path):
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    three = keras.Model(
+        inputs,
+        keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)),
+    )
+    path = tmp_path / "models" / "three.keras"
+    save_classifier(three, path, {**INFO, "classes": ["a", "b", "c"]})
+    classify_folder(path, cells, None, progress=False, engine="tflite")  # caches a copy
+    # A hash-less ("older") sidecar with bloodlib's classes loads, loudly; the cached copy
+    # still has to answer as many classes as it lists.
+    write_raw_sidecar(path, {**INFO, "classes": list(CLASSES)})
+    with pytest.warns(UserWarning, match="no model_sha256"):
+        clf = load_classifier(path)
+    with pytest.raises(SidecarError, match="answers 3 classes"):
         clf.prepare("tflite")
     assert clf._model is None  # the cached copy answered, the Keras model was never loaded
 

@@ -122,6 +122,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         args.model,
         args.folder,
         args.out,
+        force=args.force,
         verbose=2 if args.verbose else 0,
         **{k: v for k, v in given.items() if v is not None},
     )
@@ -132,7 +133,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from bloodlib.models.ensemble import build_ensemble
 
-    print(build_ensemble(args.models, args.out).report())
+    print(build_ensemble(args.models, args.out, force=args.force).report())
     return 0
 
 

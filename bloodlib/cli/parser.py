@@ -6,6 +6,7 @@ Imports nothing heavy: ``--help`` answers instantly (profiles come from the YAML
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,39 @@ def probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not a probability in 0..1")
     return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{value} is not a finite number")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number above 0 (a learning rate)."""
+    value = _finite(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite number of 0 or more (a weight)."""
+    value = _finite(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+#: Help text of --force, shared by the commands that write a model.
+FORCE_HELP = (
+    "replace an existing model at --out that is not an earlier result of this same command "
+    "(re-running the same command replaces its own output without it)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +245,7 @@ def _add_adapt(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     adapt.add_argument(
         "--learning-rate",
-        type=float,
+        type=positive,
         metavar="LR",
         help="Adam's learning rate (default 0.003 for top, 0.0005 for block, 0.03 for head and bn)",
     )
@@ -223,10 +257,11 @@ def _add_adapt(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     adapt.add_argument(
         "--entropy-weight",
-        type=float,
+        type=non_negative,
         metavar="W",
         help="weight of that entropy in the loss (default 0.3; needs --unlabelled)",
     )
+    adapt.add_argument("--force", action="store_true", help=FORCE_HELP)
     adapt.add_argument("--verbose", action="store_true", help="show the training's progress")
     adapt.set_defaults(func=commands.cmd_adapt)
 
@@ -244,6 +279,7 @@ def _add_ensemble(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     ensemble.add_argument("models", nargs="+", metavar="MODEL", help="fine-tuned .keras models")
     ensemble.add_argument("--out", required=True, metavar="ENSEMBLE.keras", help="model to write")
+    ensemble.add_argument("--force", action="store_true", help=FORCE_HELP)
     ensemble.set_defaults(func=commands.cmd_ensemble)
 
 

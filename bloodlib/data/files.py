@@ -84,6 +84,8 @@ DEFECTS: tuple[str, ...] = (
 
 
 STATUSES: tuple[str, ...] = ("ok", *DEFECTS)
+#: Statuses of a file whose bytes another file of the folder also holds (``manifest.flag_copies``).
+COPY_STATUSES = frozenset({"duplicate", "label_conflict"})
 
 
 #: Statuses of a file that still decodes to an RGB image a network can read (a cell outside

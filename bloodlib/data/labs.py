@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_rows
 from bloodlib.core.io import read_json, write_json
 from bloodlib.data import look, stain
-from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
+from bloodlib.data.files import CLASSIFIABLE, COPY_STATUSES, class_of, inspect_file, list_files
+from bloodlib.data.manifest import flag_copies
 
 
 class LabFolderError(BloodlibError):
@@ -37,36 +38,45 @@ class LabFolderError(BloodlibError):
 MAX_UNLABELLED = 2000
 
 
-def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Usable cells of a class-layout folder (relpath, path, label, sha256), and ignored folders.
+def labelled_cells(folder: str | Path) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """Usable cells of a class-layout folder (relpath, path, label, sha256), the folders that
+    name no class (folder -> files), and the copies left out (relpath, label, status, reason).
 
-    Raises :class:`LabFolderError` when no folder names a class, or when a class folder holds
-    no usable cell (every file defective), naming the folder.
+    Copies follow the scan's rule (``data.manifest``): the same bytes twice in one class keep
+    the first by relpath (``duplicate``), the same bytes under two classes are all left out
+    (``label_conflict``), so one cell is never both learnt from and scored, nor learnt with
+    two labels. Raises :class:`LabFolderError` when no folder names a class, or when a class
+    folder holds no usable cell (empty, or every file defective), naming the folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise LabFolderError(f"not a folder: {folder}")
-    rows = [inspect_file(folder, rel) for rel, _, _ in list_files(folder)]
-    files = pd.DataFrame(rows, columns=["relpath", "path", "label", "status", "reason", "sha256"])
+    files = pd.DataFrame([inspect_file(folder, rel) for rel, _, _ in list_files(folder)])
+    if files.empty:
+        files = pd.DataFrame(columns=["relpath", "path", "label", "status", "reason", "sha256"])
     parts = files["relpath"].str.split("/")
     files["folder"] = parts.str[0].where(parts.str.len() > 1, ".")
     classed = files["folder"].map(class_of).notna()
     ignored = files.loc[~classed, "folder"].value_counts().sort_index().to_dict()
-    if not classed.any():
+    class_dirs = sorted(c.name for c in folder.iterdir() if c.is_dir() and class_of(c.name))
+    if not class_dirs:
         raise LabFolderError(
             f"{folder} has no class folder: put each lab's cells in a sub-folder named for "
             f"its class ({', '.join(CLASSES)}; any case)"
         )
-    good = files[classed & (files["status"] == "ok")]  # not "hidden", even when it decodes
-    empty = sorted(set(files.loc[classed, "folder"]) - set(good["folder"]))
+    files = files[classed].copy()
+    flag_copies(files)
+    good = files[files["status"] == "ok"]  # not "hidden", even when it decodes
+    empty = sorted(set(class_dirs) - set(good["folder"]))
     if empty:
         raise LabFolderError(
             f"class folder(s) {', '.join(empty)} in {folder} hold no usable cell image "
             "(empty, or every file unreadable): add labelled cells there or remove the folder; "
             "`python -m bloodlib scan --data FOLDER` lists what is wrong with each file"
         )
+    copies = files[files["status"].isin(COPY_STATUSES)][["relpath", "label", "status", "reason"]]
     good = good[["relpath", "path", "label", "sha256"]].sort_values("relpath")
-    return good.reset_index(drop=True), ignored
+    return good.reset_index(drop=True), ignored, copies.reset_index(drop=True)
 
 
 def unlabelled_cells(
@@ -108,6 +118,8 @@ class OtherLab:
     synthetic: bool
     fingerprint: str
     ignored: dict[str, int]
+    #: Copies left out (relpath, label, status, reason): see :func:`labelled_cells`.
+    copies: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def classes_present(self) -> list[str]:
@@ -125,6 +137,7 @@ class OtherLab:
             "classes_present": self.classes_present,
             "per_class": self.cells["label"].value_counts().reindex(self.classes_present).to_dict(),
             "ignored": self.ignored,
+            "copies_left_out": int(len(self.copies)),
         }
 
 
@@ -138,8 +151,8 @@ def load_lab(folder: str | Path, synthetic: bool = False) -> OtherLab:
     """A class-layout folder's usable cells (see ``lab.labelled_cells``) and their fingerprint."""
 
     folder = Path(folder)
-    cells, ignored = labelled_cells(folder)
-    return OtherLab(folder, cells, synthetic, fingerprint(cells), ignored)
+    cells, ignored, copies = labelled_cells(folder)
+    return OtherLab(folder, cells, synthetic, fingerprint(cells), ignored, copies)
 
 
 def synthetic_lab(test_cells: pd.DataFrame, out_dir: str | Path) -> Path:

@@ -196,7 +196,7 @@ def _flag_odd_sizes(table: pd.DataFrame) -> None:
                 )
 
 
-def _flag_copies(table: pd.DataFrame) -> None:
+def flag_copies(table: pd.DataFrame) -> None:
     """Same bytes in one class -> keep the first by relpath; across classes -> exclude all."""
     ok = table[table["status"] == "ok"]
     copies = ok[ok["sha256"].duplicated(keep=False)]  # groupby over 17k singletons is slow
@@ -344,7 +344,7 @@ def _scan_files(
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     table = _build_table(rows)
     _flag_odd_sizes(table)
-    _flag_copies(table)
+    flag_copies(table)
     _assign_groups(table)
     return table
 

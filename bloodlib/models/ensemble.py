@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bloodlib.core.errors import BloodlibError, OutputPathError
+from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.models.saved import (
     SavedModel,
+    check_model_out,
     model_seed,
     open_model,
     read_sidecar,
-    refuse_overwriting_inputs,
+    require_bound,
     save_classifier,
     sidecar_path,
 )
@@ -121,14 +122,21 @@ def check_members(members: Sequence[SavedModel]) -> None:
         seen[m.sha256] = m.path
 
 
-def check_out_path(out: str | Path, model_paths: Sequence[str | Path]) -> Path:
-    """Refuse an ``--out`` that is not ``.keras`` or that would overwrite a member or its sidecar."""
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise OutputPathError(f"--out {out}: an ensemble is saved as a .keras file")
-    refuse_overwriting_inputs(out, sidecar_path(out), model_paths, role="member")
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    return out
+def check_out_path(
+    out: str | Path, model_paths: Sequence[str | Path], *, force: bool = False
+) -> Path:
+    """The output rule of every command that writes a model (``saved.check_model_out``):
+    never a member or its sidecar, and an existing model only when it averages these very
+    members (or with ``force``)."""
+    wanted = {sha256_file(p) for p in model_paths if Path(p).is_file()}
+
+    def ours(info: dict[str, Any]) -> bool:
+        members = (info.get("ensemble") or {}).get("members") or []
+        return {m.get("model_sha256") for m in members} == wanted
+
+    return check_model_out(
+        out, inputs=model_paths, role="member", force=force, ours=ours, what="an ensemble"
+    )
 
 
 def average_model(models: Sequence[Any], name: str = "ensemble") -> Any:
@@ -147,10 +155,17 @@ def average_model(models: Sequence[Any], name: str = "ensemble") -> Any:
     return keras.Model(inputs, mean, name=name)
 
 
-def build_ensemble(model_paths: Sequence[str | Path], out: str | Path) -> EnsembleResult:
-    """Average the fine-tuned networks at ``model_paths`` into ``out`` (a ``.keras`` file)."""
-    out = check_out_path(out, model_paths)
+def build_ensemble(
+    model_paths: Sequence[str | Path], out: str | Path, *, force: bool = False
+) -> EnsembleResult:
+    """Average the fine-tuned networks at ``model_paths`` into ``out`` (a ``.keras`` file).
+
+    ``force`` replaces an existing model at ``out`` that is not an ensemble of these members.
+    """
+    out = check_out_path(out, model_paths, force=force)
     members = [open_model(p) for p in model_paths]
+    for m in members:
+        require_bound(m, "averaging it")
     check_members(members)
     records = [member_record(m) for m in members]
     model = average_model([m.model for m in members], name=Path(out).stem)
@@ -187,4 +202,5 @@ def seed_ensemble(model_paths: Sequence[str | Path], out: str | Path) -> Ensembl
                 return EnsembleResult(out, info["ensemble"]["members"], info)
         except (BloodlibError, KeyError, TypeError):
             pass  # not a valid ensemble of these members: build it again
-    return build_ensemble(model_paths, out)
+    # The run's own file (notebook 03 writes it for these seeds): replacing it is the point.
+    return build_ensemble(model_paths, out, force=True)

@@ -21,7 +21,7 @@ import json
 import re
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from bloodlib.core.errors import OutputPathError, UnsafeModelError
+from bloodlib import CLASSES
+from bloodlib.core.errors import BloodlibError, UnsafeModelError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.core.io import atomic_path, json_default, read_json, write_json
+from bloodlib.core.paths import check_output, check_replace
 from bloodlib.models import svm
 
 #: Kept for callers of the old name: the one content hash lives in ``bloodlib.core.io``.
@@ -62,26 +64,39 @@ def sidecar_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def refuse_overwriting_inputs(
+def check_model_out(
     out: str | Path,
-    out_sidecar: str | Path,
+    *,
     inputs: Sequence[str | Path],
-    role: str = "input model",
-) -> None:
-    """OutputPathError when ``out`` or its sidecar would replace an input model or its sidecar.
-
-    The one check behind ``adapt``, ``ensemble`` and ``export``'s ``--out``: an output never
-    overwrites an input. ``out_sidecar`` is the sidecar the command writes beside ``out``
-    (an export's differs from a model's). Paths are compared resolved, so a relative path,
-    ``..`` or a symbolic link to an input is caught too.
+    role: str,
+    folders: Mapping[str, str | Path | None] | None = None,
+    force: bool = False,
+    ours: Callable[[dict[str, Any]], bool],
+    what: str,
+) -> Path:
+    """The rule of every command that writes a model (``adapt``, ``ensemble``): a ``.keras``
+    file with its sidecar, never onto an input model or its sidecar nor inside a folder
+    read (``core.paths.check_output``), replacing an existing model only when its sidecar
+    says it is an earlier result of the same work (``ours(sidecar)``) or with ``force``.
     """
-    written = {Path(out).resolve(), Path(out_sidecar).resolve()}
-    for p in inputs:
-        if written & {Path(p).resolve(), sidecar_path(p).resolve()}:
-            raise OutputPathError(
-                f"--out {out} would overwrite the {role} {Path(p).name} or its sidecar: "
-                "give the new file another name"
-            )
+    side = sidecar_path(out)
+    out = check_output(
+        out,
+        writes=[side],
+        inputs=[*inputs, *(sidecar_path(p) for p in inputs)],
+        role=role,
+        folders=folders,
+        suffix=".keras",
+        what=what,
+    )
+    mine = False
+    if out.is_file() and side.is_file():
+        try:
+            mine = bool(ours(read_sidecar(out)))
+        except SidecarError:
+            mine = False
+    check_replace(out, ours=mine, force=force, what=f"{what} made from these inputs", sidecar=side)
+    return out
 
 
 # --- formats -----------------------------------------------------------------------------
@@ -218,7 +233,15 @@ def _check_binding(path: Path, info: dict[str, Any], sha: str) -> None:
     recorded = info.get("model_sha256")
     if recorded is None:
         # Models saved before sidecars recorded the hash exist in users' runs: they still
-        # load, loudly. A wrong hash never loads.
+        # load, loudly, when their classes are bloodlib's, in bloodlib's order. Any other
+        # class list could be an edit that relabels every prediction, and nothing can tell.
+        if list(info["classes"]) != list(CLASSES):
+            raise SidecarError(
+                f"{side} records no model_sha256 (an older or edited sidecar) and lists the "
+                f"classes {info['classes']}, not bloodlib's {list(CLASSES)} in that order: "
+                "nothing proves the order is the model's, and a wrong order mislabels every "
+                "prediction. Restore the original sidecar, or re-save the model (re-run the run)"
+            )
         warnings.warn(
             f"{side} records no model_sha256 (saved by an older bloodlib), so nothing proves it "
             f"belongs to {path.name}; re-save the model (re-run the run) to tie them together",
@@ -239,6 +262,32 @@ def _check_binding(path: Path, info: dict[str, Any], sha: str) -> None:
             f"{', '.join(BOUND_KEYS)} no longer match what {path.name} was saved with "
             "(reordered classes would mislabel every prediction). Restore the original sidecar "
             "or re-save the model"
+        )
+
+
+def require_bound(saved: SavedModel, doing: str) -> None:
+    """Refuse to derive a new model from one whose sidecar is not bound to it.
+
+    A command that writes a model (``adapt``, ``ensemble``, ``export``) binds its new
+    sidecar to its new file: from an unbound input that would turn "nothing proves this
+    sidecar is the model's" into a proof, silently.
+    """
+    if saved.info.get("model_sha256") is None:
+        raise SidecarError(
+            f"{sidecar_path(saved.path)} records no model_sha256, so nothing proves it describes "
+            f"{saved.path.name}; {doing} would write a new sidecar, bound to a new file, that "
+            "carries its word on. Re-save the model first (re-run the notebook that trained it)"
+        )
+
+
+def require_finite(model: Any, what: str) -> None:
+    """Refuse a network with a NaN or infinite weight: it would answer NaN for every cell."""
+    bad = [w.name for w in model.weights if not np.isfinite(np.asarray(w)).all()]
+    if bad:
+        raise BloodlibError(
+            f"{what} has non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+            "training diverged, so nothing was written; lower the learning rate",
+            exit_code=1,
         )
 
 
@@ -289,6 +338,8 @@ def save_classifier(model: Any, model_path: str | Path, info: dict[str, Any]) ->
     if model_path.suffix != suffix:
         raise ValueError(f"a {method} model is saved as {suffix}, not {model_path.name}")
     check_outputs(model, method, len(info["classes"]), model_path)
+    if method == "finetune":  # never write a network that answers NaN
+        require_finite(model, f"the network for {model_path.name}")
     if method == "svm":
         svm.save(model, model_path)
     else:

@@ -16,17 +16,20 @@ after each and multiplies the answers).
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.io import write_with
+from bloodlib.core.paths import check_output
 from bloodlib.data import stain
 from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
 from bloodlib.data.look import (
@@ -41,7 +44,7 @@ from bloodlib.evaluate import reject
 from bloodlib.evaluate.calibration import log_average
 from bloodlib.evaluate.metrics import evaluate, per_class_table
 from bloodlib.models.saved import sidecar_path
-from bloodlib.predict.engine import load_classifier
+from bloodlib.predict.engine import Classifier, load_classifier
 
 
 @dataclass
@@ -167,37 +170,24 @@ def _list(folder: Path) -> list[str]:
 def check_output_path(out_csv: str | Path, folder: str | Path, model_path: str | Path) -> Path:
     """Refuse an output that would overwrite an input; create its folder. Call before any work.
 
-    Refused: a path inside the classified folder (an input image, or a CSV the next run
-    would classify), the model file or its sidecar, anything existing that is not a
-    regular ``.csv`` file. Raises :class:`OutputPathError`.
+    The shared rules (``core.paths.check_output``: not inside the classified folder, whose
+    next run would read it; not the model or its sidecar), then the CSV's own: anything
+    existing that is not a regular ``.csv`` file is refused (an old CSV of predictions is
+    replaced). Raises :class:`OutputPathError`.
     """
-    out = Path(out_csv)
+    out = check_output(
+        out_csv,
+        inputs=[model_path, sidecar_path(model_path)],
+        role="model",
+        folders={"folder being classified": folder},
+        what="a CSV of predictions",
+    )
     target = out.resolve()  # symlinks followed: a link onto an input is that input
-    root = Path(folder).resolve()
-    if target == root or root in target.parents:
+    if target.exists() and (not target.is_file() or target.suffix.lower() != ".csv"):
         raise OutputPathError(
-            f"--out {out} is inside the folder being classified ({folder}): it could replace an "
-            "input image and would be classified next time; write the CSV outside that folder"
+            f"--out {out} exists and is not a .csv file; refusing to overwrite it "
+            "(give a new name, or a .csv file to replace)"
         )
-    model = Path(model_path)
-    if target in {model.resolve(), sidecar_path(model).resolve(), sidecar_path(model.resolve())}:
-        raise OutputPathError(
-            f"--out {out} is the model {model.name} or its sidecar; write the CSV elsewhere"
-        )
-    if target.exists():
-        if not target.is_file() or target.suffix.lower() != ".csv":
-            raise OutputPathError(
-                f"--out {out} exists and is not a .csv file; refusing to overwrite it "
-                "(give a new name, or a .csv file to replace)"
-            )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot create the folder for --out {out}: {exc.strerror or exc}"
-        ) from exc
-    if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise OutputPathError(f"cannot write --out {out}: its folder is not writable")
     return out
 
 
@@ -233,10 +223,8 @@ def classify_folder(
     ``normalize`` (``reinhard`` per image, ``macenko`` with the folder's stains,
     ``reinhard+macenko`` predicted after each and multiplied) and ``rescale_cell`` move
     the images towards PBC's colours and cell size first (fine-tuned networks only; see
-    ``bloodlib.data.stain``).
+    ``bloodlib.data.stain`` and ``bloodlib.data.look``).
     """
-    import time
-
     start = time.perf_counter()
     folder = Path(folder)
     if not folder.is_dir():
@@ -247,58 +235,32 @@ def classify_folder(
         out_csv = check_output_path(out_csv, folder, model_path)
     if reject_below is not None and not 0.0 <= reject_below <= 1.0:
         raise ValueError(f"reject_below is {reject_below}: give a probability in 0..1")
-
     normalize = stain.check_normalize(normalize)
-    clf = load_classifier(model_path, trust_pickle=trust_pickle)
-    if (tta or normalize != "none" or rescale_cell) and clf.info["method"] == "svm":
-        raise ValueError(
-            f"{Path(model_path).name} is an SVM: test-time augmentation and colour/scale "
-            "normalisation apply to fine-tuned networks"
-        )
+    clf = _open(model_path, trust_pickle, tta or normalize != "none" or rescale_cell)
     allowed = None if classes is None else reject.parse_classes(classes, clf.classes)
     temperature = float(clf.info.get("temperature") or 1.0)
     threshold = clf.info.get("reject_threshold") if reject_below is None else reject_below
     threshold = None if not threshold else float(threshold)  # 0: every cell answered
     clf.prepare(engine, batch_size)  # a model that does not match its sidecar fails here
-    relpaths = _list(folder)
-    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        rows = list(pool.map(lambda r: inspect_file(folder, r), relpaths))
-    files = pd.DataFrame(rows)
-    if files.empty:
-        files = pd.DataFrame(columns=["relpath", "path", "label", "status", "reason", "sha256"])
-    # Hidden files (macOS ._ copies, thumbnails) have the status "hidden" even when they decode.
+    files = _inspect(folder, workers)
     ok = files["status"].isin(CLASSIFIABLE)
     good = files[ok].reset_index(drop=True)
-    skipped = files[~ok][["relpath", "status", "reason"]].reset_index(drop=True)
-
-    classes = clf.classes
-    answers = allowed or classes  # the classes a prediction may name, in model order
     table = files[["relpath"]].copy()
     table["status"] = np.where(ok, "classified", "skipped")
     table["reason"] = np.where(ok, "", files["reason"])
     for col in ("predicted", "probability", "top3"):
         table[col] = None
-    # Does the folder look like PBC? A lab pointing a PBC model at its own cells should hear
-    # it before trusting the answers (README, "Using bloodlib on your own microscope").
-    look = None
-    if len(good):
-        try:
-            look = folder_look(lab_sample(good["path"].tolist(), LOOK_SIZE))
-        except Exception as exc:  # advisory only: never the reason a classification fails
-            warnings.warn(f"could not measure the cells' look: {exc}", stacklevel=2)
+    look = _look(good)
     views = stain.normalize_views(normalize)
-    zoom, lab_stains = None, None
-    if (rescale_cell or "macenko" in views) and len(good):
-        sample = lab_sample(good["path"].tolist(), clf.image_size)
-        if "macenko" in views:
-            lab_stains = stain.macenko_stains(sample, source=str(folder))
-        if rescale_cell:  # measured after each colour move, as the network will see the cells
-            zoom = {v: lab_zoom(sample, v, stains=lab_stains) for v in views}
+    zoom, lab_stains = _lab_moves(good, views, rescale_cell, clf.image_size, folder)
+    answers = allowed or clf.classes  # the classes a prediction may name, in model order
+    shown = np.zeros((0, len(answers)))
     n_uncertain = 0
     if len(good):
+        transforms = [make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views]
         probas = clf.predict_proba_views(
             good["path"].tolist(),
-            [make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views],
+            transforms,
             hashes=good["sha256"].tolist(),
             batch_size=batch_size,
             progress=progress,
@@ -306,62 +268,20 @@ def classify_folder(
             tta=tta,
         )
         proba = probas[0] if len(probas) == 1 else log_average(probas)
-        shown = reject.restrict(proba, classes, allowed, temperature)
-        order = np.argsort(-shown, axis=1)
-        pred = [answers[i] for i in order[:, 0]]
-        top3 = [
-            "; ".join(f"{answers[j]}:{shown[i, j]:.3f}" for j in order[i, :3])
-            for i in range(len(good))
-        ]
-        idx = np.flatnonzero(ok.to_numpy())
-        conf = reject.confidence(shown)
-        table.loc[idx, "predicted"] = pred
-        table.loc[idx, "probability"] = np.round(conf, 6)
-        table.loc[idx, "top3"] = top3
-        if threshold is not None:
-            low = conf < threshold
-            n_uncertain = int(low.sum())
-            table.loc[idx[low], "status"] = "uncertain"
-            table.loc[idx[low], "reason"] = [
-                f"probability {c:.3f} below the threshold {threshold:.3f}" for c in conf[low]
-            ]
-        for j, c in enumerate(classes):  # the model's own probabilities, every class
-            table.loc[idx, f"p_{c}"] = np.round(proba[:, j], 6)
-    # Uncertain cells are counted apart, never in the class they were nearly given.
-    answered = table["predicted"].where(table["status"] == "classified")
-    counts = answered.value_counts().reindex(answers, fill_value=0)
-    if n_uncertain:
-        counts["uncertain"] = n_uncertain
-    differential = pd.DataFrame(
-        {"count": counts, "percent": 100 * counts / max(1, int(counts.sum()))}
+        shown = reject.restrict(proba, clf.classes, allowed, temperature)
+        n_uncertain = _fill_predictions(table, ok, proba, shown, clf.classes, answers, threshold)
+    metrics, unscored, excluded = _score_labels(
+        table, good, ok, shown, clf.classes, answers, threshold
     )
-
-    metrics, unscored, excluded = None, {}, {}
-    # Class layout: the top folder names the label among the model's classes (class_of).
-    parts = good["relpath"].str.split("/")
-    folders = parts.str[0].where(parts.str.len() > 1, ".")
-    labels = folders.map(lambda f: class_of(f, classes))
-    labelled = labels.notna().to_numpy()
-    scored = labelled & labels.isin(answers).to_numpy()
-    if labelled.any():
-        idx = np.flatnonzero(ok.to_numpy())
-        table.loc[idx[labelled], "label"] = labels[labelled].to_numpy()
-        unscored = folders[~labelled].value_counts().sort_index().to_dict()
-        excluded = labels[labelled & ~scored].value_counts().sort_index().to_dict()
-    if scored.any():
-        y = labels[scored].map({c: i for i, c in enumerate(answers)}).to_numpy()
-        metrics = evaluate(y, shown[scored], answers, n_boot=200)
-        metrics.update(reject.accepted_metrics(shown[scored], y, threshold))
-        metrics["temperature"] = temperature
-        metrics["classes_allowed"] = allowed
-
+    if metrics is not None:
+        metrics.update(temperature=temperature, classes_allowed=allowed)
     out = None
     if out_csv:
         out = write_with(Path(out_csv), lambda p: table.to_csv(p, index=False), suffix=".csv")
     return ClassifyResult(
         table,
-        skipped,
-        differential,
+        files[~ok][["relpath", "status", "reason"]].reset_index(drop=True),
+        _differential(table, answers, n_uncertain),
         metrics,
         out,
         time.perf_counter() - start,
@@ -379,6 +299,129 @@ def classify_folder(
         n_uncertain=n_uncertain,
         excluded=excluded,
     )
+
+
+def _open(model_path: str | Path, trust_pickle: bool, network_only: bool) -> Classifier:
+    """The model, checked; an SVM is refused for what only fine-tuned networks do."""
+    clf = load_classifier(model_path, trust_pickle=trust_pickle)
+    if network_only and clf.info["method"] == "svm":
+        raise ValueError(
+            f"{Path(model_path).name} is an SVM: test-time augmentation and colour/scale "
+            "normalisation apply to fine-tuned networks"
+        )
+    return clf
+
+
+def _inspect(folder: Path, workers: int | None) -> pd.DataFrame:
+    """One row per entry under ``folder`` (``files.inspect_file``), in parallel threads.
+
+    Hidden files (macOS ``._`` copies, thumbnails) get the status "hidden" even when they decode.
+    """
+    relpaths = _list(folder)
+    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        rows = list(pool.map(lambda r: inspect_file(folder, r), relpaths))
+    files = pd.DataFrame(rows)
+    if files.empty:
+        files = pd.DataFrame(columns=["relpath", "path", "label", "status", "reason", "sha256"])
+    return files
+
+
+def _look(good: pd.DataFrame) -> FolderLook | None:
+    """Does the folder look like PBC? A lab pointing a PBC model at its own cells should hear
+    it before trusting the answers. Advisory only: never the reason a classification fails."""
+    if not len(good):
+        return None
+    try:
+        return folder_look(lab_sample(good["path"].tolist(), LOOK_SIZE))
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"could not measure the cells' look: {exc}", stacklevel=3)
+        return None
+
+
+def _lab_moves(
+    good: pd.DataFrame, views: Sequence[str], rescale_cell: bool, image_size: int, folder: Path
+) -> tuple[dict[str, float] | None, stain.StainVectors | None]:
+    """The lab-wide parts of the normalisation, measured once on the folder's cells: the
+    lab's stains (``macenko``) and one zoom per colour move (``--rescale-cell``)."""
+    zoom, lab_stains = None, None
+    if (rescale_cell or "macenko" in views) and len(good):
+        sample = lab_sample(good["path"].tolist(), image_size)
+        if "macenko" in views:
+            lab_stains = stain.macenko_stains(sample, source=str(folder))
+        if rescale_cell:  # measured after each colour move, as the network will see the cells
+            zoom = {v: lab_zoom(sample, v, stains=lab_stains) for v in views}
+    return zoom, lab_stains
+
+
+def _fill_predictions(
+    table: pd.DataFrame,
+    ok: pd.Series,
+    proba: np.ndarray,
+    shown: np.ndarray,
+    classes: Sequence[str],
+    answers: Sequence[str],
+    threshold: float | None,
+) -> int:
+    """The CSV's prediction columns for the classified rows; returns the cells left uncertain."""
+    order = np.argsort(-shown, axis=1)
+    idx = np.flatnonzero(ok.to_numpy())
+    conf = reject.confidence(shown)
+    table.loc[idx, "predicted"] = [answers[i] for i in order[:, 0]]
+    table.loc[idx, "probability"] = np.round(conf, 6)
+    table.loc[idx, "top3"] = [
+        "; ".join(f"{answers[j]}:{shown[i, j]:.3f}" for j in order[i, :3]) for i in range(len(idx))
+    ]
+    n_uncertain = 0
+    if threshold is not None:
+        low = conf < threshold
+        n_uncertain = int(low.sum())
+        table.loc[idx[low], "status"] = "uncertain"
+        table.loc[idx[low], "reason"] = [
+            f"probability {c:.3f} below the threshold {threshold:.3f}" for c in conf[low]
+        ]
+    for j, c in enumerate(classes):  # the model's own probabilities, every class
+        table.loc[idx, f"p_{c}"] = np.round(proba[:, j], 6)
+    return n_uncertain
+
+
+def _differential(table: pd.DataFrame, answers: Sequence[str], n_uncertain: int) -> pd.DataFrame:
+    """Counts per class; uncertain cells are counted apart, never in the class they were
+    nearly given."""
+    answered = table["predicted"].where(table["status"] == "classified")
+    counts = answered.value_counts().reindex(answers, fill_value=0)
+    if n_uncertain:
+        counts["uncertain"] = n_uncertain
+    return pd.DataFrame({"count": counts, "percent": 100 * counts / max(1, int(counts.sum()))})
+
+
+def _score_labels(
+    table: pd.DataFrame,
+    good: pd.DataFrame,
+    ok: pd.Series,
+    shown: np.ndarray,
+    classes: Sequence[str],
+    answers: Sequence[str],
+    threshold: float | None,
+) -> tuple[dict[str, Any] | None, dict[str, int], dict[str, int]]:
+    """On a class layout (the top folder names the label, ``files.class_of``): metrics among
+    ``answers`` (with the answered cells' at ``threshold``), the folders that name no class,
+    and the labelled images outside ``answers``."""
+    metrics, unscored, excluded = None, {}, {}
+    parts = good["relpath"].str.split("/")
+    folders = parts.str[0].where(parts.str.len() > 1, ".")
+    labels = folders.map(lambda f: class_of(f, classes))
+    labelled = labels.notna().to_numpy()
+    scored = labelled & labels.isin(answers).to_numpy()
+    if labelled.any():
+        idx = np.flatnonzero(ok.to_numpy())
+        table.loc[idx[labelled], "label"] = labels[labelled].to_numpy()
+        unscored = folders[~labelled].value_counts().sort_index().to_dict()
+        excluded = labels[labelled & ~scored].value_counts().sort_index().to_dict()
+    if scored.any():
+        y = labels[scored].map({c: i for i, c in enumerate(answers)}).to_numpy()
+        metrics = evaluate(y, shown[scored], list(answers), n_boot=200)
+        metrics.update(reject.accepted_metrics(shown[scored], y, threshold))
+    return metrics, unscored, excluded
 
 
 def lab_sample(paths: list[str], image_size: int) -> list[np.ndarray]:

@@ -27,15 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from bloodlib import CLASSES, IMAGE_SUFFIXES
 from bloodlib.core.config import DEFAULT_SEED, SAMPLE_DIR
 from bloodlib.core.errors import BloodlibError, OutputPathError
 from bloodlib.core.hashing import sha256_file, sha256_rows
 from bloodlib.core.io import read_json, write_json
-from bloodlib.models.saved import binding_sha256, refuse_overwriting_inputs
-from bloodlib.predict.engine import load_classifier
+from bloodlib.core.paths import check_output
+from bloodlib.data.pipeline import make_dataset
+from bloodlib.models.saved import binding_sha256, require_bound, sidecar_path
+from bloodlib.predict.engine import Classifier, load_classifier
+from bloodlib.predict.inference import TFLiteModel, convert_to_tflite
 
 #: Export formats and the suffix their ``--out`` must carry ("" for a SavedModel folder).
 FORMATS: dict[str, str] = {"tflite": ".tflite", "onnx": ".onnx", "savedmodel": ""}
@@ -129,13 +134,19 @@ def _is_our_export(out: Path, fmt: str, source_sha: str) -> bool:
 
 
 def check_out(model_path: Path, out: Path, fmt: str, source_sha: str, force: bool) -> None:
-    """Refuse an ``--out`` that would overwrite the model, its sidecar or unrelated files."""
-    refuse_overwriting_inputs(out, export_sidecar_path(out), [model_path], "model being exported")
-    model = model_path.resolve()
-    if out.resolve() in model.parents:
-        raise OutputPathError(
-            f"--out {out} is a folder that holds the model itself; choose another"
-        )
+    """Refuse an ``--out`` that would overwrite the model, its sidecar or unrelated files.
+
+    The shared rules (``core.paths.check_output``), then an export's own: a file or a
+    SavedModel folder in the way is replaced only when it is this model's export in this
+    format, or with ``force``, and never a folder of other files.
+    """
+    check_output(
+        out,
+        writes=[export_sidecar_path(out)],
+        inputs=[model_path, sidecar_path(model_path)],
+        role="model being exported",
+        what=f"a {fmt} export",
+    )
     suffix = FORMATS[fmt]
     if suffix and out.suffix.lower() != suffix:
         raise OutputPathError(
@@ -209,10 +220,6 @@ def check_images(
                 if i < len(files) and len(paths) < n:
                     paths.append(files[i])
     if len(paths) == n:
-        import tensorflow as tf
-
-        from bloodlib.data.pipeline import make_dataset
-
         ds = make_dataset(paths, image_size=image_size, batch_size=n)
         try:
             return np.asarray(next(ds.as_numpy_iterator()), np.float32), "sample"
@@ -253,7 +260,6 @@ def float32_copy(model: Any) -> tuple[Any, bool]:
     ``mixed_float16`` (GPUs) keeps its policy in the saved file; its variables are float32
     already, so the copy runs the same weights in float32, which every runtime accepts.
     """
-    import keras
 
     config, changed = _float32_config(keras.saving.serialize_keras_object(model))
     if not changed:
@@ -268,7 +274,6 @@ def float32_copy(model: Any) -> tuple[Any, bool]:
 
 def _quiet() -> contextlib.ExitStack:
     """Silence converters' stdout chatter and TensorFlow's info logs."""
-    import tensorflow as tf
 
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
@@ -280,15 +285,11 @@ def _quiet() -> contextlib.ExitStack:
 
 
 def _input_spec(image_size: int):
-    import tensorflow as tf
 
     return tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME)
 
 
 def _to_tflite(model: Any, path: Path, image_size: int) -> tuple[Callable, dict]:
-    import tensorflow as tf
-
-    from bloodlib.predict.inference import TFLiteModel, convert_to_tflite
 
     convert_to_tflite(model, path)
     engine = TFLiteModel(path, batch_size=CHECK_CELLS)
@@ -329,8 +330,6 @@ def _to_onnx(model: Any, path: Path, image_size: int) -> tuple[Callable, dict]:
 
 
 def _to_savedmodel(model: Any, path: Path, image_size: int) -> tuple[Callable, dict]:
-    import keras
-    import tensorflow as tf
 
     with _quiet():
         model.export(str(path), format="tf_saved_model", input_signature=[_input_spec(image_size)])
@@ -390,18 +389,9 @@ def export_model(
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     model_path, out = Path(model_path), Path(out)
-    clf = load_classifier(model_path)
-    if clf.info["method"] != "finetune":
-        raise ExportError(
-            f"{model_path} is an SVM on backbone features; export converts fine-tuned networks "
-            "(.keras). Use the fine-tuned model of the run (models/*_finetune.keras)"
-        )
+    clf = _source(model_path)
     check_out(model_path, out, fmt, clf.sha256, force)
-    size = clf.image_size
-    x, cells_from = check_images(clf.classes, size)
-
-    import tensorflow as tf
-
+    x, cells_from = check_images(clf.classes, clf.image_size)
     model, recast = float32_copy(clf.model)
     expected = np.asarray(model(tf.constant(x), training=False), np.float64)
     # What running in float32 instead of the training precision changes, for the record.
@@ -410,6 +400,59 @@ def export_model(
         if recast
         else 0.0
     )
+    details, diff, sha = _convert_checked(model, fmt, out, clf.image_size, x, expected, cells_from)
+    source_precision = _policy_name(clf.model) if recast else "float32"
+    info = {k: v for k, v in clf.info.items() if k not in ("model_sha256", "binding_sha256")}
+    info.update(
+        format=fmt,
+        input="RGB float32 0..255, shape (n, image_size, image_size, 3); "
+        "preprocessing is inside the model; outputs are probabilities in 'classes' order",
+        source_model=model_path.name,
+        source_model_sha256=clf.sha256,
+        export=details,
+        precision="float32",
+        source_precision=source_precision,
+        export_check={
+            "cells": len(x),
+            "images": cells_from,
+            "max_abs_diff": diff,
+            "tolerance": TOLERANCE,
+            "max_abs_diff_to_source_precision": recast_diff,
+        },
+        model_sha256=sha,
+    )
+    info["binding_sha256"] = binding_sha256(info, sha)
+    side = export_sidecar_path(out)
+    write_json(side, info)
+    return ExportResult(out, side, fmt, diff, len(x), cells_from, source_precision, recast_diff)
+
+
+def _source(model_path: Path) -> Classifier:
+    """The model to export: a fine-tuned network whose sidecar is bound to it."""
+    clf = load_classifier(model_path)
+    if clf.info["method"] != "finetune":
+        raise ExportError(
+            f"{model_path} is an SVM on backbone features; export converts fine-tuned networks "
+            "(.keras). Use the fine-tuned model of the run (models/*_finetune.keras)"
+        )
+    require_bound(clf, "exporting it")
+    return clf
+
+
+def _convert_checked(
+    model: Any,
+    fmt: str,
+    out: Path,
+    size: int,
+    x: np.ndarray,
+    expected: np.ndarray,
+    cells_from: str,
+) -> tuple[dict[str, Any], float, str]:
+    """Convert into a staging folder beside ``out``, compare with Keras, then publish.
+
+    Returns the converter's details, the largest difference and the export's SHA-256;
+    nothing reaches ``out`` unless the outputs match.
+    """
     stage = Path(
         tempfile.mkdtemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.")
     )
@@ -432,33 +475,9 @@ def export_model(
             )
         del forward  # an ONNX session or interpreter may hold the staged file open
         sha = tree_sha256(staged)
-        side = export_sidecar_path(out)
         # Old sidecar first: a kill in between leaves a model without sidecar, never a wrong one.
-        side.unlink(missing_ok=True)
+        export_sidecar_path(out).unlink(missing_ok=True)
         _publish(staged, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-    source_precision = _policy_name(clf.model) if recast else "float32"
-    info = {k: v for k, v in clf.info.items() if k not in ("model_sha256", "binding_sha256")}
-    info.update(
-        format=fmt,
-        input="RGB float32 0..255, shape (n, image_size, image_size, 3); "
-        "preprocessing is inside the model; outputs are probabilities in 'classes' order",
-        source_model=model_path.name,
-        source_model_sha256=clf.sha256,
-        export=details,
-        precision="float32",
-        source_precision=source_precision,
-        export_check={
-            "cells": len(x),
-            "images": cells_from,
-            "max_abs_diff": diff,
-            "tolerance": TOLERANCE,
-            "max_abs_diff_to_source_precision": recast_diff,
-        },
-        model_sha256=sha,
-    )
-    info["binding_sha256"] = binding_sha256(info, sha)
-    write_json(side, info)
-    return ExportResult(out, side, fmt, diff, len(x), cells_from, source_precision, recast_diff)
+    return details, diff, sha

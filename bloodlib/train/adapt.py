@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,16 +29,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
+from bloodlib.core import config
 from bloodlib.core.config import DEFAULT_SEED
-from bloodlib.core.errors import BloodlibError, OutputPathError
-from bloodlib.core.hashing import sha256_text
+from bloodlib.core.errors import BloodlibError
+from bloodlib.core.hashing import sha256_file, sha256_text
+from bloodlib.core.progress import tqdm
 from bloodlib.data.labs import labelled_cells, unlabelled_cells
+from bloodlib.data.pipeline import make_dataset
 from bloodlib.evaluate import reject
-from bloodlib.models.saved import refuse_overwriting_inputs, save_classifier, sidecar_path
-from bloodlib.predict.engine import load_classifier
+from bloodlib.models import backbones
+from bloodlib.models.backbones import leaves
+from bloodlib.models.saved import check_model_out, require_bound, save_classifier
+from bloodlib.predict import inference
+from bloodlib.predict.engine import Classifier, load_classifier
+from bloodlib.train.network import whole_frame
+from bloodlib.train.recipe import FinetuneConfig
 
 #: What ``train`` may name: the layers that learn while adapting.
 TRAIN_MODES = ("head", "top", "block", "bn")
@@ -110,6 +121,7 @@ class AdaptResult:
     ignored: dict[str, int] = field(default_factory=dict)  # folders naming no class
     unlabelled: pd.DataFrame | None = None  # cells learnt from without labels, if any
     entropy_weight: float = 0.0
+    copies: pd.DataFrame | None = None  # copies left out of the folder (labels.labelled_cells)
 
     def report(self) -> str:
         k = self.support["label"].value_counts().reindex(self.classes_present, fill_value=0)
@@ -136,6 +148,12 @@ class AdaptResult:
                     f"{len(seen)} of the held-out cells were among them (their labels unused): "
                     "the held-out accuracy is transductive, measured on cells adapted to"
                 )
+        if self.copies is not None and len(self.copies):
+            counts = self.copies["status"].value_counts()
+            lines.append(
+                "left out as copies (the same bytes twice, or under two classes): "
+                + ", ".join(f"{n} {status}" for status, n in counts.items())
+            )
         if self.ignored:
             lines.append(
                 "ignored (folders that name no class): "
@@ -180,8 +198,6 @@ def _augmented(
     repeat: bool = False,
 ) -> Any:
     """Shuffled, augmented batches (the study's augmentation), decoded once and kept in memory."""
-    from bloodlib.data.pipeline import make_dataset
-
     return make_dataset(
         paths,
         labels,
@@ -201,7 +217,6 @@ def entropy_among(p: Any, present: Sequence[int]) -> Any:
 
     The unlabelled term of :func:`adapt` (its mean over a batch); takes tensors or arrays.
     """
-    import tensorflow as tf
 
     p = tf.gather(tf.cast(p, tf.float32), list(present), axis=1)
     p = p / tf.reduce_sum(p, axis=1, keepdims=True)
@@ -222,8 +237,6 @@ def _fit_with_entropy(
     """Adam on the support's cross-entropy plus ``weight`` x the mean entropy of the
     predictions on a batch of unlabelled cells, renormalised over the classes ``present``
     (a class the lab does not have should not soak up probability to lower the entropy)."""
-    import keras
-    import tensorflow as tf
 
     optimizer = keras.optimizers.Adam(learning_rate)
     cross_entropy = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
@@ -237,8 +250,6 @@ def _fit_with_entropy(
             loss += weight * tf.reduce_mean(entropy_among(model(u, training=True), present))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
 
-    from bloodlib.core.progress import tqdm
-
     with tqdm(total=epochs, desc="adapt", unit="epoch", disable=not progress) as bar:
         for _ in range(epochs):
             for x, y in support:
@@ -246,27 +257,65 @@ def _fit_with_entropy(
             bar.update(1)
 
 
+def check_options(
+    train: str,
+    shots: int,
+    epochs: int | None,
+    batch_size: int,
+    learning_rate: float | None,
+    entropy_weight: float,
+) -> None:
+    """Every number adapting takes, checked before anything is read or written: counts at
+    least 1, a learning rate positive and finite, an entropy weight finite and not negative
+    (``inf`` trains a network of NaN weights)."""
+    if train not in TRAIN_MODES:
+        raise ValueError(f"train must be one of {TRAIN_MODES}, not {train!r}")
+    if (epochs is not None and epochs < 1) or batch_size < 1 or shots < 1:
+        raise ValueError("shots, epochs and batch_size must be at least 1")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate is {learning_rate}: give a positive, finite rate")
+    if not (math.isfinite(entropy_weight) and entropy_weight >= 0):
+        raise ValueError(f"entropy_weight is {entropy_weight}: give a finite weight of 0 or more")
+
+
 def check_out_path(
     out: str | Path,
     model_path: str | Path,
     folder: str | Path,
     unlabelled: str | Path | None = None,
+    *,
+    force: bool = False,
 ) -> Path:
-    """Refuse an ``--out`` that would overwrite the input model (or its sidecar), or write
-    into the labelled or the unlabelled folder."""
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise OutputPathError(f"--out {out}: an adapted network is saved as a .keras file")
-    refuse_overwriting_inputs(out, sidecar_path(out), [model_path])
-    target = out.resolve()
-    for what, where in (("labelled", folder), ("unlabelled", unlabelled)):
-        root = None if where is None else Path(where).resolve()
-        if root is not None and (root == target or root in target.parents):
-            raise OutputPathError(
-                f"--out {out} is inside the {what} folder {where}: write the model elsewhere"
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    """The output rule of every command that writes a model (``saved.check_model_out``):
+    never the input model or its sidecar, never inside the labelled or unlabelled folder,
+    and an existing model only when it was adapted from this same base (or with ``force``)."""
+    base = sha256_file(model_path) if Path(model_path).is_file() else None
+    return check_model_out(
+        out,
+        inputs=[model_path],
+        role="input model",
+        folders={"labelled folder": folder, "unlabelled folder": unlabelled},
+        force=force,
+        ours=lambda info: base is not None and info.get("base_model_sha256") == base,
+        what="an adapted network",
+    )
+
+
+def load_base(model_path: str | Path) -> Classifier:
+    """The network to adapt: a fine-tuned model (not an SVM, not an ensemble) whose sidecar
+    is bound to it, since the new sidecar will be bound in its turn."""
+    clf = load_classifier(model_path)
+    name = Path(model_path).name
+    if clf.info["method"] != "finetune":
+        raise AdaptError(f"{name} is an SVM: adapt fine-tunes a network (a .keras model)")
+    if clf.info.get("ensemble"):
+        raise AdaptError(
+            f"{name} is an ensemble of {len(clf.info['ensemble']['members'])} networks: adapt "
+            "each member (its sidecar's ensemble.members names them), then average the adapted "
+            "networks with python -m bloodlib ensemble"
+        )
+    require_bound(clf, "adapting it")
+    return clf
 
 
 def _set_trainable(model: Any, train: str, backbone: str | None = None) -> int:
@@ -274,9 +323,6 @@ def _set_trainable(model: Any, train: str, backbone: str | None = None) -> int:
     convolution, in ``block`` mode also every layer of the backbone's last block and after it
     (``backbone`` names it, for its block pattern), in ``bn`` mode also every BatchNorm layer.
     BatchNorm keeps PBC's statistics in ``top`` and ``block``."""
-    import keras
-
-    from bloodlib.models.backbones import leaves
 
     model.trainable = True  # parents must be trainable for a leaf's weights to count
     every = leaves(model)
@@ -306,9 +352,6 @@ def _set_trainable(model: Any, train: str, backbone: str | None = None) -> int:
 
 def _last_block_on(every: list[Any], backbone: str | None) -> list[Any]:
     """The layers with weights from the backbone's last block to the end, BatchNorm excepted."""
-    import keras
-
-    from bloodlib.models import backbones
 
     bb = backbones.REGISTRY.get(backbone or "")
     names = [layer.name for layer in every]
@@ -335,9 +378,6 @@ def dropout_off(model: Any) -> Iterator[None]:
     83.9 % (mean 86.7, sd 2.6). The flips and rotations of the augmentation regularise enough.
     The saved model keeps the base's rates, so it has the base's architecture.
     """
-    import keras
-
-    from bloodlib.models.backbones import leaves
 
     rates = [
         (layer, layer.rate) for layer in leaves(model) if isinstance(layer, keras.layers.Dropout)
@@ -363,10 +403,6 @@ class _NoRetraceWarning(logging.Filter):
 
 
 def _predict(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    import tensorflow as tf
-
-    from bloodlib.data.pipeline import make_dataset
-    from bloodlib.predict import inference
 
     logger = tf.get_logger()
     if not any(isinstance(f, _NoRetraceWarning) for f in logger.filters):
@@ -405,159 +441,63 @@ def adapt(
     batch_size: int = DEFAULT_BATCH_SIZE,
     unlabelled: str | Path | None = None,
     entropy_weight: float = DEFAULT_ENTROPY_WEIGHT,
+    force: bool = False,
     verbose: int = 0,
 ) -> AdaptResult:
     """Fine-tune ``model_path`` on ``shots`` labelled cells per class of ``folder``; save to ``out``.
 
-    Everything is checked before training: the output path (never the input model),
-    the model (a fine-tuned network bound to its sidecar), the folder (every class folder
-    has a usable cell). Accuracy on the held-out cells is measured before and after with
-    the same Keras forward pass. ``epochs`` and ``learning_rate`` default per ``train`` mode
-    (:data:`DEFAULT_STEPS`, :data:`DEFAULT_LEARNING_RATES`). ``unlabelled``, a folder of
-    the lab's cells without labels (any layout; it may be the labelled folder itself, whose
-    labels are then not read), adds ``entropy_weight`` x the entropy of the predictions on
-    them to the loss (:data:`DEFAULT_ENTROPY_WEIGHT`).
+    Everything is checked before training: the numbers (:func:`check_options`), the output
+    path (:func:`check_out_path`), the model (:func:`load_base`), the folder (every class
+    folder has a usable cell; copies left out). Accuracy on the held-out cells is measured
+    before and after with the same Keras forward pass. ``epochs`` and ``learning_rate``
+    default per ``train`` mode (:data:`DEFAULT_STEPS`, :data:`DEFAULT_LEARNING_RATES`).
+    ``unlabelled``, a folder of the lab's cells without labels (any layout; it may be the
+    labelled folder itself, whose labels are then not read), adds ``entropy_weight`` x the
+    entropy of the predictions on them to the loss (:data:`DEFAULT_ENTROPY_WEIGHT`).
     """
-    import keras
-
-    from bloodlib.core import config
-
     start = time.perf_counter()
-    if train not in TRAIN_MODES:
-        raise ValueError(f"train must be one of {TRAIN_MODES}, not {train!r}")
-    if (epochs is not None and epochs < 1) or batch_size < 1 or shots < 1:
-        raise ValueError("shots, epochs and batch_size must be at least 1")
-    if learning_rate is not None and not learning_rate > 0:
-        raise ValueError(f"learning_rate is {learning_rate}: give a positive rate")
-    if not entropy_weight >= 0:
-        raise ValueError(f"entropy_weight is {entropy_weight}: give a weight of 0 or more")
-    out = check_out_path(out, model_path, folder, unlabelled)
+    check_options(train, shots, epochs, batch_size, learning_rate, entropy_weight)
+    out = check_out_path(out, model_path, folder, unlabelled, force=force)
     # Seed before loading: Keras draws each Dropout layer's seed from Python's `random` when
     # the layer is built, so a model loaded first drops different units on every call.
     config.set_seeds(seed)
-    clf = load_classifier(model_path)
-    if clf.info["method"] != "finetune":
-        raise AdaptError(
-            f"{Path(model_path).name} is an SVM: adapt fine-tunes a network (a .keras model)"
-        )
-    if clf.info.get("ensemble"):
-        raise AdaptError(
-            f"{Path(model_path).name} is an ensemble of {len(clf.info['ensemble']['members'])} "
-            "networks: adapt each member (its sidecar's ensemble.members names them), then "
-            "average the adapted networks with python -m bloodlib ensemble"
-        )
-    cells, ignored = labelled_cells(folder)
+    clf = load_base(model_path)
+    cells, ignored, copies = labelled_cells(folder)
     support, held = choose_support(cells, shots, seed)
-    unl = None
-    if unlabelled is not None:
-        unl = unlabelled_cells(unlabelled, set(support["sha256"]), seed)
+    unl = None if unlabelled is None else unlabelled_cells(unlabelled, set(support["sha256"]), seed)
     if train == "block":  # refuse a backbone without known blocks before training
-        from bloodlib.models.backbones import leaves
-
         _last_block_on(leaves(clf.model), clf.info.get("backbone"))
-    classes = clf.classes
-    present = [c for c in classes if c in set(cells["label"])]
-    model = clf.model
-    size = clf.image_size
-
-    before = after = None
-    if len(held):
-        p0 = _predict(model, held["path"].tolist(), size, batch_size)
-        before = _scores(p0, held["label"], classes, present)
-
-    # A model that crops the centre of PBC's frame (FinetuneConfig.crop) would cut another
-    # lab's cells, which fill theirs: adapt the same weights on the whole frame. Tecom, 5
-    # shots, draws 42-44: cropped 83.9 / 71.3 / 80.6 %, whole frame 90.0 / 82.1 / 80.3 %.
-    base_cfg = clf.info.get("config") or {}
-    crop = float(base_cfg.get("crop", 1.0))
-    if crop < 1.0:
-        from bloodlib.train.network import whole_frame
-        from bloodlib.train.recipe import FinetuneConfig
-
-        model = whole_frame(model, FinetuneConfig.from_sidecar(base_cfg))
-        base_cfg = {**base_cfg, "crop": 1.0}
-
+    present = [c for c in clf.classes if c in set(cells["label"])]
+    run = _Run(clf, present, batch_size, seed)
+    before, p0 = run.score(held)
+    model, base_cfg, crop = _whole_frame_copy(clf)
     epochs = epochs or default_epochs(train, len(support), batch_size)
     learning_rate = learning_rate or DEFAULT_LEARNING_RATES[train]
     n_train = _set_trainable(model, train, clf.info.get("backbone"))
     smoothing = float(base_cfg.get("label_smoothing", 0.1))
-    import tensorflow as tf
-
-    y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    ds = _augmented(
-        support["path"].tolist(), y, size, effective_batch(batch_size, len(support)), seed
-    ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
-    with warnings.catch_warnings(), dropout_off(model):
-        if unl is None:
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
-            )
-            # The dataset shuffles itself (pipeline.make_dataset).
-            warnings.filterwarnings(
-                "ignore", message="`shuffle=True` was passed", category=UserWarning
-            )
-            model.fit(ds, epochs=epochs, verbose=verbose)
-        else:
-            # seed + 1: not the support's shuffle and augmentation stream
-            stream = _augmented(
-                unl["path"].tolist(), None, size, min(UNLABELLED_BATCH, len(unl)), seed + 1, True
-            )
-            present_idx = [classes.index(c) for c in present]
-            _fit_with_entropy(
-                model,
-                ds,
-                stream,
-                epochs,
-                learning_rate,
-                smoothing,
-                present_idx,
-                entropy_weight,
-                progress=bool(verbose),
-            )
-
+    run.fit(model, support, unl, epochs, learning_rate, smoothing, entropy_weight, verbose)
+    run.model = model
+    after, p1 = run.score(held)
     if len(held):
-        p1 = _predict(model, held["path"].tolist(), size, batch_size)
-        after = _scores(p1, held["label"], classes, present)
+        names = clf.classes
         held = held.assign(
-            before=[classes[i] for i in p0.argmax(axis=1)],
-            after=[classes[i] for i in p1.argmax(axis=1)],
+            before=[names[i] for i in p0.argmax(axis=1)],
+            after=[names[i] for i in p1.argmax(axis=1)],
         )
     seconds = time.perf_counter() - start
-
-    info = {k: v for k, v in clf.info.items() if k not in NOT_INHERITED}
-    if base_cfg:
-        info["config"] = base_cfg  # as adapted: the whole frame
-    info.update(
-        name=out.stem,
-        base_model=Path(model_path).name,
-        base_model_sha256=clf.sha256,
-        adapted_on=[
-            {"relpath": r.relpath, "sha256": r.sha256, "label": r.label}
-            for r in support.itertuples()
-        ],
-        held_out=held["relpath"].tolist(),
-        shots=int(shots),
-        classes_present=present,
-        adapt={
-            "epochs": int(epochs),
-            "seed": int(seed),
-            "train": train,
-            "trainable_weights": int(n_train),
-            "learning_rate": float(learning_rate),
-            "batch_size": int(batch_size),
-            "seconds": round(seconds, 1),
-            "base_crop_removed": crop < 1.0,
-            "unlabelled": None
-            if unl is None
-            else {
-                "cells": len(unl),
-                # one digest of the contents learnt from: sorted, so it ignores names and order
-                "sha256": sha256_text("\n".join(sorted(unl["sha256"]))),
-                "entropy_weight": float(entropy_weight),
-            },
-        },
-        metrics={"held_out_before": before, "held_out_after": after},
+    record = {
+        "epochs": int(epochs),
+        "seed": int(seed),
+        "train": train,
+        "trainable_weights": int(n_train),
+        "learning_rate": float(learning_rate),
+        "batch_size": int(batch_size),
+        "seconds": round(seconds, 1),
+        "base_crop_removed": crop < 1.0,
+        "unlabelled": _unlabelled_record(unl, entropy_weight),
+    }
+    info = _adapted_sidecar(
+        clf, out, base_cfg, support, held, shots, present, record, before, after
     )
     save_classifier(model, out, info)
     return AdaptResult(
@@ -571,4 +511,139 @@ def adapt(
         ignored,
         unlabelled=unl,
         entropy_weight=float(entropy_weight) if unl is not None else 0.0,
+        copies=copies,
     )
+
+
+@dataclass
+class _Run:
+    """What scoring and fitting share within one call of :func:`adapt`."""
+
+    clf: Classifier
+    present: list[str]
+    batch_size: int
+    seed: int
+    model: Any = None
+
+    def score(self, held: pd.DataFrame) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+        """Held-out accuracy of ``self.model`` (the base until set), and its probabilities."""
+        if not len(held):
+            return None, None
+        model = self.model if self.model is not None else self.clf.model
+        p = _predict(model, held["path"].tolist(), self.clf.image_size, self.batch_size)
+        return _scores(p, held["label"], self.clf.classes, self.present), p
+
+    def fit(
+        self,
+        model: Any,
+        support: pd.DataFrame,
+        unl: pd.DataFrame | None,
+        epochs: int,
+        learning_rate: float,
+        smoothing: float,
+        entropy_weight: float,
+        verbose: int,
+    ) -> None:
+        """The support's cross-entropy (plus the unlabelled cells' entropy, when given)."""
+        classes, size = self.clf.classes, self.clf.image_size
+        y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        ds = _augmented(
+            support["path"].tolist(),
+            y,
+            size,
+            effective_batch(self.batch_size, len(support)),
+            self.seed,
+        ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
+        with warnings.catch_warnings(), dropout_off(model):
+            if unl is None:
+                model.compile(
+                    optimizer=keras.optimizers.Adam(learning_rate),
+                    loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
+                )
+                # The dataset shuffles itself (pipeline.make_dataset).
+                warnings.filterwarnings(
+                    "ignore", message="`shuffle=True` was passed", category=UserWarning
+                )
+                model.fit(ds, epochs=epochs, verbose=verbose)
+                return
+            # seed + 1: not the support's shuffle and augmentation stream
+            stream = _augmented(
+                unl["path"].tolist(),
+                None,
+                size,
+                min(UNLABELLED_BATCH, len(unl)),
+                self.seed + 1,
+                True,
+            )
+            present_idx = [classes.index(c) for c in self.present]
+            _fit_with_entropy(
+                model,
+                ds,
+                stream,
+                epochs,
+                learning_rate,
+                smoothing,
+                present_idx,
+                entropy_weight,
+                progress=bool(verbose),
+            )
+
+
+def _whole_frame_copy(clf: Classifier) -> tuple[Any, dict[str, Any], float]:
+    """The network to train, its recipe as adapted, and the base's crop.
+
+    A model that crops the centre of PBC's frame (``FinetuneConfig.crop``) would cut another
+    lab's cells, which fill theirs: adapt the same weights on the whole frame. Tecom, 5
+    shots, draws 42-44: cropped 83.9 / 71.3 / 80.6 %, whole frame 90.0 / 82.1 / 80.3 %.
+    """
+    base_cfg = clf.info.get("config") or {}
+    crop = float(base_cfg.get("crop", 1.0))
+    if crop >= 1.0:
+        return clf.model, base_cfg, crop
+    model = whole_frame(clf.model, FinetuneConfig.from_sidecar(base_cfg))
+    return model, {**base_cfg, "crop": 1.0}, crop
+
+
+def _unlabelled_record(unl: pd.DataFrame | None, entropy_weight: float) -> dict[str, Any] | None:
+    if unl is None:
+        return None
+    return {
+        "cells": len(unl),
+        # one digest of the contents learnt from: sorted, so it ignores names and order
+        "sha256": sha256_text("\n".join(sorted(unl["sha256"]))),
+        "entropy_weight": float(entropy_weight),
+    }
+
+
+def _adapted_sidecar(
+    clf: Classifier,
+    out: Path,
+    base_cfg: dict[str, Any],
+    support: pd.DataFrame,
+    held: pd.DataFrame,
+    shots: int,
+    present: list[str],
+    record: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The new model's sidecar: the base's (less what was fitted on its own outputs), and
+    where it came from: the base's hash, the cells used and held out, the training."""
+    info = {k: v for k, v in clf.info.items() if k not in NOT_INHERITED}
+    if base_cfg:
+        info["config"] = base_cfg  # as adapted: the whole frame
+    info.update(
+        name=out.stem,
+        base_model=clf.path.name,
+        base_model_sha256=clf.sha256,
+        adapted_on=[
+            {"relpath": r.relpath, "sha256": r.sha256, "label": r.label}
+            for r in support.itertuples()
+        ],
+        held_out=held["relpath"].tolist(),
+        shots=int(shots),
+        classes_present=present,
+        adapt=record,
+        metrics={"held_out_before": before, "held_out_after": after},
+    )
+    return info
