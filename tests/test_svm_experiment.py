@@ -66,6 +66,8 @@ def test_model_and_sidecar_are_saved(result):
     assert info["method"] == "svm" and info["classes"] == list(CLASSES)
     assert info["svm_params"] == result.best_params
     assert info["train_images"] == 80
+    # What it learnt from, so that scoring can refuse it on another split (issue 35).
+    assert info["trained_on"]["n_train"] == 80 and info["trained_on"]["n_val"] > 0
 
 
 def test_cv_table_is_readable_and_ranked(result):

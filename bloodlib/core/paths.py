@@ -38,7 +38,9 @@ def check_output(
     """
     out = Path(out)
     if suffix is not None and out.suffix.lower() != suffix:
-        raise OutputPathError(f"--out {out}: {what} is saved as a {suffix} file; end the name in {suffix}")
+        raise OutputPathError(
+            f"--out {out}: {what} is saved as a {suffix} file; end the name in {suffix}"
+        )
     written = {Path(p).resolve() for p in (out, *writes)}
     target = out.resolve()
     for p in inputs:

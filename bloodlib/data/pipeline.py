@@ -19,10 +19,12 @@ from bloodlib.data.stain import PBC_STAINS
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-#: Leading bytes of the formats TensorFlow's ``decode_image`` reads (JPEG, PNG, GIF, BMP).
-#: Anything else that the manifest accepts (TIFF, common in microscopy; WebP) is decoded
-#: by Pillow, as the manifest did, so every image the scan calls usable also decodes here.
-_TF_MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+#: Leading bytes of the formats TensorFlow's ``decode_image`` decodes with Pillow's colours
+#: (JPEG, PNG, GIF). Anything else the scan accepts is decoded by Pillow, as the scan did, so
+#: every image the scan calls usable also decodes here, with the colours the scan saw: TIFF
+#: and WebP, which TensorFlow does not read, and BMP, which it reads wrongly (an 8-bit palette
+#: BMP came out as grey palette indices; an RLE-compressed one raised inside tf.data).
+_TF_MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")
 
 
 def _is_tf_native(data: tf.Tensor) -> tf.Tensor:
@@ -46,8 +48,8 @@ def _pillow_rgb(data: bytes, path: bytes) -> np.ndarray:
 
 def _decode(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     data = tf.io.read_file(path)
-    # decode_image handles JPEG, PNG, BMP and GIF; expand_animations=False keeps a 3-D shape
-    # for GIFs. Other formats (TIFF) go to Pillow; tf.cond runs only the branch taken.
+    # decode_image handles JPEG, PNG and GIF; expand_animations=False keeps a 3-D shape for
+    # GIFs. Other formats (BMP, TIFF, WebP) go to Pillow; tf.cond runs only the branch taken.
     image = tf.cond(
         _is_tf_native(data),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),

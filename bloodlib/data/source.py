@@ -305,6 +305,15 @@ def check_zip_limits(archive: Path, members: list[zipfile.ZipInfo]) -> int:
             f"{MAX_ZIP_BYTES / 2**30:.0f} GiB limit (source.MAX_ZIP_BYTES; the PBC release "
             f"is ~0.3 GiB): not extracted. {fix}"
         )
+    # The whole archive too: many small members each under the per-member floor still add up
+    # (300 members of 1 MiB of zeros: a 0.37 MB zip that writes 301 MB).
+    packed = sum(m.compress_size for m in members)
+    if total > _RATIO_MIN_BYTES and total > MAX_ZIP_RATIO * max(packed, 1):
+        raise DataSourceError(
+            f"{archive} expands {total / max(packed, 1):.0f}x as a whole ({packed} -> {total} "
+            f"bytes), more than the {MAX_ZIP_RATIO}x limit for images (source.MAX_ZIP_RATIO): "
+            f"a zip bomb? Not extracted. {fix}"
+        )
     for m in members:
         if m.file_size > _RATIO_MIN_BYTES and m.file_size > MAX_ZIP_RATIO * max(m.compress_size, 1):
             raise DataSourceError(

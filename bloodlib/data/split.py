@@ -17,6 +17,7 @@ import pandas as pd
 
 from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.core.hashing import sha256_rows
 from bloodlib.core.io import write_with
 from bloodlib.data.manifest import Manifest
 
@@ -164,3 +165,42 @@ def _check_fractions(fractions: tuple[float, float, float]) -> dict[str, float]:
     if not np.isclose(sum(values), 1.0, atol=1e-6):
         raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(values)})")
     return dict(zip(SPLITS, values, strict=True))
+
+
+#: Hex digits of each content hash a model's sidecar keeps of the cells it was trained on:
+#: 48 bits, so a test cell is mistaken for a training cell about once in 10^10 (at 17,000
+#: training cells), and the record stays small (15 bytes a cell, 100 KB for the dev data).
+TRAINED_ON_DIGITS = 12
+
+
+def trained_on(train: pd.DataFrame, val: pd.DataFrame) -> dict[str, object]:
+    """What a model learnt from, for its sidecar: the training and validation cells' counts,
+    one digest of each part (content hash and label, in split order) and the cells' hash
+    prefixes, so a later scoring can tell whether a test cell was among them (:func:`overlap`).
+
+    Validation cells count too: they chose the epoch kept (or the SVM's threshold), so a
+    test cell that was one is not a fresh cell either. Both frames need ``sha256`` and ``label``.
+    """
+    cells = sorted({str(h)[:TRAINED_ON_DIGITS] for h in (*train["sha256"], *val["sha256"])})
+    return {
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "train_sha256": sha256_rows(zip(train["sha256"], train["label"], strict=True)),
+        "val_sha256": sha256_rows(zip(val["sha256"], val["label"], strict=True)),
+        "cells": cells,
+    }
+
+
+def seen_mask(record: object, hashes: pd.Series | list[str]) -> np.ndarray | None:
+    """Which of ``hashes`` (content hashes) are among the cells a sidecar's ``trained_on``
+    ``record`` holds; None when the model records none (saved before bloodlib kept it)."""
+    if not isinstance(record, dict) or not isinstance(record.get("cells"), list):
+        return None
+    seen = set(record["cells"])
+    return np.array([str(h)[:TRAINED_ON_DIGITS] in seen for h in hashes], dtype=bool)
+
+
+def overlap(record: object, hashes: pd.Series | list[str]) -> int | None:
+    """How many of ``hashes`` the model learnt from (:func:`seen_mask`); None: not recorded."""
+    mask = seen_mask(record, hashes)
+    return None if mask is None else int(mask.sum())

@@ -30,7 +30,7 @@ import pandas as pd
 from bloodlib.core.errors import OutputPathError
 from bloodlib.core.io import write_with
 from bloodlib.core.paths import check_output
-from bloodlib.data import stain
+from bloodlib.data import split, stain
 from bloodlib.data.files import CLASSIFIABLE, class_of, inspect_file, list_files
 from bloodlib.data.look import (
     LOOK_SIZE,
@@ -75,7 +75,12 @@ class ClassifyResult:
     #: Labelled cells left out of the metrics because --classes excludes their class.
     excluded: dict[str, int] = field(default_factory=dict)
 
+    #: Classified cells the model was trained or validated on (its sidecar's ``trained_on``);
+    #: marked ``seen_in_training`` in the CSV and left out of the metrics. None: not recorded.
+    n_seen: int | None = None
+
     def report(self) -> str:
+        """What a user reads after ``classify``: speed, output, warnings, counts, metrics."""
         n = len(self.table) - len(self.skipped)
         lines = [
             f"classified {n} images in {self.seconds:.1f} s ({n / max(self.seconds, 1e-9):.1f} images/s"
@@ -87,43 +92,17 @@ class ClassifyResult:
             lines.append(f"predictions written to {self.out_csv}")
         if self.classes_allowed is not None:
             lines.append(f"predictions restricted to: {', '.join(self.classes_allowed)}")
-        if self.look is not None and self.look.unlike_pbc and not self.adapted:
-            fix = (
-                "adapt the model with 5 labelled cells per class (python -m bloodlib adapt)"
-                if self.normalize != "none" or self.zoom is not None
-                else "try --normalize reinhard+macenko --rescale-cell, and adapt the model "
-                "with 5 labelled cells per class (python -m bloodlib adapt)"
-            )
-            lines.append(
-                f"WARNING: these cells do not look like PBC's: {self.look.describe()}. A "
-                "model trained on PBC, as bloodlib's runs are, is much less accurate on such "
-                f"cells than on PBC's test split: {fix}; see the README, 'Using bloodlib on "
-                "your own microscope'"
-            )
-        elif self.look is not None:
-            lines.append(
-                f"look: {self.look.describe()}"
-                + (" (the model was adapted to another lab's cells)" if self.adapted else "")
-            )
-        if self.normalize != "none" or self.zoom is not None:
-            notes = []
-            if self.lab_stains is not None:
-                notes.append("stains estimated from the folder's cells")
-            if len(stain.normalize_views(self.normalize)) > 1:
-                notes.append("one prediction after each, multiplied")
-            parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
-            if notes:
-                parts[-1] += f" ({'; '.join(notes)})"
-            if self.zoom is not None:
-                zooms = [f"x{z:.2f}" + (f" after {v}" if len(self.zoom) > 1 else "")
-                         for v, z in self.zoom.items()]  # fmt: skip
-                parts.append(f"zoom {', '.join(zooms)} (cells to PBC's size)")
-            lines.append("normalised before the model: " + ", ".join(parts))
+        lines += self._look_lines() + self._normalised_lines()
         if self.reject_threshold is not None:
             lines.append(
                 f"uncertain (probability below {self.reject_threshold:.3f}"
                 + (f", temperature {self.temperature:.3g}" if self.temperature != 1.0 else "")
                 + f"): {self.n_uncertain} cell(s), marked 'uncertain' in the CSV"
+            )
+        if self.n_seen:
+            lines.append(
+                f"{self.n_seen} of these cells were among the model's own training or validation "
+                "cells: marked seen_in_training in the CSV and left out of every score below"
             )
         if len(self.skipped):
             lines.append(f"skipped {len(self.skipped)} file(s):")
@@ -133,12 +112,53 @@ class ClassifyResult:
             f"  {r.Index:<13} {r.count:>6}  {r.percent:5.1f}%"
             for r in self.differential.itertuples()
         ]
+        return "\n".join(lines + self._metrics_lines())
+
+    def _look_lines(self) -> list[str]:
+        if self.look is None:
+            return []
+        if not self.look.unlike_pbc or self.adapted:
+            adapted = " (the model was adapted to another lab's cells)" if self.adapted else ""
+            return [f"look: {self.look.describe()}{adapted}"]
+        fix = (
+            "adapt the model with 5 labelled cells per class (python -m bloodlib adapt)"
+            if self.normalize != "none" or self.zoom is not None
+            else "try --normalize reinhard+macenko --rescale-cell, and adapt the model "
+            "with 5 labelled cells per class (python -m bloodlib adapt)"
+        )
+        return [
+            f"WARNING: these cells do not look like PBC's: {self.look.describe()}. A "
+            "model trained on PBC, as bloodlib's runs are, is much less accurate on such "
+            f"cells than on PBC's test split: {fix}; see the README, 'Using bloodlib on "
+            "your own microscope'"
+        ]
+
+    def _normalised_lines(self) -> list[str]:
+        if self.normalize == "none" and self.zoom is None:
+            return []
+        notes = []
+        if self.lab_stains is not None:
+            notes.append("stains estimated from the folder's cells")
+        if len(stain.normalize_views(self.normalize)) > 1:
+            notes.append("one prediction after each, multiplied")
+        parts = [f"colours: {self.normalize}"] if self.normalize != "none" else []
+        if notes:
+            parts[-1] += f" ({'; '.join(notes)})"
+        if self.zoom is not None:
+            zooms = [f"x{z:.2f}" + (f" after {v}" if len(self.zoom) > 1 else "")
+                     for v, z in self.zoom.items()]  # fmt: skip
+            parts.append(f"zoom {', '.join(zooms)} (cells to PBC's size)")
+        return ["normalised before the model: " + ", ".join(parts)]
+
+    def _metrics_lines(self) -> list[str]:
+        lines = []
         if self.metrics:
             m = self.metrics
             lines.append(
                 f"against folder labels: accuracy {m['accuracy']:.4f}, "
                 f"balanced accuracy {m['balanced_accuracy']:.4f} (n={m['n']}"
                 + (", among the allowed classes" if self.classes_allowed is not None else "")
+                + (", cells the model never trained on" if self.n_seen else "")
                 + ")"
             )
             if m.get("reject_threshold") is not None:
@@ -159,7 +179,7 @@ class ClassifyResult:
                 f"NOT scored: {sum(self.excluded.values())} labelled image(s) of classes "
                 "outside --classes: " + ", ".join(f"{k} ({v})" for k, v in self.excluded.items())
             )
-        return "\n".join(lines)
+        return lines
 
 
 def _list(folder: Path) -> list[str]:
@@ -270,8 +290,16 @@ def classify_folder(
         proba = probas[0] if len(probas) == 1 else log_average(probas)
         shown = reject.restrict(proba, clf.classes, allowed, temperature)
         n_uncertain = _fill_predictions(table, ok, proba, shown, clf.classes, answers, threshold)
+    seen = _seen_in_training(clf, table, good, ok)
     metrics, unscored, excluded = _score_labels(
-        table, good, ok, shown, clf.classes, answers, threshold
+        table,
+        good,
+        ok,
+        shown,
+        clf.classes,
+        answers,
+        threshold,
+        fresh=None if seen is None else ~seen,
     )
     if metrics is not None:
         metrics.update(temperature=temperature, classes_allowed=allowed)
@@ -298,6 +326,7 @@ def classify_folder(
         adapted="adapt" in clf.info,
         n_uncertain=n_uncertain,
         excluded=excluded,
+        n_seen=None if seen is None else int(seen.sum()),
     )
 
 
@@ -384,6 +413,19 @@ def _fill_predictions(
     return n_uncertain
 
 
+def _seen_in_training(
+    clf: Classifier, table: pd.DataFrame, good: pd.DataFrame, ok: pd.Series
+) -> np.ndarray | None:
+    """Which classified cells the model learnt from (its sidecar's ``trained_on``), marked in
+    the CSV's ``seen_in_training``; None when the model records none."""
+    seen = split.seen_mask(clf.info.get("trained_on"), good["sha256"])
+    if seen is None:
+        return None
+    table["seen_in_training"] = None
+    table.loc[np.flatnonzero(ok.to_numpy()), "seen_in_training"] = seen
+    return seen
+
+
 def _differential(table: pd.DataFrame, answers: Sequence[str], n_uncertain: int) -> pd.DataFrame:
     """Counts per class; uncertain cells are counted apart, never in the class they were
     nearly given."""
@@ -402,16 +444,20 @@ def _score_labels(
     classes: Sequence[str],
     answers: Sequence[str],
     threshold: float | None,
+    fresh: np.ndarray | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, int], dict[str, int]]:
     """On a class layout (the top folder names the label, ``files.class_of``): metrics among
     ``answers`` (with the answered cells' at ``threshold``), the folders that name no class,
-    and the labelled images outside ``answers``."""
+    and the labelled images outside ``answers``. ``fresh``: the cells that may be scored
+    (not the model's own training cells)."""
     metrics, unscored, excluded = None, {}, {}
     parts = good["relpath"].str.split("/")
     folders = parts.str[0].where(parts.str.len() > 1, ".")
     labels = folders.map(lambda f: class_of(f, classes))
     labelled = labels.notna().to_numpy()
     scored = labelled & labels.isin(answers).to_numpy()
+    if fresh is not None:
+        scored &= fresh
     if labelled.any():
         idx = np.flatnonzero(ok.to_numpy())
         table.loc[idx[labelled], "label"] = labels[labelled].to_numpy()

@@ -17,6 +17,8 @@ import pandas as pd
 from bloodlib import CLASSES
 from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.core.errors import BloodlibError
+from bloodlib.data.split import overlap
 from bloodlib.evaluate import calibration
 from bloodlib.evaluate import metrics as ev
 from bloodlib.evaluate.results import Evaluation, label_indices
@@ -67,6 +69,7 @@ def evaluate_model(
 
     model_path = Path(model_path)
     clf = classifier or load_classifier(model_path)
+    check_fresh(clf, split[split["split"] == "test"])  # before any prediction
     probs = {}
     for part in ("val", "test"):
         rows = split[split["split"] == part]
@@ -77,6 +80,7 @@ def evaluate_model(
     if "test" not in probs:
         raise ValueError("the split has no test rows: run notebook 01 to make the split")
     test = split[split["split"] == "test"].reset_index(drop=True)
+    seen = check_fresh(clf, test)
     y_test = label_indices(test["label"])
     p_test = probs["test"]
     metrics = ev.evaluate(y_test, p_test, list(CLASSES), n_boot=n_boot, seed=seed)
@@ -115,6 +119,8 @@ def evaluate_model(
         "ece_after_scaling": calibration.expected_calibration_error(y_test, p_scaled, n_bins),
         "n_test": int(len(test)),
         "n_val": n_val,
+        # None: the model records no training cells (saved before bloodlib kept them).
+        "test_cells_seen_in_training": seen,
         "model_path": model_path.relative_to(model_path.parents[1]).as_posix(),
         "paper_accuracy": paper.ACCURACY.get((info["backbone"], info["method"])),
     }
@@ -123,6 +129,29 @@ def evaluate_model(
     return Evaluation(
         entry, test, y_test, p_test, p_scaled, p_test.argmax(axis=1), probs.get("val"), y_val
     )
+
+
+class StaleModelError(BloodlibError):
+    """A model scored on test cells it was trained (or validated) on."""
+
+
+def check_fresh(clf: Any, test: pd.DataFrame) -> int | None:
+    """Refuse a model whose training or validation cells include test cells of this split.
+
+    It happens when notebook 01 made a new split (another seed, other fractions) and the
+    models of notebooks 02 and 03 are still the old split's: their score would be measured
+    partly on cells they learnt from. Returns 0, or None when the model records no
+    training cells (``split.trained_on``: models saved before bloodlib kept them).
+    """
+    seen = overlap(clf.info.get("trained_on"), test["sha256"])
+    if seen:
+        raise StaleModelError(
+            f"{clf.path.name} was trained on another split: {seen} of the {len(test)} test "
+            "cells of this run's split.csv were among its training or validation cells, so its "
+            "score would be measured on cells it learnt from. Re-run notebooks 02 and 03 on "
+            "this split (python -m bloodlib run resumes what is unchanged), or delete the model"
+        )
+    return seen
 
 
 def seed_models(

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bloodlib import CLASS_INDEX, CLASSES
 from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.data.split import trained_on
 
 
 @dataclass
@@ -141,6 +142,7 @@ def fit_and_save(
             "seed": int(seed),
             "cv_accuracy": result.cv_score,
             "train_images": int((part == "train").sum()),
+            "trained_on": trained_on(split[part == "train"], split[part == "val"]),
             "metrics": {f"{k}_accuracy": v["accuracy"] for k, v in scores.items()},
         },
     )

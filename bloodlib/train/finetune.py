@@ -13,18 +13,23 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from bloodlib import CLASS_INDEX, CLASSES
 from bloodlib.core import config
 from bloodlib.core.hashing import sha256_file, sha256_rows
 from bloodlib.core.io import atomic_path, read_json, write_json
-from bloodlib.models import backbones
+from bloodlib.data import split
+from bloodlib.data.pipeline import make_dataset
+from bloodlib.models import backbones, features
 from bloodlib.models.saved import save_classifier, sidecar_path
 from bloodlib.train.callbacks import (
     atomic_backup,
@@ -50,9 +55,6 @@ from bloodlib.train.recipe import (
 
 
 def _datasets(cfg: FinetuneConfig, train: pd.DataFrame, val: pd.DataFrame, batch: int):
-    import tensorflow as tf
-
-    from bloodlib.data.pipeline import make_dataset
 
     index = CLASS_INDEX
     k = len(CLASSES)
@@ -131,7 +133,6 @@ def train(
     Re-running after an interruption resumes from the last finished epoch; a
     run whose model already exists with the same config returns at once.
     """
-    import keras
 
     name = name or f"{cfg.backbone}_finetune"
     run_dir = Path(run_dir)
@@ -166,6 +167,41 @@ def _hashes(df: pd.DataFrame) -> list[str]:
     ]
 
 
+def _pooled_features(model, cfg: FinetuneConfig, frames, verbose: int):
+    """The frozen backbone's pooled features of each frame, and whether all came from the cache."""
+    backbone = model.layers[1]  # still holding cfg.weights: phase 1 has not changed it
+    if cfg.weights is None:
+        # Random weights are not a fact to cache under a name: compute, keep nothing.
+        xs = [
+            np.asarray(
+                backbone.predict(
+                    make_dataset(
+                        df["path"].tolist(), image_size=cfg.size, batch_size=cfg.batch_size
+                    ),
+                    verbose=0,
+                ),
+                np.float32,
+            )
+            for df in frames
+        ]
+        return xs, False
+    sets = [
+        features.extract(
+            df["path"].tolist(),
+            _hashes(df),
+            cfg.backbone,
+            image_size=cfg.size,
+            weights=cfg.weights,
+            batch_size=cfg.batch_size,
+            progress=verbose > 0,
+            model=backbone,
+            crop=cfg.crop,
+        )
+        for df in frames
+    ]
+    return [fs.features for fs in sets], all(fs.from_cache for fs in sets)
+
+
 def fit_head_on_features(
     model,
     cfg: FinetuneConfig,
@@ -184,45 +220,9 @@ def fit_head_on_features(
     on them; its weights are then copied into ``model``. Returns the seconds spent extracting
     and fitting, and whether the features came from the cache.
     """
-    import keras
-
-    from bloodlib.data.pipeline import make_dataset
-    from bloodlib.models import features
 
     t0 = time.perf_counter()
-    backbone = model.layers[1]  # still holding cfg.weights: phase 1 has not changed it
-    if cfg.weights is None:
-        # Random weights are not a fact to cache under a name: compute, keep nothing.
-        x_tr, x_va = (
-            np.asarray(
-                backbone.predict(
-                    make_dataset(
-                        df["path"].tolist(), image_size=cfg.size, batch_size=cfg.batch_size
-                    ),
-                    verbose=0,
-                ),
-                np.float32,
-            )
-            for df in (train_df, val_df)
-        )
-        cached = False
-    else:
-        sets = [
-            features.extract(
-                df["path"].tolist(),
-                _hashes(df),
-                cfg.backbone,
-                image_size=cfg.size,
-                weights=cfg.weights,
-                batch_size=cfg.batch_size,
-                progress=verbose > 0,
-                model=backbone,
-                crop=cfg.crop,
-            )
-            for df in (train_df, val_df)
-        ]
-        x_tr, x_va = (s.features for s in sets)
-        cached = all(s.from_cache for s in sets)
+    (x_tr, x_va), cached = _pooled_features(model, cfg, (train_df, val_df), verbose)
     t1 = time.perf_counter()
     k = len(CLASSES)
     y_tr = keras.utils.to_categorical(train_df["label"].map(CLASS_INDEX).to_numpy(), k)
@@ -303,6 +303,45 @@ def _start_or_resume(train_dir: Path, model_path: Path, identity: dict) -> None:
     write_json(meta_path, identity)
 
 
+@dataclass
+class _Logs:
+    """What both phases write to ``train_dir``: the best checkpoint, the epoch log, TensorBoard.
+
+    ``start`` is this process's clock at the start of training: the history's ``seconds``
+    and the sidecar's ``train_seconds`` count from it (a resumed run counts its own part).
+    """
+
+    train_dir: Path
+    epochs_head: int
+    start: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        prior = load_history(self.train_dir, self.epochs_head)
+        self.resumed = len(prior) > 0
+        best_so_far = float(prior[CHECKPOINT_MONITOR].max()) if len(prior) else None
+        self.best_path = self.train_dir / "best.weights.h5"
+        self.checkpoint = keras.callbacks.ModelCheckpoint(
+            self.best_path,
+            monitor=CHECKPOINT_MONITOR,
+            mode=CHECKPOINT_MODE,
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        )
+
+    def history(self):
+        return history_logger(self.train_dir / "history.csv", self.start)
+
+    def common(self) -> list:
+        """The callbacks of every image epoch (both phases)."""
+        return [
+            self.checkpoint,
+            self.history(),
+            keras.callbacks.TensorBoard(self.train_dir / "tensorboard", profile_batch=0),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+
+
 def _train_and_save(
     cfg: FinetuneConfig,
     train_df: pd.DataFrame,
@@ -312,9 +351,6 @@ def _train_and_save(
     verbose: int,
 ) -> FinetuneResult:
     """Both phases (resuming where a previous process stopped), then the model and sidecar."""
-    import keras
-
-    done_path = train_dir / "done.json"
     config.set_seeds(cfg.seed)
     if cfg.max_train_images and len(train_df) > cfg.max_train_images:
         train_df = train_df.sample(cfg.max_train_images, random_state=cfg.seed)
@@ -322,120 +358,21 @@ def _train_and_save(
     keras.mixed_precision.set_global_policy(precision)
     strategy = get_strategy()
     batch = cfg.batch_size * strategy.num_replicas_in_sync
-    train_ds, val_ds = _datasets(cfg, train_df, val_df, batch)
+    data = _datasets(cfg, train_df, val_df, batch)
     steps = int(np.ceil(len(train_df) / batch))
-
     with strategy.scope():
         model = build_classifier(cfg)
-
-    class_weight = None
-    if cfg.class_weights:
-        from sklearn.utils.class_weight import compute_class_weight
-
-        y = train_df["label"].map(CLASS_INDEX).to_numpy()
-        present = np.unique(y)
-        w = compute_class_weight("balanced", classes=present, y=y)
-        class_weight = {int(c): float(v) for c, v in zip(present, w, strict=True)}
-
-    hist_csv = train_dir / "history.csv"
-    prior = load_history(train_dir, cfg.epochs_head)
-    best_so_far = float(prior[CHECKPOINT_MONITOR].max()) if len(prior) else None
-    best_path = train_dir / "best.weights.h5"
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        best_path,
-        monitor=CHECKPOINT_MONITOR,
-        mode=CHECKPOINT_MODE,
-        save_best_only=True,
-        save_weights_only=True,
-        initial_value_threshold=best_so_far,
-    )
-    start = time.perf_counter()
-    common = [
-        checkpoint,
-        history_logger(hist_csv, start),
-        keras.callbacks.TensorBoard(train_dir / "tensorboard", profile_batch=0),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    resumed = len(prior) > 0
-
-    # Phase 1: head only.
-    phase1_path = train_dir / "phase1.weights.h5"
+    class_weight = _class_weight(cfg, train_df)
+    logs = _Logs(train_dir, cfg.epochs_head)
+    fit = {"class_weight": class_weight, "verbose": verbose}
     with strategy.scope():
         set_trainable(model, cfg, phase=1)
         compile_model(model, cfg, cfg.learning_rate_head)
-    if phase1_path.is_file():
-        with warnings.catch_warnings():
-            # The file also holds phase 1's finished optimizer state, which phase 2 replaces.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(phase1_path)
-    elif cfg.epochs_head > 0 and cfg.head_on_features:
-        with strategy.scope():
-            head_seconds = fit_head_on_features(
-                model,
-                cfg,
-                train_df,
-                val_df,
-                callbacks=[checkpoint, history_logger(hist_csv, start)],
-                class_weight=class_weight,
-                verbose=verbose,
-            )
-        with atomic_path(phase1_path, suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
-        write_json(train_dir / "phase1.json", head_seconds)
-    elif cfg.epochs_head > 0:
-        fit_quietly(
-            model,
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs_head,
-            class_weight=class_weight,
-            callbacks=[*common, atomic_backup(train_dir / "backup_phase1")],
-            verbose=verbose,
-        )
-        with atomic_path(phase1_path, suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
-
-    # Phase 2: unfreeze from the chosen block, lower learning rate.
+    _phase1(model, cfg, strategy, (train_df, val_df), data, logs, fit)
     if cfg.epochs_finetune > 0:
-        with strategy.scope():
-            set_trainable(model, cfg, phase=2)
-            compile_model(model, cfg, learning_rate_finetune(cfg, steps), ema=True)
-        model._initial_epoch = None  # BackupAndRestore of phase 1 set it; phase 2 has its own
-        # With an average: validation runs on it, the checkpoint saves it, and the backup, last,
-        # saves the raw weights (the optimizer holds the average), so a resume goes on exactly.
-        swap_in, swap_out = average_swaps() if cfg.ema_momentum else ([], [])
-        fit_quietly(
-            model,
-            train_ds,
-            validation_data=val_ds,
-            initial_epoch=cfg.epochs_head,
-            epochs=cfg.epochs_head + cfg.epochs_finetune,
-            class_weight=class_weight,
-            callbacks=[
-                *swap_in,
-                *common,
-                *swap_out,
-                atomic_backup(train_dir / "backup_phase2"),
-                keras.callbacks.EarlyStopping(
-                    monitor=CHECKPOINT_MONITOR,
-                    mode=CHECKPOINT_MODE,
-                    patience=cfg.early_stopping_patience,
-                ),
-            ],
-            verbose=verbose,
-        )
-    train_seconds = (
-        time.perf_counter() - start
-    )  # this process only; a resumed run counts its own part
-
-    if best_path.is_file():
-        try:
-            model.load_weights(best_path)
-        except OSError as exc:  # killed while Keras wrote it in place: keep the last weights
-            warnings.warn(
-                f"best checkpoint unreadable ({exc}); keeping the last epoch's weights",
-                stacklevel=2,
-            )
+        _phase2(model, cfg, strategy, data, steps, logs, fit)
+    train_seconds = time.perf_counter() - logs.start
+    _keep_best(model, logs.best_path)
     history = load_history(train_dir, cfg.epochs_head)
     best_val = float(history["val_accuracy"].max()) if len(history) else float("nan")
     keras.mixed_precision.set_global_policy("float32")
@@ -446,14 +383,105 @@ def _train_and_save(
         precision=precision,
         train_images=len(train_df),
         val_images=len(val_df),
+        trained_on=split.trained_on(_with_hashes(train_df), _with_hashes(val_df)),
         metrics={
             "best_val_accuracy": best_val,
             "train_seconds": round(train_seconds, 1),
             **_phase1_record(train_dir),
         },
     )
-    write_json(done_path, {"best_val_accuracy": best_val, "train_seconds": train_seconds})
-    return FinetuneResult(model_path, history, best_val, train_seconds, resumed)
+    write_json(
+        train_dir / "done.json", {"best_val_accuracy": best_val, "train_seconds": train_seconds}
+    )
+    return FinetuneResult(model_path, history, best_val, train_seconds, logs.resumed)
+
+
+def _class_weight(cfg: FinetuneConfig, train_df: pd.DataFrame) -> dict[int, float] | None:
+    """ "balanced" weights of the classes present in training (``cfg.class_weights``), else None."""
+    if not cfg.class_weights:
+        return None
+    y = train_df["label"].map(CLASS_INDEX).to_numpy()
+    present = np.unique(y)
+    w = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(v) for c, v in zip(present, w, strict=True)}
+
+
+def _phase1(model, cfg, strategy, frames, data, logs: _Logs, fit: dict) -> None:
+    """The head alone, on images or on cached features; a finished phase 1 is loaded instead."""
+    train_dir = logs.train_dir
+    phase1_path = train_dir / "phase1.weights.h5"
+    if phase1_path.is_file():
+        with warnings.catch_warnings():
+            # The file also holds phase 1's finished optimizer state, which phase 2 replaces.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(phase1_path)
+        return
+    if cfg.epochs_head <= 0:
+        return
+    if cfg.head_on_features:
+        with strategy.scope():
+            seconds = fit_head_on_features(
+                model, cfg, *frames, callbacks=[logs.checkpoint, logs.history()], **fit
+            )
+        write_json(train_dir / "phase1.json", seconds)
+    else:
+        fit_quietly(
+            model,
+            data[0],
+            validation_data=data[1],
+            epochs=cfg.epochs_head,
+            callbacks=[*logs.common(), atomic_backup(train_dir / "backup_phase1")],
+            **fit,
+        )
+    with atomic_path(phase1_path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+
+def _phase2(model, cfg, strategy, data, steps: int, logs: _Logs, fit: dict) -> None:
+    """Unfreeze from the chosen block, lower the learning rate, stop early on validation."""
+    with strategy.scope():
+        set_trainable(model, cfg, phase=2)
+        compile_model(model, cfg, learning_rate_finetune(cfg, steps), ema=True)
+    model._initial_epoch = None  # BackupAndRestore of phase 1 set it; phase 2 has its own
+    # With an average: validation runs on it, the checkpoint saves it, and the backup, last,
+    # saves the raw weights (the optimizer holds the average), so a resume goes on exactly.
+    swap_in, swap_out = average_swaps() if cfg.ema_momentum else ([], [])
+    fit_quietly(
+        model,
+        data[0],
+        validation_data=data[1],
+        initial_epoch=cfg.epochs_head,
+        epochs=cfg.epochs_head + cfg.epochs_finetune,
+        callbacks=[
+            *swap_in,
+            *logs.common(),
+            *swap_out,
+            atomic_backup(logs.train_dir / "backup_phase2"),
+            keras.callbacks.EarlyStopping(
+                monitor=CHECKPOINT_MONITOR,
+                mode=CHECKPOINT_MODE,
+                patience=cfg.early_stopping_patience,
+            ),
+        ],
+        **fit,
+    )
+
+
+def _keep_best(model, best_path: Path) -> None:
+    """The best epoch's weights, if its checkpoint is readable."""
+    if not best_path.is_file():
+        return
+    try:
+        model.load_weights(best_path)
+    except OSError as exc:  # killed while Keras wrote it in place: keep the last weights
+        warnings.warn(
+            f"best checkpoint unreadable ({exc}); keeping the last epoch's weights",
+            stacklevel=3,
+        )
+
+
+def _with_hashes(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(sha256=_hashes(df))
 
 
 def _phase1_record(train_dir: Path) -> dict[str, Any]:
