@@ -1,8 +1,24 @@
 """bloodlib: peripheral blood cell recognition with transfer learning.
 
-A small helper library behind the numbered notebooks in ``notebooks/``.
-One image moves forward through: source -> manifest -> split -> pipeline ->
-backbone -> features -> svm | finetune -> evaluate -> plots.
+The library behind the numbered notebooks in ``notebooks/``, in layers; each imports only
+those below it (a test checks the import graph):
+
+==========  ====================================================================
+``cli``     the command line (``python -m bloodlib``)
+``study``   runs the notebooks; scores a run (04) and another lab (05)
+``teach``   sentences, figures and widgets the notebooks show
+``train``   design 1 (features + SVM), design 2 (fine-tuning), adapting
+``predict`` the prediction engine, classify, Grad-CAM, export
+``models``  backbones, weights, the saved-model format, SVM, ensembles
+``data``    sources, scans, splits, the tf.data pipeline, colour and size
+``evaluate`` metrics, calibration, comparisons, rejection, seeds
+``core``    paths, errors, atomic writes, hashes, the paper's facts
+==========  ====================================================================
+
+One image's path: ``data.source`` -> ``data.manifest`` -> ``data.split`` ->
+``data.pipeline`` -> ``models.backbones`` -> ``models.features`` -> ``models.svm`` |
+``train.finetune`` -> ``predict.engine`` -> ``evaluate`` -> ``teach.plots``.
+Here: the class names and image formats every layer shares.
 """
 
 import os as _os

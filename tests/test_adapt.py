@@ -20,7 +20,8 @@ from bloodlib.data.labs import LabFolderError, labelled_cells
 from bloodlib.models.backbones import leaves
 from bloodlib.models.saved import read_sidecar, save_classifier
 from bloodlib.predict.engine import load_classifier
-from bloodlib.train.adapt import AdaptError, adapt, choose_support
+from bloodlib.train.adapt import adapt, choose_support
+from bloodlib.train.few_shot import AdaptError
 
 SIZE = 48
 #: The synthetic lab's classes: the three whose sample cells differ most in stain and size
@@ -319,12 +320,12 @@ def test_cli_help_states_the_library_defaults(capsys):
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
 def test_top_mode_picks_the_convolution_before_pooling(backbone):
     """On the real architectures "top" is the 1x1 convolution that feeds the pooled features."""
-    from bloodlib.train.adapt import _set_trainable
+    from bloodlib.train.few_shot import set_learning
     from bloodlib.train.network import build_classifier
     from bloodlib.train.recipe import FinetuneConfig
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
-    _set_trainable(model, "top")
+    set_learning(model, "top")
     trainable = [w.path for w in model.trainable_weights]
     assert any("head" in p for p in trainable)
     convs = {p.split("/")[-2] for p in trainable if "head" not in p}
@@ -386,7 +387,7 @@ def test_adapting_is_repeatable_and_trains_without_dropout(lab, tmp_path):
 @pytest.mark.unit
 def test_dropout_off_restores_the_rates_when_the_block_fails():
     """A failed fit (here, an exception in the block) leaves the model's Dropout as it was."""
-    from bloodlib.train.adapt import dropout_off
+    from bloodlib.train.few_shot import dropout_off
 
     model = dropout_network(0.5)
     with pytest.raises(RuntimeError), dropout_off(model):
@@ -435,12 +436,12 @@ def test_block_mode_trains_the_last_block_and_what_follows_it(backbone):
     import keras
 
     from bloodlib.models import backbones
-    from bloodlib.train.adapt import _set_trainable
+    from bloodlib.train.few_shot import set_learning
     from bloodlib.train.network import build_classifier
     from bloodlib.train.recipe import FinetuneConfig
 
     model = build_classifier(FinetuneConfig(backbone=backbone, image_size=64, weights=None))
-    n = _set_trainable(model, "block", backbone)
+    n = set_learning(model, "block", backbone)
     bb = backbones.get(backbone)
     every = leaves(model)
     last = max(i for i in (bb.block_index(layer.name) for layer in every) if i is not None)
@@ -459,7 +460,7 @@ def test_block_mode_trains_the_last_block_and_what_follows_it(backbone):
     }
     assert len(block) >= 2 and block <= names
     assert n == sum(len(layer.trainable_weights) for layer in learning)
-    _set_trainable(model, "top")
+    set_learning(model, "top")
     top = {layer.name for layer in every if layer.trainable and layer.weights}
     assert top < names
 
@@ -478,12 +479,12 @@ def test_block_mode_on_inception_starts_after_the_previous_blocks_marker():
     "mixed9" itself, its branch convolutions included."""
     import keras
 
-    from bloodlib.train.adapt import _set_trainable
+    from bloodlib.train.few_shot import set_learning
     from bloodlib.train.network import build_classifier
     from bloodlib.train.recipe import FinetuneConfig
 
     model = build_classifier(FinetuneConfig(backbone="inception_v3", image_size=75, weights=None))
-    _set_trainable(model, "block", "inception_v3")
+    set_learning(model, "block", "inception_v3")
     every = leaves(model)
     names = [layer.name for layer in every]
     start = names.index("mixed9")
@@ -537,7 +538,7 @@ def test_unlabelled_cells_are_the_folders_readable_images_but_the_support(lab, t
 
 @pytest.mark.unit
 def test_entropy_among_the_classes_present():
-    from bloodlib.train.adapt import entropy_among
+    from bloodlib.train.few_shot import entropy_among
 
     p = np.array(
         [

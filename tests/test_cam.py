@@ -247,10 +247,10 @@ def test_overlay():
     img = np.full((20, 30, 3), 100, np.uint8)
     heat = np.zeros((5, 5), np.float32)
     heat[0, 0] = 1.0
-    out = cam.overlay(img, heat, alpha=0.5)
+    out = plots.overlay(img, heat, alpha=0.5)
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[0, 0], out[-1, -1])  # hot corner differs from the cold one
-    assert np.array_equal(cam.overlay(img, heat, alpha=0.0), img)
+    assert np.array_equal(plots.overlay(img, heat, alpha=0.0), img)
 
 
 @pytest.mark.unit

@@ -18,7 +18,8 @@ from bloodlib.models.ensemble import EnsembleError, build_ensemble, seed_ensembl
 from bloodlib.models.saved import read_sidecar, save_classifier
 from bloodlib.predict.engine import load_classifier
 from bloodlib.teach import versus_paper
-from bloodlib.train.adapt import AdaptError, adapt
+from bloodlib.train.adapt import adapt
+from bloodlib.train.few_shot import AdaptError
 
 pytestmark = pytest.mark.unit
 

@@ -104,7 +104,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from bloodlib.train.adapt import AdaptError, adapt
+    from bloodlib.train.adapt import adapt
+    from bloodlib.train.few_shot import AdaptError
 
     if args.entropy_weight is not None and args.unlabelled is None:
         raise AdaptError("--entropy-weight weighs the unlabelled cells: give --unlabelled FOLDER")

@@ -45,7 +45,7 @@ def set_seeds(seed: int = DEFAULT_SEED) -> None:
     random.seed(seed)
     np.random.seed(seed)
     try:
-        import keras
+        import keras  # lazy: seeding data-only work needs no TensorFlow
 
         keras.utils.set_random_seed(seed)
     except ImportError:  # data-only use without TensorFlow

@@ -214,7 +214,9 @@ def cell_statistics(paths: Sequence[str], image_size: int) -> pd.DataFrame:
     Columns: ``L``, ``a``, ``b`` (means), ``L_std``, ``a_std``, ``b_std``, and
     ``nucleus_fraction`` (``look.nucleus_fraction``; NaN where no nucleus was found).
     """
-    from bloodlib.data.pipeline import load_images
+    from bloodlib.data.pipeline import (
+        load_images,  # lazy: decoding needs TensorFlow, a lab's folder does not
+    )
 
     rows = []
     for image in load_images(list(paths), image_size):

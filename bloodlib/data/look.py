@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import threshold_otsu
 
+from bloodlib.core.io import write_with
 from bloodlib.data.stain import (
     PBC_REFERENCE,
     StainReference,
@@ -66,8 +70,6 @@ def nucleus_mask(image: np.ndarray) -> np.ndarray:
     The component kept is the largest one, weighted towards the frame's centre (datasets
     centre the cell they label). Empty when nothing stained stands out.
     """
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
 
     s = stain_channel(image)
     s = ndimage.uniform_filter(s, size=3)  # JPEG noise would break the nucleus into specks
@@ -107,7 +109,6 @@ def zoom(image: np.ndarray, factor: float) -> np.ndarray:
     Padding takes the median colour of the image's border (the slide's background), so a
     shrunken cell sits on background as PBC's do, not on black.
     """
-    from PIL import Image
 
     x = np.asarray(image, dtype=np.float32)
     h, w = x.shape[:2]
@@ -302,7 +303,6 @@ def other_lab(
     For lessons and tests where no real other lab's cells are at hand; RGB float 0..255 in
     and out, same size. Deterministic: the same cell always gives the same picture.
     """
-    from scipy import ndimage
 
     x = np.asarray(image, np.float32)
     if zoom_factor != 1.0:
@@ -324,9 +324,6 @@ def write_other_lab(
     The class layout that ``classify`` and ``adapt`` read. Each file is written atomically;
     ``shift`` goes to :func:`other_lab`. Returns the paths written.
     """
-    from PIL import Image
-
-    from bloodlib.core.io import write_with
 
     out_dir = Path(out_dir)
     written = []

@@ -34,6 +34,7 @@ from bloodlib import CLASSES
 from bloodlib.core.config import cache_dir
 from bloodlib.core.hashing import sha256_rows
 from bloodlib.core.io import write_with
+from bloodlib.core.progress import tqdm
 from bloodlib.data import files
 from bloodlib.data.files import (
     DEFECTS,
@@ -322,7 +323,6 @@ def scan(
 def _scan_files(
     root: Path, relpaths: list[str], progress: bool, workers: int | None, max_pixels: int
 ) -> pd.DataFrame:
-    from bloodlib.core.progress import tqdm
 
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES

@@ -8,10 +8,12 @@ A ``preprocess`` callable can still be applied here for models without it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.data.stain import PBC_STAINS
@@ -33,9 +35,6 @@ def _is_tf_native(data: tf.Tensor) -> tf.Tensor:
 
 def _pillow_rgb(data: bytes, path: bytes) -> np.ndarray:
     """Decode with Pillow to uint8 RGB; errors name the file (TensorFlow's do not)."""
-    import io
-
-    from PIL import Image
 
     name = path.decode("utf-8", "backslashreplace")
     try:

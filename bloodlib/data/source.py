@@ -26,6 +26,7 @@ from bloodlib.core.config import SAMPLE_DIR, cache_dir
 from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_file, sha256_rows, sha256_text
 from bloodlib.core.io import read_json, write_json
+from bloodlib.core.progress import tqdm
 from bloodlib.data.files import class_of
 
 #: The official "download all" zip of Mendeley Data snkd93bnjr v1.
@@ -252,7 +253,6 @@ def extract_zip(archive: Path, dest: Path, *, progress: bool = False) -> int:
 
     ``__MACOSX`` resource forks are skipped; returns the number of files written.
     """
-    from bloodlib.core.progress import tqdm
 
     dest = dest.resolve()
     try:
@@ -523,7 +523,6 @@ def _stream(
     Reads whatever has arrived (``read1``), so the deadline is checked between the
     bytes of a trickle; ``read(n)`` would wait for all ``n`` bytes.
     """
-    from bloodlib.core.progress import tqdm
 
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length and length.isdigit() else None
@@ -567,10 +566,9 @@ def _range_starts_at(content_range: str, offset: int) -> bool:
 
 
 def is_sample(data: str | os.PathLike | None) -> bool:
-    """Whether ``data`` is the embedded sample (by keyword or by a path to it)."""
-    from bloodlib.core.config import SAMPLE_DIR
-
-    if data is None or (isinstance(data, str) and data.strip().lower() == "sample"):
+    """Whether ``data`` is the embedded sample (by keyword or by a path to it): the one
+    answer the notebooks' banner and their differences table both use."""
+    if data is None or (isinstance(data, str) and data.strip().lower() in _SAMPLE_SPECS):
         return True
     try:
         path = Path(data).expanduser().resolve()

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from skimage.color import lab2rgb, rgb2lab
 
 #: Names accepted by ``--normalize`` (``none`` leaves colours alone). A name joined by ``+``
 #: predicts once per normalisation and multiplies the answers (:func:`normalize_views`).
@@ -89,7 +90,6 @@ def _as_float01(image: np.ndarray) -> np.ndarray:
 
 def lab_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of an RGB (0..255) image in CIELAB."""
-    from skimage.color import rgb2lab
 
     lab = rgb2lab(_as_float01(image)).reshape(-1, 3)
     return lab.mean(axis=0), lab.std(axis=0)
@@ -108,7 +108,6 @@ def reinhard(image: np.ndarray, reference: StainReference = PBC_REFERENCE) -> np
 
     Returns float32 RGB in 0..255 (colours outside the RGB gamut are clipped).
     """
-    from skimage.color import lab2rgb, rgb2lab
 
     lab = rgb2lab(_as_float01(image))
     mean = lab.reshape(-1, 3).mean(axis=0)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.paper import ACCURACY
@@ -104,7 +105,6 @@ def paired_comparison(
     the interval reflects only the cells on which they disagree. McNemar's exact test asks
     whether ``only_b`` vs ``only_a`` is more lopsided than 50/50 chance would make it.
     """
-    from scipy.stats import binomtest
 
     y = np.asarray(y_true)
     ca = np.asarray(pred_a) == y

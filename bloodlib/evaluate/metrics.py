@@ -113,6 +113,45 @@ def _binary_auc(is_pos: np.ndarray, score: np.ndarray) -> float | None:
     return float((ranks[is_pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def _per_class(
+    cm: np.ndarray, classes: Sequence[str], y: np.ndarray, p: np.ndarray
+) -> tuple[dict[str, dict[str, Any]], list[float]]:
+    """Precision, sensitivity, specificity, F1, AUC and support per class, from the confusion
+    matrix (rows true, columns predicted); and the F1 values macro F1 averages."""
+    n = int(cm.sum())
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    fp = predicted - tp
+    tn = n - support - fp
+    per_class: dict[str, dict[str, Any]] = {}
+    f1_for_macro: list[float] = []
+    for c, name in enumerate(classes):
+        sup, pred_c = int(support[c]), int(predicted[c])
+        sens = tp[c] / sup if sup else None
+        if pred_c:
+            prec = tp[c] / pred_c
+        else:
+            prec = 0.0 if sup else None  # zero_division=0 only where the class matters
+        negatives = n - sup
+        spec = tn[c] / negatives if negatives else None
+        if sup == 0 and pred_c == 0:
+            f1 = None  # class not involved at all: leave it out of macro F1, like sklearn
+        else:
+            denom = 2 * tp[c] + fp[c] + (sup - tp[c])
+            f1 = 2 * tp[c] / denom if denom else 0.0
+            f1_for_macro.append(float(f1))
+        per_class[name] = {
+            "precision": None if prec is None else float(prec),
+            "sensitivity": None if sens is None else float(sens),
+            "specificity": None if spec is None else float(spec),
+            "f1": None if f1 is None else float(f1),
+            "auc": _binary_auc(y == c, p[:, c]),
+            "support": sup,
+        }
+    return per_class, f1_for_macro
+
+
 def evaluate(
     y_true: Any,
     proba: Any,
@@ -146,38 +185,7 @@ def evaluate(
     y_pred = p.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y, y_pred), 1)
-
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    fp = predicted - tp
-    tn = n - support - fp
-
-    per_class: dict[str, dict[str, Any]] = {}
-    f1_for_macro: list[float] = []
-    for c, name in enumerate(classes):
-        sup, pred_c = int(support[c]), int(predicted[c])
-        sens = tp[c] / sup if sup else None
-        if pred_c:
-            prec = tp[c] / pred_c
-        else:
-            prec = 0.0 if sup else None  # zero_division=0 only where the class matters
-        negatives = n - sup
-        spec = tn[c] / negatives if negatives else None
-        if sup == 0 and pred_c == 0:
-            f1 = None  # class not involved at all: leave it out of macro F1, like sklearn
-        else:
-            denom = 2 * tp[c] + fp[c] + (sup - tp[c])
-            f1 = 2 * tp[c] / denom if denom else 0.0
-            f1_for_macro.append(float(f1))
-        per_class[name] = {
-            "precision": None if prec is None else float(prec),
-            "sensitivity": None if sens is None else float(sens),
-            "specificity": None if spec is None else float(spec),
-            "f1": None if f1 is None else float(f1),
-            "auc": _binary_auc(y == c, p[:, c]),
-            "support": sup,
-        }
+    per_class, f1_for_macro = _per_class(cm, classes, y, p)
 
     aucs = [m["auc"] for m in per_class.values() if m["auc"] is not None]
     recalls = [m["sensitivity"] for m in per_class.values() if m["sensitivity"] is not None]

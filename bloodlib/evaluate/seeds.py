@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bloodlib import CLASSES
+from bloodlib.core.config import split_seed_name
 from bloodlib.evaluate import mistakes
 from bloodlib.evaluate.results import Evaluation, same_test_cells
 
@@ -59,7 +60,6 @@ def seed_group(entry: Mapping[str, Any]) -> tuple[str, bool]:
     """``(model, tta)``: which model a metrics entry is one training seed of. ``model`` is the
     first seed's model name (its file stem without ``_seed<N>``), so two different recipes of
     one backbone (e.g. ``_finetune`` and ``_robust``) never pool into one spread."""
-    from bloodlib.core.config import split_seed_name
 
     tta = bool(entry.get("tta"))
     path = entry.get("model_path")

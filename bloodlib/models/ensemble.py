@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.models.saved import (
@@ -141,7 +143,6 @@ def check_out_path(
 
 def average_model(models: Sequence[Any], name: str = "ensemble") -> Any:
     """One Keras model: a shared input, each member on it, the mean of their probabilities."""
-    import keras
 
     first = models[0]
     inputs = keras.Input(first.input_shape[1:], name="image")

@@ -49,6 +49,9 @@ FORMATS: dict[str, tuple[str, str]] = {
     "pickle": (".joblib", "svm"),
 }
 
+#: The file names a saved model may have (each beside its JSON sidecar).
+MODEL_SUFFIXES: tuple[str, ...] = tuple(suffix for suffix, _ in FORMATS.values())
+
 #: Sidecar fields that say what the model's outputs mean. ``binding_sha256`` hashes them
 #: with ``model_sha256``: editing any of them (reordering ``classes``) breaks the binding.
 BOUND_KEYS = ("method", "backbone", "classes", "image_size", "weights")

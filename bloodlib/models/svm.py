@@ -13,14 +13,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
+import skops.io as sio
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
+from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.errors import UnsafeModelError
 from bloodlib.core.io import write_with
 
@@ -52,7 +55,7 @@ def _features_steps() -> list:
     return [("power", FunctionTransformer(signed_sqrt)), ("scale", StandardScaler())]
 
 
-def make_pipeline(seed: int = 42) -> Pipeline:
+def make_pipeline(seed: int = DEFAULT_SEED) -> Pipeline:
     return Pipeline([*_features_steps(), ("svc", SVC(class_weight="balanced", random_state=seed))])
 
 
@@ -62,7 +65,7 @@ def fit_svm(
     *,
     grid: list[dict] | None = None,
     cv: int = 3,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     n_jobs: int = -1,
 ) -> SVMResult:
     """Grid-search on (X, y) with stratified CV, then refit the best with probabilities.
@@ -137,14 +140,12 @@ LOADABLE_TYPES: tuple[str, ...] = TRUSTED_TYPES + LEGACY_TYPES
 
 def save(model: Pipeline, path: str | Path) -> Path:
     """Write the pipeline with skops (atomically): a format that cannot run code on load."""
-    import skops.io as sio
 
     return write_with(path, lambda p: sio.dump(model, p), suffix=".skops")
 
 
 def load(path: str | Path) -> Pipeline:
     """A pipeline saved by :func:`save`; a file holding any type outside the trusted ones is refused."""
-    import skops.io as sio
 
     try:
         found = set(sio.get_untrusted_types(file=path))
@@ -183,7 +184,6 @@ def _legacy_module_names() -> Iterator[None]:
 def load_pickle(path: str | Path) -> Pipeline:
     """An SVM pickled by an older bloodlib (``.joblib``). Unpickling runs code from the file:
     call this only for a file the user said they trust (``--trust-pickle``)."""
-    import joblib
 
     return _checked(joblib.load(path), path)
 

@@ -30,11 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.errors import BloodlibError
+from bloodlib.data.pipeline import load_images
+from bloodlib.models.backbones import leaves
 
 #: Images per forward/backward pass: bounds memory (a 224 px Lite0 batch of 16 needs ~0.5 GB).
 BATCH_SIZE = 16
@@ -111,7 +115,6 @@ def _node_in(sub: Any, parent: Any) -> Any:
 
 def _cut(inputs: Any, outputs: Any, where: str) -> Callable[[Any], Any] | None:
     """A model from ``inputs`` to ``outputs`` (tensors of one graph); None when they are the same."""
-    import keras
 
     if inputs is outputs:
         return None
@@ -131,7 +134,6 @@ def _logits(model: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     layer with ``activation="softmax"`` (the bloodlib head) is replaced by a linear copy
     given the same weights at every call. Any other output is taken as the scores.
     """
-    import keras
 
     last = model.outputs[0]._keras_history.operation
     act = getattr(last, "activation", None)
@@ -198,9 +200,6 @@ def _crop_box(model: Any, h: int, w: int) -> tuple[int, int, int, int]:
     The whole ``h`` x ``w`` frame, unless a ``CenterCrop`` layer (``FinetuneConfig.crop``)
     keeps only its centre: then the map covers that centre square and nothing else.
     """
-    import keras
-
-    from bloodlib.models.backbones import leaves
 
     for layer in leaves(model):
         if isinstance(layer, keras.layers.CenterCrop):
@@ -212,7 +211,6 @@ def _crop_box(model: Any, h: int, w: int) -> tuple[int, int, int, int]:
 
 def _to_frame(cam: Any, box: tuple[int, int, int, int], h: int, w: int) -> Any:
     """Upsample ``(N, h', w', 1)`` maps onto their box; zero outside it. ``(N, h, w)``."""
-    import tensorflow as tf
 
     top, left, ch, cw = box
     cam = tf.image.resize(cam, (ch, cw), method="bilinear")
@@ -252,7 +250,6 @@ def grad_cam(
     feature map; all zeros where no location speaks for the class, and outside the centre
     square a model that crops (``FinetuneConfig.crop``) never sees).
     """
-    import tensorflow as tf
 
     model = keras_model(model)
     x = np.asarray(images)
@@ -291,27 +288,6 @@ def grad_cam(
     return np.clip(np.concatenate(maps), 0.0, 1.0).astype(np.float32)
 
 
-def overlay(image: Any, heatmap: Any, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    """``image`` (H, W, 3; 0..255) with ``heatmap`` (h, w; 0..1) drawn over it in ``cmap``.
-
-    A heatmap of another size is resized (bilinear) to the image. Returns uint8 RGB.
-    """
-    import matplotlib  # colour maps only; no figure is drawn here
-    from PIL import Image
-
-    img = np.clip(np.asarray(image, np.float32), 0, 255)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise CamError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
-    heat = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
-    if heat.ndim != 2:
-        raise CamError(f"heatmap must be (H, W), got shape {heat.shape}")
-    if heat.shape != img.shape[:2]:
-        resized = Image.fromarray(heat, mode="F").resize(img.shape[1::-1], Image.BILINEAR)
-        heat = np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
-    colour = matplotlib.colormaps[cmap](heat)[..., :3] * 255.0
-    return np.clip((1 - alpha) * img + alpha * colour, 0, 255).round().astype(np.uint8)
-
-
 def _pick(rows: pd.Index, n: int, rng: np.random.Generator) -> list[int]:
     if len(rows) <= n:
         return list(rows)
@@ -336,7 +312,6 @@ def cam_examples(
     cell: ``path, label, predicted, probability, correct, cam`` (``cam`` an
     (image_size, image_size) array) and ``image`` (the uint8 pixels the map is of).
     """
-    from bloodlib.data.pipeline import load_images
 
     proba = np.asarray(proba)
     if len(proba) != len(frame) or proba.ndim != 2 or proba.shape[1] != len(classes):

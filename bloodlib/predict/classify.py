@@ -40,6 +40,7 @@ from bloodlib.data.look import (
     lab_zoom,
     make_transform,
 )
+from bloodlib.data.pipeline import load_images
 from bloodlib.evaluate import reject
 from bloodlib.evaluate.calibration import log_average
 from bloodlib.evaluate.metrics import evaluate, per_class_table
@@ -229,78 +230,41 @@ def classify_folder(
 ) -> ClassifyResult:
     """Predict every image under ``folder``; unreadable files are reported, never fatal.
 
-    ``engine`` (``auto``, ``keras``, ``tflite``) and ``tta`` (average over the 8 flips
-    and rotations) apply to fine-tuned networks: see ``bloodlib.predict.inference``. The output
-    path, the model and its sidecar are all checked before any file is read;
-    ``trust_pickle`` allows an old pickled SVM, which can run code (see ``bloodlib.models.saved``).
-
-    ``classes`` (``"a,b,c"`` or a list, any case) restricts the predicted class and its
-    probability to those classes, renormalised; the CSV's ``p_<class>`` columns keep the
-    model's own probabilities for every class, and metrics are scored among the allowed
-    classes. ``reject_below`` marks cells whose (temperature-scaled, restricted)
-    probability is below it ``uncertain``, with their prediction still shown; None takes
-    the sidecar's ``reject_threshold`` if a study recorded one, 0 turns rejection off.
-    ``normalize`` (``reinhard`` per image, ``macenko`` with the folder's stains,
-    ``reinhard+macenko`` predicted after each and multiplied) and ``rescale_cell`` move
-    the images towards PBC's colours and cell size first (fine-tuned networks only; see
-    ``bloodlib.data.stain`` and ``bloodlib.data.look``).
+    The output path, the model and its sidecar are checked before any file is read
+    (``trust_pickle`` allows an old pickled SVM, which can run code). For fine-tuned networks:
+    ``engine`` (``auto``, ``keras``, ``tflite``), ``tta`` (the 8 flips and rotations averaged),
+    ``normalize`` and ``rescale_cell`` (colours and cell size moved towards PBC's first:
+    :class:`LabMoves`). ``classes`` restricts the answer to some classes (the CSV's
+    ``p_<class>`` keep every class); ``reject_below`` marks cells below that probability
+    ``uncertain`` (None: the sidecar's threshold; 0: off). On a class layout the folder
+    labels are scored, leaving out the cells the model learnt from (``seen_in_training``).
     """
-    start = time.perf_counter()
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
-    if batch_size < 1 or (workers is not None and workers < 1):
-        raise ValueError(f"batch_size ({batch_size}) and workers ({workers}) must be at least 1")
-    if out_csv:
-        out_csv = check_output_path(out_csv, folder, model_path)
-    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
-        raise ValueError(f"reject_below is {reject_below}: give a probability in 0..1")
+    start, folder = time.perf_counter(), Path(folder)
+    out_csv = _check_request(model_path, folder, out_csv, batch_size, workers, reject_below)
     normalize = stain.check_normalize(normalize)
     clf = _open(model_path, trust_pickle, tta or normalize != "none" or rescale_cell)
     allowed = None if classes is None else reject.parse_classes(classes, clf.classes)
-    temperature = float(clf.info.get("temperature") or 1.0)
-    threshold = clf.info.get("reject_threshold") if reject_below is None else reject_below
-    threshold = None if not threshold else float(threshold)  # 0: every cell answered
+    temperature, threshold = _rejection(clf, reject_below)
     clf.prepare(engine, batch_size)  # a model that does not match its sidecar fails here
     files = _inspect(folder, workers)
     ok = files["status"].isin(CLASSIFIABLE)
     good = files[ok].reset_index(drop=True)
-    table = files[["relpath"]].copy()
-    table["status"] = np.where(ok, "classified", "skipped")
-    table["reason"] = np.where(ok, "", files["reason"])
-    for col in ("predicted", "probability", "top3"):
-        table[col] = None
+    table = _new_table(files, ok)
     look = _look(good)
-    views = stain.normalize_views(normalize)
-    zoom, lab_stains = _lab_moves(good, views, rescale_cell, clf.image_size, folder)
+    moves = _lab_moves(good, normalize, rescale_cell, clf.image_size, folder)
     answers = allowed or clf.classes  # the classes a prediction may name, in model order
     shown = np.zeros((0, len(answers)))
     n_uncertain = 0
     if len(good):
-        transforms = [make_transform(v, zoom and zoom[v], stains=lab_stains) for v in views]
-        probas = clf.predict_proba_views(
-            good["path"].tolist(),
-            transforms,
-            hashes=good["sha256"].tolist(),
-            batch_size=batch_size,
-            progress=progress,
-            engine=engine,
-            tta=tta,
+        proba = _predict(
+            clf, good, moves, batch_size=batch_size, progress=progress, engine=engine, tta=tta
         )
-        proba = probas[0] if len(probas) == 1 else log_average(probas)
         shown = reject.restrict(proba, clf.classes, allowed, temperature)
         n_uncertain = _fill_predictions(table, ok, proba, shown, clf.classes, answers, threshold)
     seen = _seen_in_training(clf, table, good, ok)
-    metrics, unscored, excluded = _score_labels(
-        table,
-        good,
-        ok,
-        shown,
-        clf.classes,
-        answers,
-        threshold,
-        fresh=None if seen is None else ~seen,
-    )
+    fresh = None if seen is None else ~seen
+    scores = _score_labels(table, good, ok, shown, clf.classes, answers, threshold, fresh=fresh)
+    metrics, unscored, excluded = scores
     if metrics is not None:
         metrics.update(temperature=temperature, classes_allowed=allowed)
     out = None
@@ -320,14 +284,49 @@ def classify_folder(
         reject_threshold=threshold,
         temperature=temperature,
         normalize=normalize,
-        zoom=zoom,
-        lab_stains=lab_stains,
+        zoom=moves.zoom,
+        lab_stains=moves.stains,
         look=look,
         adapted="adapt" in clf.info,
         n_uncertain=n_uncertain,
         excluded=excluded,
         n_seen=None if seen is None else int(seen.sum()),
     )
+
+
+def _check_request(
+    model_path: str | Path,
+    folder: Path,
+    out_csv: str | Path | None,
+    batch_size: int,
+    workers: int | None,
+    reject_below: float | None,
+) -> Path | None:
+    """Every argument checked before the model is read: the folder, the numbers, the output."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    if batch_size < 1 or (workers is not None and workers < 1):
+        raise ValueError(f"batch_size ({batch_size}) and workers ({workers}) must be at least 1")
+    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
+        raise ValueError(f"reject_below is {reject_below}: give a probability in 0..1")
+    return check_output_path(out_csv, folder, model_path) if out_csv else None
+
+
+def _rejection(clf: Classifier, reject_below: float | None) -> tuple[float, float | None]:
+    """The temperature and the threshold below which a cell is left ``uncertain``: the
+    sidecar's unless ``reject_below`` is given; None (0 given): every cell answered."""
+    threshold = clf.info.get("reject_threshold") if reject_below is None else reject_below
+    return float(clf.info.get("temperature") or 1.0), (float(threshold) if threshold else None)
+
+
+def _new_table(files: pd.DataFrame, ok: pd.Series) -> pd.DataFrame:
+    """The CSV's rows before predicting: every file, classified or skipped with its reason."""
+    table = files[["relpath"]].copy()
+    table["status"] = np.where(ok, "classified", "skipped")
+    table["reason"] = np.where(ok, "", files["reason"])
+    for col in ("predicted", "probability", "top3"):
+        table[col] = None
+    return table
 
 
 def _open(model_path: str | Path, trust_pickle: bool, network_only: bool) -> Classifier:
@@ -367,19 +366,42 @@ def _look(good: pd.DataFrame) -> FolderLook | None:
         return None
 
 
+@dataclass
+class LabMoves:
+    """What is done to a folder's cells before the model: the colour moves (one prediction
+    after each, multiplied), the lab's stains (``macenko``), one zoom per colour move."""
+
+    views: tuple[str, ...]
+    zoom: dict[str, float] | None = None
+    stains: stain.StainVectors | None = None
+
+    def transforms(self) -> list:
+        """One batch transform per view (``look.make_transform``; None: the cells as decoded)."""
+        zoom = self.zoom or {}
+        return [make_transform(v, zoom.get(v), stains=self.stains) for v in self.views]
+
+
 def _lab_moves(
-    good: pd.DataFrame, views: Sequence[str], rescale_cell: bool, image_size: int, folder: Path
-) -> tuple[dict[str, float] | None, stain.StainVectors | None]:
+    good: pd.DataFrame, normalize: str, rescale_cell: bool, image_size: int, folder: Path
+) -> LabMoves:
     """The lab-wide parts of the normalisation, measured once on the folder's cells: the
     lab's stains (``macenko``) and one zoom per colour move (``--rescale-cell``)."""
-    zoom, lab_stains = None, None
-    if (rescale_cell or "macenko" in views) and len(good):
+    moves = LabMoves(stain.normalize_views(normalize))
+    if (rescale_cell or "macenko" in moves.views) and len(good):
         sample = lab_sample(good["path"].tolist(), image_size)
-        if "macenko" in views:
-            lab_stains = stain.macenko_stains(sample, source=str(folder))
+        if "macenko" in moves.views:
+            moves.stains = stain.macenko_stains(sample, source=str(folder))
         if rescale_cell:  # measured after each colour move, as the network will see the cells
-            zoom = {v: lab_zoom(sample, v, stains=lab_stains) for v in views}
-    return zoom, lab_stains
+            moves.zoom = {v: lab_zoom(sample, v, stains=moves.stains) for v in moves.views}
+    return moves
+
+
+def _predict(clf: Classifier, good: pd.DataFrame, moves: LabMoves, **options: Any) -> np.ndarray:
+    """The model's probabilities for every usable cell, after each view, multiplied."""
+    probas = clf.predict_proba_views(
+        good["path"].tolist(), moves.transforms(), hashes=good["sha256"].tolist(), **options
+    )
+    return probas[0] if len(probas) == 1 else log_average(probas)
 
 
 def _fill_predictions(
@@ -474,7 +496,6 @@ def lab_sample(paths: list[str], image_size: int) -> list[np.ndarray]:
     """The cells a folder's lab-wide normalisation is measured on: up to
     ``ZOOM_SAMPLE`` of them, evenly spread over the sorted paths (so every class of a
     class layout contributes), decoded as the model sees them."""
-    from bloodlib.data.pipeline import load_images
 
     pick = np.unique(np.linspace(0, len(paths) - 1, min(ZOOM_SAMPLE, len(paths))).round())
     return list(load_images([paths[int(i)] for i in pick], image_size))

@@ -298,6 +298,7 @@ def _to_tflite(model: Any, path: Path, image_size: int) -> tuple[Callable, dict]
 
 def _to_onnx(model: Any, path: Path, image_size: int) -> tuple[Callable, dict]:
     try:
+        # lazy: ONNX is an optional extra (pip install bloodlib[export])
         import onnxruntime as ort
         import tf2onnx
     except ImportError as exc:

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from bloodlib.core import quiet
 from bloodlib.core.config import cache_dir
 from bloodlib.core.errors import BloodlibError
 from bloodlib.core.io import atomic_path
+from bloodlib.core.progress import tqdm
+from bloodlib.data.pipeline import make_dataset
 
 ENGINES = ("auto", "keras", "tflite")
 
@@ -53,7 +56,6 @@ def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
 
 
 def gpu_visible() -> bool:
-    import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
 
@@ -68,7 +70,6 @@ def resolve_engine(engine: str = "auto") -> str:
 
 
 def tflite_cache_path(model_sha256: str) -> Path:
-    import tensorflow as tf
 
     # The converter's output can change between TensorFlow versions: part of the key.
     return cache_dir() / "tflite" / f"{model_sha256[:32]}-tf{tf.__version__}.tflite"
@@ -76,7 +77,6 @@ def tflite_cache_path(model_sha256: str) -> Path:
 
 def convert_to_tflite(model: Any, out_path: str | Path) -> Path:
     """Write a float32 TFLite copy of a Keras model, atomically; quiet on stdout."""
-    import tensorflow as tf
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,12 +98,10 @@ def convert_to_tflite(model: Any, out_path: str | Path) -> Path:
 
 def _interpreter_class():
     try:  # the maintained home of the interpreter, where installed
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # optional: the standalone LiteRT
 
         return Interpreter
     except ImportError:
-        import tensorflow as tf
-
         return tf.lite.Interpreter
 
 
@@ -150,7 +148,6 @@ class TFLiteModel:
 
 def keras_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """``model(x, training=False)`` in a ``tf.function``: no ``predict`` overhead per call."""
-    import tensorflow as tf
 
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     return lambda x: np.asarray(fn(tf.convert_to_tensor(x, tf.float32)))
@@ -218,7 +215,6 @@ def decoded_chunks(
     full either way: decode (~2.4 ms of CPU per 360 px JPEG, mostly the antialiased
     resize) and the forward (~9 ms) add up, whatever the order.
     """
-    from bloodlib.data.pipeline import make_dataset
 
     n = batch_size * chunk_batches
     for start in range(0, len(paths), n):
@@ -256,7 +252,6 @@ def predict_views(
     """Class probabilities after each of ``transforms`` (None: the images as decoded), one
     array per transform, from one pass over ``batches``: each image is decoded once, however
     many views of it are predicted (``classify --normalize reinhard+macenko``)."""
-    from bloodlib.core.progress import tqdm
 
     if not transforms:
         raise ValueError("predict_views needs at least one transform (None: the images as decoded)")

@@ -30,10 +30,15 @@ import numpy as np
 import pandas as pd
 
 from bloodlib import CLASSES
-from bloodlib.core.config import DEFAULT_SEED, robust_name
+from bloodlib.core.config import DEFAULT_SEED, ensemble_name, robust_name
+from bloodlib.core.hashing import sha256_file
 from bloodlib.core.io import write_json
 from bloodlib.data import look, stain
 from bloodlib.evaluate import reject, results
+from bloodlib.models.saved import read_sidecar, sidecar_path
+from bloodlib.train import adapt
+from bloodlib.train.finetune import train
+from bloodlib.train.recipe import FinetuneConfig
 
 #: Bootstrap resamples for the robust model's metrics.json entry (as notebook 04's full runs).
 N_BOOT = 1000
@@ -51,9 +56,6 @@ N_BOOT = 1000
 def seed_ensemble_path(model_path: str | Path) -> Path | None:
     """The ensemble of ``model_path``'s training seeds beside it (notebook 03 writes it when
     ``n_seeds`` > 1), if there is one and ``model_path`` is among its members; else ``None``."""
-    from bloodlib.core.config import ensemble_name
-    from bloodlib.core.hashing import sha256_file
-    from bloodlib.models.saved import read_sidecar
 
     model_path = Path(model_path)
     path = model_path.with_name(f"{ensemble_name(model_path.stem)}.keras")
@@ -81,7 +83,6 @@ def base_model_path(run_dir: str | Path, model_name: str | None = None) -> Path:
                 f"model_name = {model_name!r}: no {path}; the run's networks are: "
                 f"{', '.join(sorted(p.name for p in models.glob('*.keras'))) or 'none'}"
             )
-        from bloodlib.models.saved import read_sidecar, sidecar_path
 
         # (A missing sidecar is load_classifier's to report, with its fix.)
         if sidecar_path(path).is_file() and read_sidecar(path).get("ensemble"):
@@ -247,7 +248,6 @@ def robust_config(base_info: Mapping[str, Any], **changes: Any):
     Keys the sidecar holds but :class:`~bloodlib.train.recipe.FinetuneConfig` does not know
     (an older or newer bloodlib) are dropped rather than failing.
     """
-    from bloodlib.train.recipe import FinetuneConfig
 
     cfg = dict(base_info.get("config") or {})
     if not cfg:
@@ -277,7 +277,6 @@ def train_robust(
     ``finetune.train``'s naming and resume: a finished model with the same recipe and cells
     returns at once, an interrupted one resumes.
     """
-    from bloodlib.train.finetune import train
 
     cfg = robust_config(base_info, **changes)
     train_df = split[split["split"] == "train"]
@@ -335,7 +334,6 @@ def adapt_curve(
     among them: the score is transductive, as for a lab that adapts on the batch it classifies.
     Columns: :data:`CURVE_COLUMNS`.
     """
-    from bloodlib.train import adapt
 
     if repeats < 1:
         raise ValueError(f"repeats is {repeats}: adapt at least once per number of shots")

@@ -49,7 +49,7 @@ def _ipc_kernel_manager() -> type:
     user could connect to it; IPC sockets are files with the user's permissions. Falls back to
     the default where Unix sockets do not exist (Windows).
     """
-    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.manager import AsyncKernelManager  # lazy: see the module docstring
 
     if os.name != "posix":
         return AsyncKernelManager
@@ -83,7 +83,7 @@ def execute_notebook(
     progress: bool,
 ) -> None:
     """Execute one notebook into ``output`` atomically; keep a partial one on failure."""
-    import papermill
+    import papermill  # lazy: see the module docstring
 
     failed = output.with_name(f"{plan.name}.failed.ipynb")
     with atomic_path(output) as tmp:

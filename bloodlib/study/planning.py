@@ -60,7 +60,7 @@ def find_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
 
 def _declared(path: Path) -> tuple[list[str], str | None]:
     """Parameter names declared by the notebook's ``parameters`` cell, and its kernel name."""
-    import papermill
+    import papermill  # lazy: it costs seconds, and planning must refuse a bad run at once
 
     try:
         declared = list(papermill.inspect_notebook(path))
@@ -126,6 +126,60 @@ def _resolve_data(spec: Any, profile: str) -> str:
     return str(path)
 
 
+@dataclass
+class _Layers:
+    """The parameters a run stacks, lowest first: the profile, ``--params``, ``-p``; each
+    split into keys for every notebook (``flat``) and keys for one (``by_notebook``)."""
+
+    profile: tuple[dict[str, Any], dict[str, dict[str, Any]]]
+    file: tuple[dict[str, Any], dict[str, dict[str, Any]]]
+    cli: tuple[dict[str, Any], dict[str, dict[str, Any]]]
+
+    def for_notebook(self, nb: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(what the profile gives ``nb``, everything merged for ``nb``)."""
+        from_profile = {**self.profile[0], **(self.profile[1].get(nb) or {})}
+        merged = dict(from_profile)
+        for flat, scoped in (self.file, self.cli):
+            merged.update(flat)
+            merged.update(scoped.get(nb) or {})
+        return from_profile, merged
+
+    def user_keys(self, nb: str | None = None) -> set[str]:
+        """Keys the user set (not the profile): for every notebook, or scoped to ``nb``."""
+        if nb is None:
+            return set(self.file[0]) | set(self.cli[0])
+        return set(self.file[1].get(nb, {})) | set(self.cli[1].get(nb, {}))
+
+
+def _layers(
+    profile: str,
+    overrides: Mapping[str, Any] | None,
+    params_file: str | os.PathLike | None,
+    profiles_file: Path,
+) -> _Layers:
+    profiles = load_profiles(profiles_file)
+    if profile not in profiles:
+        raise RunError(f"unknown profile {profile!r}; choose one of {list(profiles)}")
+    prof = profiles[profile]
+    from_profile = split_layer(
+        {"common": prof.get("common"), "notebooks": prof.get("notebooks")}, f"profile {profile!r}"
+    )
+    from_file: tuple[dict[str, Any], dict[str, dict[str, Any]]] = ({}, {})
+    if params_file is not None:
+        try:
+            layer = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RunError(f"cannot read parameters file {params_file}: {exc}") from exc
+        if not isinstance(layer, dict):
+            raise RunError(f"{params_file}: expected a mapping of parameters")
+        from_file = split_layer(layer, str(params_file))
+    from_cli = split_layer(dict(overrides or {}), "-p")
+    user = (from_file[0], from_cli[0], *from_file[1].values(), *from_cli[1].values())
+    if any("run_dir" in layer for layer in user):
+        raise RunError("run_dir is chosen by the runner: use --name and --runs-root instead")
+    return _Layers(from_profile, from_file, from_cli)
+
+
 def plan_study(
     profile: str = "sample",
     data: str | os.PathLike | None = None,
@@ -136,89 +190,59 @@ def plan_study(
     profiles_file: Path = PROFILES_FILE,
 ) -> list[NotebookPlan]:
     """Work out each notebook's parameters without running anything (validates everything)."""
-    profiles = load_profiles(profiles_file)
-    if profile not in profiles:
-        raise RunError(f"unknown profile {profile!r}; choose one of {list(profiles)}")
-    prof = profiles[profile]
-    prof_flat, prof_nb = split_layer(
-        {"common": prof.get("common"), "notebooks": prof.get("notebooks")}, f"profile {profile!r}"
-    )
-    file_flat: dict[str, Any] = {}
-    file_nb: dict[str, dict[str, Any]] = {}
-    if params_file is not None:
-        try:
-            layer = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise RunError(f"cannot read parameters file {params_file}: {exc}") from exc
-        if not isinstance(layer, dict):
-            raise RunError(f"{params_file}: expected a mapping of parameters")
-        file_flat, file_nb = split_layer(layer, str(params_file))
-    over_flat, over_nb = split_layer(dict(overrides or {}), "-p")
-    if any(
-        "run_dir" in layer for layer in (file_flat, over_flat, *file_nb.values(), *over_nb.values())
-    ):
-        raise RunError("run_dir is chosen by the runner: use --name and --runs-root instead")
-
+    layers = _layers(profile, overrides, params_file, profiles_file)
     # data is one value for the whole run, so only unscoped layers may set it. Checked first:
     # a wrong --data is the most likely mistake and the cheapest to report.
-    spec = prof_flat.get("data")
-    for flat in (file_flat, over_flat):
+    spec = layers.profile[0].get("data")
+    for flat, _ in (layers.file, layers.cli):
         spec = flat.get("data", spec)
     if data is not None:
         spec = os.fspath(data)
-    data_value = _resolve_data(spec, profile)
-
+    runner_values = {
+        "data": _resolve_data(spec, profile),
+        "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
+    }
     paths = find_notebooks(notebooks_dir)
     names = [p.stem for p in paths]
     # The profile may describe notebooks absent here (e.g. a test folder): not an error.
-    check_scoped(file_nb, names, str(params_file))
-    check_scoped(over_nb, names, "-p")
-    run_dir_value = str(Path(run_dir).resolve()) if run_dir else None
-
-    plans = []
-    user_keys: dict[str, set[str]] = {"": set(file_flat) | set(over_flat)}
-    for nb in names:
-        user_keys[nb] = set(file_nb.get(nb, {})) | set(over_nb.get(nb, {}))
-    declared_anywhere: set[str] = set()
-    for path in paths:
-        declared, kernel = _declared(path)
-        declared_anywhere.update(declared)
-        from_profile = {**prof_flat, **(prof_nb.get(path.stem) or {})}
-        merged: dict[str, Any] = dict(from_profile)
-        for layer in (file_flat, file_nb.get(path.stem)):
-            merged.update(layer or {})
-        merged.update(over_flat)
-        merged.update(over_nb.get(path.stem, {}))
-        merged["data"] = data_value
-        merged["run_dir"] = run_dir_value
-        params = {k: v for k, v in merged.items() if k in declared or k in ALWAYS_PASSED}
-        bad = user_keys[path.stem] - set(declared) - set(ALWAYS_PASSED)
-        if bad:
-            raise RunError(f"{path.stem} has no parameter(s) {sorted(bad)}; it declares {declared}")
-        defaults = notebook_defaults(path)
-        for key, value in params.items():
-            if key not in ALWAYS_PASSED:  # chosen by the runner, checked above
-                check_parameter(
-                    path.stem,
-                    key,
-                    value,
-                    defaults.get(key),
-                    key in defaults,
-                    from_profile.get(key, ABSENT),
-                )
-        for key in FOLDER_PARAMETERS:
-            if isinstance(params.get(key), str):  # the kernel runs elsewhere: pass it absolute
-                params[key] = str(Path(params[key]).expanduser().resolve())
-        plans.append(NotebookPlan(path.stem, path, declared, params, kernel, defaults))
-
+    check_scoped(layers.file[1], names, str(params_file))
+    check_scoped(layers.cli[1], names, "-p")
+    plans = [_plan(path, layers, runner_values) for path in paths]
     # A typo in --params/-p would otherwise be dropped silently.
-    unknown = user_keys[""] - declared_anywhere - set(ALWAYS_PASSED)
+    declared_anywhere = {key for plan in plans for key in plan.declared}
+    unknown = layers.user_keys() - declared_anywhere - set(ALWAYS_PASSED)
     if unknown:
         raise RunError(
             f"unknown parameter(s) {sorted(unknown)}: no notebook declares them "
             f"(declared: {sorted(declared_anywhere)})"
         )
     return plans
+
+
+def _plan(path: Path, layers: _Layers, runner_values: Mapping[str, Any]) -> NotebookPlan:
+    """One notebook's plan: the declared parameters it gets, each checked against its rule."""
+    declared, kernel = _declared(path)
+    from_profile, merged = layers.for_notebook(path.stem)
+    merged.update(runner_values)
+    params = {k: v for k, v in merged.items() if k in declared or k in ALWAYS_PASSED}
+    bad = layers.user_keys(path.stem) - set(declared) - set(ALWAYS_PASSED)
+    if bad:
+        raise RunError(f"{path.stem} has no parameter(s) {sorted(bad)}; it declares {declared}")
+    defaults = notebook_defaults(path)
+    for key, value in params.items():
+        if key not in ALWAYS_PASSED:  # chosen by the runner, checked above
+            check_parameter(
+                path.stem,
+                key,
+                value,
+                defaults.get(key),
+                key in defaults,
+                from_profile.get(key, ABSENT),
+            )
+    for key in FOLDER_PARAMETERS:
+        if isinstance(params.get(key), str):  # the kernel runs elsewhere: pass it absolute
+            params[key] = str(Path(params[key]).expanduser().resolve())
+    return NotebookPlan(path.stem, path, declared, params, kernel, defaults)
 
 
 def check_weights(plans: list[NotebookPlan]) -> None:
@@ -234,7 +258,7 @@ def check_weights(plans: list[NotebookPlan]) -> None:
             wanted[name] = files.get(name, "imagenet")
     if not wanted or set(wanted) == {"efficientnet_lite0"}:
         return  # the offline backbone: nothing to check, and no Keras import for the runner
-    from bloodlib.models import backbones
+    from bloodlib.models import backbones  # lazy: it imports Keras, which planning never needs
 
     problems = []
     for name, weights in wanted.items():

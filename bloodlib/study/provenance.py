@@ -148,7 +148,7 @@ def kernel_info(name: str | None) -> dict[str, Any]:
     if not name:
         return info
     try:
-        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.kernelspec import KernelSpecManager  # lazy: only for a named kernel
 
         spec = KernelSpecManager().get_kernel_spec(name)
         info["argv"] = list(spec.argv)

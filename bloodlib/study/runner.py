@@ -29,6 +29,7 @@ from typing import Any
 from bloodlib.core.config import NOTEBOOKS_DIR
 from bloodlib.core.io import read_json, write_json
 from bloodlib.data import source
+from bloodlib.study import provenance
 from bloodlib.study.kernels import execute_notebook, kernel_environment
 from bloodlib.study.parameters import (
     run_dir_for,
@@ -200,7 +201,6 @@ def run_study(
     RunLock(run_dir).check_free()  # a busy run folder is the quickest refusal
     plans = plan_study(profile, data, overrides, params_file, run_dir, notebooks_dir)
     check_weights(plans)
-    from bloodlib.study import provenance
 
     # Part of every notebook's hash: a changed library or data source is not "unchanged".
     context = {
@@ -290,7 +290,6 @@ def _write_provenance(
     status: str,
     context: Mapping[str, Any],
 ) -> None:
-    from bloodlib.study import provenance
 
     kernels = {kernel or p.kernel for p in plans}
     record = provenance.collect(

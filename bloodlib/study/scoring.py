@@ -16,16 +16,14 @@ import pandas as pd
 
 from bloodlib import CLASSES
 from bloodlib.core import paper
-from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.core.config import DEFAULT_SEED, ROBUST_SUFFIX, split_seed_name, training_seeds
 from bloodlib.core.errors import BloodlibError
 from bloodlib.data.split import overlap
-from bloodlib.evaluate import calibration
+from bloodlib.evaluate import calibration, reject
 from bloodlib.evaluate import metrics as ev
 from bloodlib.evaluate.results import Evaluation, label_indices
-from bloodlib.models.saved import model_seed
-
-#: Model files a run folder holds (each beside its JSON sidecar).
-MODEL_SUFFIXES = (".keras", ".joblib", ".skops")
+from bloodlib.models.saved import MODEL_SUFFIXES, model_seed, update_sidecar
+from bloodlib.predict.engine import load_classifier
 
 
 def saved_models(run_dir: str | Path) -> list[Path]:
@@ -42,7 +40,6 @@ def study_models(run_dir: str | Path) -> list[Path]:
     """The models notebook 04 scores: notebooks 02 and 03's, without notebook 05's robust
     network (scored by notebook 05 itself), so that notebook 04 reports the same models
     whether or not notebook 05 has run in this folder before."""
-    from bloodlib.core.config import ROBUST_SUFFIX, split_seed_name
 
     return [
         p for p in saved_models(run_dir) if not split_seed_name(p.stem)[0].endswith(ROBUST_SUFFIX)
@@ -65,7 +62,6 @@ def evaluate_model(
     and the entry is named ``<name>_tta``. ECE uses :func:`bloodlib.evaluate.calibration.calibration_bins`
     bins for the test set's size (``ece_bins`` in the entry).
     """
-    from bloodlib.predict.engine import load_classifier
 
     model_path = Path(model_path)
     clf = classifier or load_classifier(model_path)
@@ -163,7 +159,6 @@ def seed_models(
     A ``_seed<N>`` model of a seed outside ``seed .. seed + n_seeds - 1`` (left by an earlier
     run with more seeds) is in neither list, so it cannot leak into this run's spread.
     """
-    from bloodlib.core.config import split_seed_name, training_seeds
 
     later = set(training_seeds(seed, n_seeds)[1:])
     first, others = [], []
@@ -184,7 +179,6 @@ def evaluate_models(
     **kwargs: Any,
 ) -> list[Evaluation]:
     """:func:`evaluate_model` for every model; fine-tuned networks also with ``tta`` when asked."""
-    from bloodlib.predict.engine import load_classifier
 
     results = []
     for path in model_paths:
@@ -212,8 +206,6 @@ def record_rejection(
     ``uncertain`` by default. Returns what was recorded and what the rule does on the test
     cells (coverage and accuracy of the accepted ones), for the notebook's sentence.
     """
-    from bloodlib.evaluate import reject
-    from bloodlib.models.saved import update_sidecar
 
     if result.metrics.get("tta"):
         raise ValueError("record the plain model's temperature, not the TTA entry's")

@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from bloodlib import CLASSES
 from bloodlib.core.config import DEFAULT_SEED
@@ -207,9 +210,6 @@ def plot_class_card(table: pd.DataFrame, name: str, n: int = 3, seed: int = DEFA
 
     ``table`` is a manifest table (``path``, ``label``, ``status``). Returns the Figure.
     """
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from PIL import Image
 
     cell = CELL_TYPES[name]
     rows = table[(table["label"] == name) & (table.get("status", "ok") == "ok")]

@@ -65,7 +65,7 @@ def trainable_by_phase(model: Any, cfg: Any) -> pd.DataFrame:
     Columns: phase, trainable tensors, trainable parameters, frozen parameters,
     BatchNorm layers (trainable / total).
     """
-    from bloodlib.train.network import set_trainable
+    from bloodlib.train.network import set_trainable  # lazy: it imports Keras (see above)
 
     base = model.layers[1].layers[-1]  # the backbone network inside "<backbone>_features"
     batchnorms = [layer for layer in base.layers if type(layer).__name__ == "BatchNormalization"]
@@ -105,7 +105,7 @@ def learning_rate_curve(cfg: Any, n_train: int) -> pd.DataFrame:
     learning_rate. Phase 2 uses :func:`bloodlib.train.network.learning_rate_finetune`, the
     schedule training itself uses; its optimizer starts counting steps at 0.
     """
-    from bloodlib.train.network import learning_rate_finetune
+    from bloodlib.train.network import learning_rate_finetune  # lazy: Keras (see above)
 
     steps = steps_per_epoch(cfg, n_train)
     head = np.full(steps * cfg.epochs_head, float(cfg.learning_rate_head))

@@ -9,16 +9,22 @@ Notebooks hand results to each other only through the run folder:
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import HTML, Image, display
 
 from bloodlib import __version__
-from bloodlib.core.io import write_json
+from bloodlib.core.io import write_json, write_with
+from bloodlib.data import source
 from bloodlib.data.source import is_sample
+from bloodlib.data.split import load_split as _load
+from bloodlib.teach.plots import save_figure
 
 # Notebooks are teaching material: keep TensorFlow's C++ info logs out of their outputs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def environment(show: bool = True) -> dict[str, Any]:
     """Versions and devices, printed at the top of every notebook."""
+    # lazy: the other helpers need no TensorFlow
     import keras
     import sklearn
     import tensorflow as tf
@@ -63,7 +70,6 @@ def data_banner(data: str | os.PathLike | None) -> None:
     """Show a visible banner when ``data`` is the embedded sample; nothing otherwise."""
     if not is_sample(data):
         return
-    from IPython.display import HTML, display
 
     display(
         HTML(
@@ -86,19 +92,12 @@ def load_split(run_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path} not found: run notebook 01 with the same run_dir first (it writes the split)"
         )
-    from bloodlib.data.split import load_split as _load
 
     return _load(path)
 
 
 def show(fig, run_dir: str | Path, name: str):
     """Save a figure as ``run_dir/figures/<name>.png``, display it once, and close it."""
-    import io
-
-    import matplotlib.pyplot as plt
-    from IPython.display import Image, display
-
-    from bloodlib.teach.plots import save_figure
 
     save_figure(fig, Path(run_dir) / "figures" / f"{name}.png")
     # The notebook gets a lighter copy (the PNG in figures/ keeps full resolution): JPEG for
@@ -118,8 +117,6 @@ def show(fig, run_dir: str | Path, name: str):
 
 def record_data(run_dir: str | Path, data: str, manifest, split: pd.DataFrame) -> Path:
     """``data.json`` and ``quality.csv``: what the run's data was, for provenance and later notebooks."""
-    from bloodlib.core.io import write_with
-    from bloodlib.data import source
 
     run_dir = Path(run_dir)
     write_with(run_dir / "quality.csv", lambda p: manifest.quality.to_csv(p, index=False))

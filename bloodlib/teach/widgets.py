@@ -17,11 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as w
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from bloodlib import IMAGE_SUFFIXES
 from bloodlib.core.errors import BloodlibError
+from bloodlib.data.pipeline import load_images
+from bloodlib.predict.cam import grad_cam
+from bloodlib.teach import plots
 
 #: Cells a browser draws at most: a screenful, and a fixed grid for the static figure.
 MAX_CELLS = 8
@@ -45,7 +50,6 @@ def headless() -> bool:
 
 def _static(fig: Any) -> Any:
     """Detach a figure from pyplot so a notebook displays it once (as the returned value)."""
-    import matplotlib.pyplot as plt
 
     plt.close(fig)
     return fig
@@ -120,8 +124,6 @@ class _Confusions:
         return shown, len(mine)
 
     def _maps(self, paths: list[str], predicted: str) -> list[np.ndarray]:
-        from bloodlib.data.pipeline import load_images
-        from bloodlib.predict.cam import grad_cam
 
         todo = [p for p in paths if (p, predicted) not in self._cams]
         if todo:
@@ -131,7 +133,6 @@ class _Confusions:
         return [self._cams[(p, predicted)] for p in paths]
 
     def figure(self, true: str, predicted: str, note: str = "") -> Any:
-        from bloodlib.teach import plots
 
         shown, n = self.cells(true, predicted)
         what = "correct" if true == predicted else "mistaken"
@@ -167,8 +168,6 @@ def confusion_browser(
     if headless():
         return _static(data.figure(true, predicted, note="; the most-confused pair"))
 
-    import ipywidgets as w
-
     pick_true = w.Dropdown(options=data.classes, value=true, description="true")
     pick_pred = w.Dropdown(options=data.classes, value=predicted, description="predicted")
     picture = w.Image(format="png")
@@ -184,16 +183,12 @@ def confusion_browser(
 
 def _classify(classifier: Any, path: str | Path, image_size: int | None, name: str) -> Any:
     """The figure for one cell: image, Grad-CAM of the top class (networks only), top 3."""
-    from bloodlib.data.pipeline import load_images
-    from bloodlib.teach import plots
 
     size = image_size or classifier.image_size
     proba = classifier.predict_proba([str(path)], progress=False)[0]
     image = load_images([str(path)], size)[0]
     cam = None
     if classifier.info.get("method") != "svm":  # an SVM on pooled features has no map
-        from bloodlib.predict.cam import grad_cam
-
         cam = grad_cam(classifier.model, image[None], class_index=int(np.argmax(proba)))[0]
     model_name = Path(classifier.path).stem
     return plots.plot_cell_prediction(
@@ -216,8 +211,6 @@ def classify_cell(
                 "classify_cell runs headless on a given cell: pass path=<an image file>"
             )
         return _static(_classify(classifier, path, image_size, Path(path).name))
-
-    import ipywidgets as w
 
     upload = w.FileUpload(accept="image/*", multiple=False, description="upload a cell")
     box = w.Text(

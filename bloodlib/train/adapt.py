@@ -19,12 +19,9 @@ and the sidecar records how many there were and one digest of their contents.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +33,23 @@ import tensorflow as tf
 
 from bloodlib.core import config
 from bloodlib.core.config import DEFAULT_SEED
-from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_file, sha256_text
-from bloodlib.core.progress import tqdm
 from bloodlib.data.labs import labelled_cells, unlabelled_cells
-from bloodlib.data.pipeline import make_dataset
-from bloodlib.evaluate import reject
-from bloodlib.models import backbones
 from bloodlib.models.backbones import leaves
 from bloodlib.models.saved import check_model_out, require_bound, save_classifier
-from bloodlib.predict import inference
 from bloodlib.predict.engine import Classifier, load_classifier
+from bloodlib.train.few_shot import (
+    UNLABELLED_BATCH,
+    AdaptError,
+    augmented,
+    dropout_off,
+    effective_batch,
+    fit_with_entropy,
+    held_out_scores,
+    last_block_on,
+    predict,
+    set_learning,
+)
 from bloodlib.train.network import whole_frame
 from bloodlib.train.recipe import FinetuneConfig
 
@@ -85,13 +88,6 @@ DEFAULT_BATCH_SIZE = 16
 #: (87.6 %, balanced 81.5 % against 86.2 %: it pushes the rare classes into neutrophil);
 #: weight 0.3 (this CLI), 90.7 / 94.3 / 92.8 / 92.5 / 95.3 / 79.9 % (90.9 %, balanced 85.9 %).
 DEFAULT_ENTROPY_WEIGHT = 0.3
-#: Unlabelled cells beside each batch of labelled ones (the step costs about twice as much).
-UNLABELLED_BATCH = 16
-
-
-def effective_batch(batch_size: int, n_cells: int) -> int:
-    """A batch is never larger than the support: 1 shot x 5 classes trains in batches of 5."""
-    return max(1, min(batch_size, n_cells))
 
 
 def default_epochs(train: str, n_cells: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
@@ -103,10 +99,6 @@ def default_epochs(train: str, n_cells: int, batch_size: int = DEFAULT_BATCH_SIZ
 #: Sidecar fields of the base model that do not carry over: its temperature and rejection
 #: threshold were fitted on its own outputs, its metrics measured on PBC.
 NOT_INHERITED = ("temperature", "reject_threshold", "metrics", "name")
-
-
-class AdaptError(BloodlibError):
-    """A labelled folder or a request that adapting cannot work with."""
 
 
 @dataclass
@@ -189,74 +181,6 @@ def choose_support(
     return cells[mask].reset_index(drop=True), cells[~mask].reset_index(drop=True)
 
 
-def _augmented(
-    paths: list[str],
-    labels: np.ndarray | None,
-    size: int,
-    batch: int,
-    seed: int,
-    repeat: bool = False,
-) -> Any:
-    """Shuffled, augmented batches (the study's augmentation), decoded once and kept in memory."""
-    return make_dataset(
-        paths,
-        labels,
-        image_size=size,
-        batch_size=batch,
-        shuffle=True,
-        augment=True,
-        seed=seed,
-        cache=True,
-        repeat=repeat,
-    )
-
-
-def entropy_among(p: Any, present: Sequence[int]) -> Any:
-    """Entropy (nats) of each row of probabilities ``p``, renormalised over the class indices
-    ``present``: 0 for a certain answer, ln(len(present)) when every class is equally likely.
-
-    The unlabelled term of :func:`adapt` (its mean over a batch); takes tensors or arrays.
-    """
-
-    p = tf.gather(tf.cast(p, tf.float32), list(present), axis=1)
-    p = p / tf.reduce_sum(p, axis=1, keepdims=True)
-    return -tf.reduce_sum(p * tf.math.log(p + 1e-8), axis=1)
-
-
-def _fit_with_entropy(
-    model: Any,
-    support: Any,
-    unlabelled: Any,
-    epochs: int,
-    learning_rate: float,
-    label_smoothing: float,
-    present: list[int],
-    weight: float,
-    progress: bool = False,
-) -> None:
-    """Adam on the support's cross-entropy plus ``weight`` x the mean entropy of the
-    predictions on a batch of unlabelled cells, renormalised over the classes ``present``
-    (a class the lab does not have should not soak up probability to lower the entropy)."""
-
-    optimizer = keras.optimizers.Adam(learning_rate)
-    cross_entropy = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    variables = model.trainable_variables
-    stream = iter(unlabelled)
-
-    @tf.function
-    def step(x: tf.Tensor, y: tf.Tensor, u: tf.Tensor) -> None:
-        with tf.GradientTape() as tape:
-            loss = cross_entropy(y, model(x, training=True))
-            loss += weight * tf.reduce_mean(entropy_among(model(u, training=True), present))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-
-    with tqdm(total=epochs, desc="adapt", unit="epoch", disable=not progress) as bar:
-        for _ in range(epochs):
-            for x, y in support:
-                step(x, y, next(stream))
-            bar.update(1)
-
-
 def check_options(
     train: str,
     shots: int,
@@ -318,116 +242,6 @@ def load_base(model_path: str | Path) -> Classifier:
     return clf
 
 
-def _set_trainable(model: Any, train: str, backbone: str | None = None) -> int:
-    """Only the head (the last Dense layer) learns; in ``top`` mode also the backbone's last
-    convolution, in ``block`` mode also every layer of the backbone's last block and after it
-    (``backbone`` names it, for its block pattern), in ``bn`` mode also every BatchNorm layer.
-    BatchNorm keeps PBC's statistics in ``top`` and ``block``."""
-
-    model.trainable = True  # parents must be trainable for a leaf's weights to count
-    every = leaves(model)
-    dense = [layer for layer in every if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise AdaptError("the model has no Dense head to adapt: is it a bloodlib network?")
-    head = next((d for d in dense if d.name == "head"), dense[-1])
-    learning: set[int] = {id(head)}
-    if train == "top":
-        convs = [
-            layer
-            for layer in every
-            if isinstance(layer, keras.layers.Conv2D)
-            and not isinstance(layer, keras.layers.DepthwiseConv2D)
-        ]
-        if not convs:
-            raise AdaptError("the model has no convolution to adapt: use --train head")
-        learning.add(id(convs[-1]))
-    elif train == "block":
-        learning |= {id(layer) for layer in _last_block_on(every, backbone)}
-    for layer in every:
-        layer.trainable = id(layer) in learning or (
-            train == "bn" and isinstance(layer, keras.layers.BatchNormalization)
-        )
-    return len(model.trainable_weights)
-
-
-def _last_block_on(every: list[Any], backbone: str | None) -> list[Any]:
-    """The layers with weights from the backbone's last block to the end, BatchNorm excepted."""
-
-    bb = backbones.REGISTRY.get(backbone or "")
-    names = [layer.name for layer in every]
-    known = [i for i in map(bb.block_index, names) if i is not None] if bb else []
-    if not known:
-        raise AdaptError(
-            f"no blocks known for backbone {backbone!r}: use --train top or --train head"
-        )
-    start = bb.block_start(names, max(known))
-    return [
-        layer
-        for layer in every[start:]
-        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
-    ]
-
-
-@contextlib.contextmanager
-def dropout_off(model: Any) -> Iterator[None]:
-    """Within the block every Dropout layer's rate is 0; the rates come back on leaving it.
-
-    On 21 support cells the units Dropout happens to drop decided more than the cells did:
-    tecom, 5 shots, ``top``, draws 42-47, the same six supports: with Dropout 90.0 / 71.3 /
-    89.2 / 88.9 / 79.9 / 88.2 % (mean 84.6, sd 7.4); without 88.5 / 83.5 / 87.1 / 90.3 / 86.7 /
-    83.9 % (mean 86.7, sd 2.6). The flips and rotations of the augmentation regularise enough.
-    The saved model keeps the base's rates, so it has the base's architecture.
-    """
-
-    rates = [
-        (layer, layer.rate) for layer in leaves(model) if isinstance(layer, keras.layers.Dropout)
-    ]
-    for layer, _ in rates:
-        layer.rate = 0.0
-    try:
-        yield
-    finally:
-        for layer, rate in rates:
-            layer.rate = rate
-
-
-class _NoRetraceWarning(logging.Filter):
-    """Drop TensorFlow's "triggered tf.function retracing" warning.
-
-    Each adapted model is a new model, so its forward pass is traced anew by design; after a
-    few models in one process (notebook 05's adapt curve) TensorFlow warns about it.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-def _predict(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-
-    logger = tf.get_logger()
-    if not any(isinstance(f, _NoRetraceWarning) for f in logger.filters):
-        logger.addFilter(_NoRetraceWarning())
-
-    ds = make_dataset(paths, image_size=image_size, batch_size=batch_size)
-    return inference.predict_batches(
-        inference.keras_forward(model), ds.as_numpy_iterator(), progress=False
-    )
-
-
-def _scores(proba: np.ndarray, labels: pd.Series, classes: list[str], present: list[str]) -> dict:
-    """Accuracy over every class, and among the classes present (plain and balanced)."""
-    y_all = labels.map({c: i for i, c in enumerate(classes)}).to_numpy()
-    y_present = labels.map({c: i for i, c in enumerate(present)}).to_numpy()
-    pred = reject.restrict(proba, classes, present).argmax(axis=1)
-    recalls = [np.mean(pred[y_present == i] == i) for i in np.unique(y_present)]
-    return {
-        "n": int(len(labels)),
-        "accuracy": float(np.mean(proba.argmax(axis=1) == y_all)),
-        "accuracy_present": float(np.mean(pred == y_present)),
-        "balanced_accuracy_present": float(np.mean(recalls)),
-    }
-
-
 def adapt(
     model_path: str | Path,
     folder: str | Path,
@@ -466,24 +280,19 @@ def adapt(
     support, held = choose_support(cells, shots, seed)
     unl = None if unlabelled is None else unlabelled_cells(unlabelled, set(support["sha256"]), seed)
     if train == "block":  # refuse a backbone without known blocks before training
-        _last_block_on(leaves(clf.model), clf.info.get("backbone"))
+        last_block_on(leaves(clf.model), clf.info.get("backbone"))
     present = [c for c in clf.classes if c in set(cells["label"])]
     run = _Run(clf, present, batch_size, seed)
     before, p0 = run.score(held)
     model, base_cfg, crop = _whole_frame_copy(clf)
     epochs = epochs or default_epochs(train, len(support), batch_size)
     learning_rate = learning_rate or DEFAULT_LEARNING_RATES[train]
-    n_train = _set_trainable(model, train, clf.info.get("backbone"))
+    n_train = set_learning(model, train, clf.info.get("backbone"))
     smoothing = float(base_cfg.get("label_smoothing", 0.1))
     run.fit(model, support, unl, epochs, learning_rate, smoothing, entropy_weight, verbose)
     run.model = model
     after, p1 = run.score(held)
-    if len(held):
-        names = clf.classes
-        held = held.assign(
-            before=[names[i] for i in p0.argmax(axis=1)],
-            after=[names[i] for i in p1.argmax(axis=1)],
-        )
+    held = _with_answers(held, clf.classes, p0, p1)
     seconds = time.perf_counter() - start
     record = {
         "epochs": int(epochs),
@@ -530,8 +339,8 @@ class _Run:
         if not len(held):
             return None, None
         model = self.model if self.model is not None else self.clf.model
-        p = _predict(model, held["path"].tolist(), self.clf.image_size, self.batch_size)
-        return _scores(p, held["label"], self.clf.classes, self.present), p
+        p = predict(model, held["path"].tolist(), self.clf.image_size, self.batch_size)
+        return held_out_scores(p, held["label"], self.clf.classes, self.present), p
 
     def fit(
         self,
@@ -547,7 +356,7 @@ class _Run:
         """The support's cross-entropy (plus the unlabelled cells' entropy, when given)."""
         classes, size = self.clf.classes, self.clf.image_size
         y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        ds = _augmented(
+        ds = augmented(
             support["path"].tolist(),
             y,
             size,
@@ -567,7 +376,7 @@ class _Run:
                 model.fit(ds, epochs=epochs, verbose=verbose)
                 return
             # seed + 1: not the support's shuffle and augmentation stream
-            stream = _augmented(
+            stream = augmented(
                 unl["path"].tolist(),
                 None,
                 size,
@@ -576,7 +385,7 @@ class _Run:
                 True,
             )
             present_idx = [classes.index(c) for c in self.present]
-            _fit_with_entropy(
+            fit_with_entropy(
                 model,
                 ds,
                 stream,
@@ -587,6 +396,18 @@ class _Run:
                 entropy_weight,
                 progress=bool(verbose),
             )
+
+
+def _with_answers(
+    held: pd.DataFrame, classes: list[str], before: np.ndarray | None, after: np.ndarray | None
+) -> pd.DataFrame:
+    """The held-out cells with the class each model gave them, before and after adapting."""
+    if not len(held):
+        return held
+    return held.assign(
+        before=[classes[i] for i in before.argmax(axis=1)],
+        after=[classes[i] for i in after.argmax(axis=1)],
+    )
 
 
 def _whole_frame_copy(clf: Classifier) -> tuple[Any, dict[str, Any], float]:

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import keras
 import pandas as pd
 
 from bloodlib.core.io import atomic_path, write_json, write_with
@@ -22,7 +23,6 @@ def on_classifier(callbacks: list, model, head) -> list:
     weights are copied into ``model``, so the checkpoint holds a whole model and the history
     has the same columns as image epochs.
     """
-    import keras
 
     class Sync(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -54,7 +54,6 @@ def history_logger(path: Path, start: float | None = None):
     Keras' CSVLogger appends in place: a kill mid-write leaves a torn line, and a second
     writer interleaves its epochs. Here each epoch replaces the whole (small) file.
     """
-    import keras
 
     class AtomicCSVLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -78,7 +77,6 @@ def average_swaps() -> tuple[list, list]:
     the backup that follows, which must come after the log and the checkpoint (a backed-up
     epoch is logged and checkpointed), saves the raw weights the next epoch trains on.
     """
-    import keras
 
     class AtEpochEnd(keras.callbacks.SwapEMAWeights):
         """Swaps the weights and their average at each epoch's end, and at no other time."""
@@ -102,7 +100,6 @@ def average_swaps() -> tuple[list, list]:
 
 
 def atomic_backup(path: Path):
-    import keras
 
     class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         """BackupAndRestore whose files are replaced atomically.

@@ -19,6 +19,10 @@ import pandas as pd
 from bloodlib import CLASS_INDEX, CLASSES
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.data.split import trained_on
+from bloodlib.evaluate import metrics
+from bloodlib.evaluate.metrics import bootstrap_ci
+from bloodlib.models import backbones, features, svm
+from bloodlib.models.saved import save_classifier
 
 
 @dataclass
@@ -56,7 +60,6 @@ def labels(split: pd.DataFrame) -> np.ndarray:
 
 def input_size(backbone: str, image_size: int | None) -> int:
     """The size features are taken at: ``image_size``, or the backbone's native size."""
-    from bloodlib.models import backbones
 
     return int(image_size or backbones.get(backbone).input_size)
 
@@ -71,7 +74,6 @@ def extract_features(
     progress: bool = True,
 ):
     """The frozen backbone's feature vector of every row of ``split`` (cached on disk)."""
-    from bloodlib.models import features
 
     return features.extract(
         split["path"].tolist(),
@@ -105,9 +107,6 @@ def fit_and_save(
     and test rows are used only for the final scores. ``seed`` shuffles the CV folds and
     Platt scaling's folds; it is recorded in the sidecar.
     """
-    from bloodlib.evaluate import metrics
-    from bloodlib.models import backbones, svm
-    from bloodlib.models.saved import save_classifier
 
     bb = backbones.get(backbone)
     size = input_size(backbone, image_size)
@@ -235,7 +234,6 @@ def gmacs_at(backbone: str, size: int) -> float | None:
     """The backbone's GMACs for one image at ``size`` px: the registry's native-size count
     scaled by ``(size / native)**2`` (a convolutional network's work grows with the pixel
     count; the pooled head is negligible). ``None`` when the registry has no count."""
-    from bloodlib.models import backbones
 
     bb = backbones.get(backbone)
     if bb.gmacs is None:
@@ -257,7 +255,6 @@ def ci95_of_test_accuracy(
     """The 95% bootstrap interval of the test accuracy: the one ``evaluate`` stored, or the
     same percentile bootstrap on the test confusion matrix (accuracy only needs which cells
     were right, so the matrix holds all it needs)."""
-    from bloodlib.evaluate.metrics import bootstrap_ci
 
     stored = result.test_metrics.get("accuracy_ci95")
     if stored is not None:
@@ -282,7 +279,6 @@ def backbone_table(
     missing there (e.g. its features came from the cache) gets NaN, not a cache-read speed.
     Sorted by test accuracy, best first (ties: cheaper first).
     """
-    from bloodlib.models import backbones
 
     items = list(results.values()) if isinstance(results, Mapping) else list(results)
     speeds = images_per_s or {}

@@ -8,6 +8,10 @@ import json
 import os
 from typing import Any
 
+import tensorflow as tf
+
+from bloodlib.core.errors import BloodlibError
+
 
 def choose_precision(requested: str = "auto") -> str:
     """``auto``: mixed_float16 on GPUs, float32 on CPUs.
@@ -17,7 +21,6 @@ def choose_precision(requested: str = "auto") -> str:
     against 98 in float32 (same split and seed) and was no more accurate. Ask for
     ``mixed_bfloat16`` explicitly to try it on another CPU.
     """
-    import tensorflow as tf
 
     if requested != "auto":
         return requested
@@ -33,7 +36,6 @@ def get_strategy():
     returns the same strategy: creating it configures TensorFlow's collective ops, which
     works once, before any other TensorFlow work in the process.
     """
-    import tensorflow as tf
 
     global _MULTI_WORKER
     if os.environ.get("TF_CONFIG"):
@@ -57,9 +59,6 @@ def _multi_worker_strategy(tf_config: str):
     rejects (keras-team/keras#20585). This subclass reduces each tensor of a nest on its own,
     over the replicas only when it is a scalar; everything else is TensorFlow's own.
     """
-    import tensorflow as tf
-
-    from bloodlib.core.errors import BloodlibError
 
     def bad(problem: str) -> BloodlibError:
         return BloodlibError(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import keras
+
 from bloodlib import CLASSES
 from bloodlib.models import backbones
 from bloodlib.train.recipe import (
@@ -19,7 +21,6 @@ from bloodlib.train.recipe import (
 
 def build_classifier(cfg: FinetuneConfig, n_classes: int = len(CLASSES)):
     """Backbone (with its preprocessing) + dropout + softmax head. Input: raw 0..255 RGB."""
-    import keras
 
     size = cfg.size
     features = backbones.build_feature_extractor(cfg.backbone, size, cfg.weights, cfg.crop)
@@ -65,7 +66,6 @@ def set_trainable(model, cfg: FinetuneConfig, phase: int) -> int:
 
 def learning_rate_finetune(cfg: FinetuneConfig, steps_per_epoch: int):
     """Phase 2's learning rate: a float (``constant``) or a Keras cosine-decay schedule."""
-    import keras
 
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
@@ -89,7 +89,6 @@ def learning_rate_finetune(cfg: FinetuneConfig, steps_per_epoch: int):
 
 
 def optimizer(cfg: FinetuneConfig, lr, ema: bool = False):
-    import keras
 
     kw: dict[str, Any] = (
         {"use_ema": True, "ema_momentum": cfg.ema_momentum} if ema and cfg.ema_momentum else {}
@@ -104,7 +103,6 @@ def optimizer(cfg: FinetuneConfig, lr, ema: bool = False):
 
 
 def compile_model(model, cfg: FinetuneConfig, lr, ema: bool = False) -> None:
-    import keras
 
     model.compile(
         optimizer=optimizer(cfg, lr, ema),
@@ -115,7 +113,6 @@ def compile_model(model, cfg: FinetuneConfig, lr, ema: bool = False) -> None:
 
 def float32_copy(model, cfg: FinetuneConfig):
     """``model`` itself when its layers compute in float32, else a float32 rebuild with its weights."""
-    import keras
 
     if all(layer.dtype_policy.name == "float32" for layer in model.layers[:-1]):
         return model

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bloodlib.evaluate.seeds import seed_spread
 from bloodlib.teach.narrative.words import and_list, pct
 
 
@@ -168,7 +169,6 @@ def backbone_sentence(table: pd.DataFrame) -> str:
 def svm_seed_sentence(table: pd.DataFrame) -> str:
     """What repeating design 1 over seeds changed, from :func:`seed_table`'s numbers (the
     standard deviation is :func:`bloodlib.evaluate.seeds.seed_spread`'s). One seed: how to run more."""
-    from bloodlib.evaluate.seeds import seed_spread
 
     if len(table) < 2:
         return (

@@ -9,7 +9,7 @@ styling is applied per figure, so importing this package leaves matplotlib's set
 :mod:`~bloodlib.teach.plots.lab` (05); the names are re-exported here (``plots.plot_roc``).
 """
 
-from bloodlib.teach.plots.common import save_figure
+from bloodlib.teach.plots.common import overlay, save_figure
 from bloodlib.teach.plots.data import (
     plot_class_distribution,
     plot_examples,
@@ -52,6 +52,7 @@ from bloodlib.teach.plots.training import (
 
 __all__ = [
     "Projection",
+    "overlay",
     "plot_accuracy_vs_compute",
     "plot_augmentations",
     "plot_bootstrap",

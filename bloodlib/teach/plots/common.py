@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -76,3 +78,22 @@ def annotate_bars(ax: Axes, fmt: str = "{:.0f}", fontsize: int = 8) -> None:
 
 def model_title(text: str, model_name: str) -> str:
     return f"{model_name}: {text}" if model_name else text
+
+
+def overlay(image: Any, heatmap: Any, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """``image`` (H, W, 3; 0..255) with ``heatmap`` (h, w; 0..1) drawn over it in ``cmap``.
+
+    A heatmap of another size is resized (bilinear) to the image. Returns uint8 RGB.
+    """
+
+    img = np.clip(np.asarray(image, np.float32), 0, 255)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
+    heat = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
+    if heat.ndim != 2:
+        raise ValueError(f"heatmap must be (H, W), got shape {heat.shape}")
+    if heat.shape != img.shape[:2]:
+        resized = Image.fromarray(heat, mode="F").resize(img.shape[1::-1], Image.BILINEAR)
+        heat = np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
+    colour = matplotlib.colormaps[cmap](heat)[..., :3] * 255.0
+    return np.clip((1 - alpha) * img + alpha * colour, 0, 255).round().astype(np.uint8)

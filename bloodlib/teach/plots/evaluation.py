@@ -14,15 +14,21 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from bloodlib import CLASSES
 from bloodlib.core import paper
-from bloodlib.evaluate.calibration import expected_calibration_error, reliability_table
+from bloodlib.evaluate.calibration import (
+    calibration_bins,
+    expected_calibration_error,
+    reliability_table,
+)
 from bloodlib.evaluate.seeds import seed_members
 from bloodlib.teach.plots.common import (
     STYLE,
     THUMB,
     model_title,
+    overlay,
     thumbnail,
 )
 
@@ -110,7 +116,6 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], model_name: str = 
     :data:`ROC_ZOOM_MIN_POSITIVES`): with a handful of positives per class the curves are
     coarse staircases and a zoom shows nothing new.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
 
     y = np.asarray(y_true)
     p = np.asarray(proba, dtype=np.float64)
@@ -203,7 +208,6 @@ def plot_reliability(
     :func:`bloodlib.evaluate.calibration.calibration_bins` of the number of images, so small test sets
     get fewer, fuller bins.
     """
-    from bloodlib.evaluate.calibration import calibration_bins
 
     n = len(np.asarray(y_true))
     n_bins = int(n_bins or calibration_bins(n))
@@ -299,6 +303,17 @@ def plot_misclassified(
     return fig
 
 
+def _paper_lines(ax) -> list[float]:
+    """The paper's four results as reference lines, so every model is read against them."""
+    designs = {"svm": "SVM", "finetune": "fine-tuned"}
+    styles = [(0, (1, 2)), (0, (4, 2)), (0, (6, 2, 1, 2)), (0, (8, 3))]
+    ordered = sorted(paper.ACCURACY.items(), key=lambda kv: kv[1])
+    for ((bb, method), ref), style in zip(ordered, styles, strict=False):
+        name = f"{paper.BACKBONE_NAMES[bb]} {designs[method]}"
+        ax.axhline(ref, color="dimgrey", ls=style, lw=1, zorder=0, label=f"paper: {name} {ref:.1%}")
+    return list(paper.ACCURACY.values())
+
+
 def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
     """Test accuracy per model (bars, 95% CI whiskers when given) with the paper's numbers as markers.
 
@@ -334,26 +349,7 @@ def plot_comparison(table: pd.DataFrame, *, smoke_test: bool = False) -> Figure:
             color="white",
         )
         values = list(acc[np.isfinite(acc)])
-        # The paper's four results as reference lines, so every model is read against them.
-
-        names = {
-            "vgg16": "VGG-16",
-            "inception_v3": "InceptionV3",
-            "svm": "SVM",
-            "finetune": "fine-tuned",
-        }
-        styles = [(0, (1, 2)), (0, (4, 2)), (0, (6, 2, 1, 2)), (0, (8, 3))]
-        ordered = sorted(paper.ACCURACY.items(), key=lambda kv: kv[1])
-        for ((bb, method), ref), style in zip(ordered, styles, strict=False):
-            ax.axhline(
-                ref,
-                color="dimgrey",
-                ls=style,
-                lw=1,
-                zorder=0,
-                label=f"paper: {names[bb]} {names[method]} {ref:.1%}",
-            )
-        values += list(paper.ACCURACY.values())
+        values += _paper_lines(ax)
         if "paper" in t.columns and t["paper"].notna().any():
             reported = t["paper"].to_numpy(dtype=float)
             ax.scatter(
@@ -412,7 +408,6 @@ def plot_cam_examples(
     figure's size does not depend on how many cells there were. Titles are green for
     correct, red for wrong predictions.
     """
-    from bloodlib.predict.cam import overlay
 
     n = max(len(examples), slots or 0, 1)
     cols = max(1, min(cols, n))
@@ -467,7 +462,6 @@ def plot_cell_prediction(
     ``image``: (H, W, 3) pixels 0..255; ``proba``: the cell's class probabilities in
     ``classes`` order; ``name``: how to call the cell in the title (e.g. its file name).
     """
-    from bloodlib.predict.cam import overlay
 
     proba = np.asarray(proba, float)
     order = np.argsort(-proba, kind="stable")[: max(1, top)]

@@ -11,10 +11,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
 
 from bloodlib import CLASSES
 from bloodlib.core import paper
 from bloodlib.core.config import DEFAULT_SEED
+from bloodlib.models.svm import signed_sqrt
 from bloodlib.teach.plots.common import (
     STYLE,
 )
@@ -90,10 +94,6 @@ def project(X: np.ndarray, method: str = "pca", seed: int = DEFAULT_SEED) -> Pro
     ``tsne``: a non-linear map that keeps neighbours together (slower; distances between
     clusters mean little).
     """
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    from bloodlib.models.svm import signed_sqrt
 
     Z = StandardScaler().fit_transform(signed_sqrt(np.asarray(X, dtype=np.float64)))
     if method == "pca":
@@ -104,8 +104,6 @@ def project(X: np.ndarray, method: str = "pca", seed: int = DEFAULT_SEED) -> Pro
         r = pca.explained_variance_ratio_
         return Projection(coords, "pca", (float(r[0]), float(r[1])))
     if method == "tsne":
-        from sklearn.manifold import TSNE
-
         perplexity = float(min(30, max(5, (len(Z) - 1) // 4)))
         coords = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(Z)
         return Projection(coords, "tsne", None)
@@ -116,8 +114,6 @@ def plot_projection(
     projection: Projection, labels: Sequence[str], title: str, classes: Sequence[str] = CLASSES
 ):
     """Scatter of the 2-D projection, one colour per class, with a legend outside."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
 
     labels = np.asarray(labels)
     palette = sns.color_palette("tab10", len(classes))

@@ -13,11 +13,34 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from bloodlib.teach.lesson import best_epoch
 from bloodlib.teach.plots.common import (
     STYLE,
     model_title,
 )
 from bloodlib.train.recipe import CHECKPOINT_MODE, CHECKPOINT_MONITOR
+
+
+def _mark_phases(axes, x: np.ndarray, phase: np.ndarray) -> None:
+    """A dotted line where the phase changes, each phase tinted and named in the legend
+    (text on the axes would collide with curves or legends wherever it is put)."""
+    changes = np.flatnonzero(phase[1:] != phase[:-1]) + 1
+    for i in changes:
+        for ax in axes:
+            ax.axvline((x[i - 1] + x[i]) / 2, color="grey", ls=":", lw=1.5)
+    starts = np.concatenate([[0], changes])
+    ends = np.concatenate([changes, [len(phase)]]) - 1
+    edges = np.concatenate([[x[0] - 0.5], (x[changes - 1] + x[changes]) / 2, [x[-1] + 0.5]])
+    for j, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        for ax in axes:
+            ax.axvspan(
+                edges[j],
+                edges[j + 1],
+                color=f"C{(j + 2) % 10}",
+                alpha=0.08,
+                lw=0,
+                label=f"phase: {phase[s]} ({e - s + 1} epochs)",
+            )
 
 
 def plot_learning_curves(
@@ -34,8 +57,6 @@ def plot_learning_curves(
     by default ``finetune``'s criterion: highest ``val_accuracy``, first on ties). Epochs
     that restart per phase (separate ``fit`` calls) are laid end to end.
     """
-    from bloodlib.teach import lesson
-
     monitor = monitor or CHECKPOINT_MONITOR
     mode = mode or CHECKPOINT_MODE
     h = history.reset_index(drop=True)
@@ -71,7 +92,7 @@ def plot_learning_curves(
             ax.set_title(metric.capitalize())
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
-        best = lesson.best_epoch(h, monitor, mode)
+        best = best_epoch(h, monitor, mode)
         if best is not None:
             epoch, value = best
             ax_best = ax_acc if "accuracy" in monitor else ax_loss
@@ -86,26 +107,7 @@ def plot_learning_curves(
             )
 
         if "phase" in h.columns and len(h) > 1:
-            phase = h["phase"].astype(str).to_numpy()
-            changes = np.flatnonzero(phase[1:] != phase[:-1]) + 1
-            for i in changes:
-                for ax in (ax_loss, ax_acc):
-                    ax.axvline((x[i - 1] + x[i]) / 2, color="grey", ls=":", lw=1.5)
-            # Tint each phase and name it in the legend: text on the axes would collide
-            # with curves or legends wherever it is put.
-            starts = np.concatenate([[0], changes])
-            ends = np.concatenate([changes, [len(h)]]) - 1
-            edges = np.concatenate([[x[0] - 0.5], (x[changes - 1] + x[changes]) / 2, [x[-1] + 0.5]])
-            for j, (s, e) in enumerate(zip(starts, ends, strict=True)):
-                for ax in (ax_loss, ax_acc):
-                    ax.axvspan(
-                        edges[j],
-                        edges[j + 1],
-                        color=f"C{(j + 2) % 10}",
-                        alpha=0.08,
-                        lw=0,
-                        label=f"phase: {phase[s]} ({e - s + 1} epochs)",
-                    )
+            _mark_phases((ax_loss, ax_acc), x, h["phase"].astype(str).to_numpy())
         for ax in (ax_loss, ax_acc):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="best")
