@@ -23,7 +23,7 @@ def test_other_data_is_not_the_sample(data):
 
 def test_banner_shows_only_for_the_sample(monkeypatch):
     shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    monkeypatch.setattr(notebook, "display", lambda obj: shown.append(obj))
     notebook.data_banner("/some/lab/folder")
     assert shown == []
     notebook.data_banner("sample")

@@ -44,7 +44,7 @@ def test_lesson_parts_are_there(name):
     assert exercises.count("</details>") == solutions
     prose = re.sub(r"<details>.*?</details>", "", text, flags=re.S)
     assert len(re.findall(r"[A-Za-z][\w'-]*", prose)) >= 600
-    assert any(c.source.strip() == "nb.data_banner(data)" for c in nb.cells)
+    assert any(c.source.strip() == "notebook.data_banner(data)" for c in nb.cells)
 
 
 @pytest.mark.parametrize("name", LESSONS)
