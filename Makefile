@@ -25,7 +25,7 @@ PYTEST := $(VPY) -m pytest
 NBVAL := --nbval notebooks/ --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 LINT_PATHS := bloodlib tests benchmarks notebooks
 
-.PHONY: help venv run test test-unit test-data test-notebooks notebooks lint lab kernel bench clean distclean
+.PHONY: help venv run test test-unit test-data test-notebooks notebooks lint docs lab kernel bench clean distclean
 
 help:
 	@echo "make venv            create/refresh .venv from $(REQUIREMENTS) + pip install -e ."
@@ -36,7 +36,8 @@ help:
 	@echo "make test-notebooks  nbval over notebooks/ + pytest -m notebooks"
 	@echo "make notebooks       re-execute notebooks/ in place on the sample (refreshes committed outputs)"
 	@echo "make lint            ruff check + ruff format --check (code and notebooks)"
-	@echo "make lab             JupyterLab in the venv"
+	@echo "make docs            the docs site into site/ (MkDocs, warnings are errors)"
+	@echo "make lab             JupyterLab on notebooks/ with the bloodlib kernel (as root too)"
 	@echo "make kernel          register the venv as the Jupyter kernel 'bloodlib' (KERNEL_ARGS=...)"
 	@echo "make bench           run benchmarks/*.py"
 	@echo "make clean           remove caches of tools (keeps .venv, .cache and runs/)"
@@ -60,7 +61,7 @@ run: $(STAMP)
 # Each command fails the target on any non-zero exit, including pytest's 5 (no tests ran).
 # In a fresh clone, tests/test_study_sample.py runs the classroom study in the notebooks' own
 # run folder (runs/notebook), so nbval afterwards reuses its trained networks (5 minutes, not 11).
-test: $(STAMP) lint
+test: $(STAMP) lint docs
 	$(PYTEST) -m "not gpu and not slow" tests
 	$(PYTEST) $(NBVAL)
 
@@ -88,8 +89,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
+# Containers and hosted notebooks run as root, which Jupyter refuses without --allow-root:
+# pass it then, and only then. The kernel "bloodlib" is this venv (registered on the way).
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+LAB_ARGS ?=
+
 lab: $(STAMP)
-	BLOODLIB_HEADLESS= $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
+	$(VPY) -m bloodlib kernel --sys-prefix > /dev/null
+	BLOODLIB_HEADLESS= $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)/notebooks \
+		--MappingKernelManager.default_kernel_name=bloodlib $(LAB_ROOT) $(LAB_ARGS)
+
+# The docs site: the guide (docs/*.md), the notebooks with their committed outputs
+# (docs/notebooks -> ../notebooks) and the API reference from the docstrings.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 kernel: $(STAMP)
 	$(VPY) -m bloodlib kernel $(KERNEL_ARGS)
@@ -105,7 +118,7 @@ bench: $(STAMP)
 	done
 
 clean:
-	rm -rf .pytest_cache .ruff_cache build ./*.egg-info
+	rm -rf .pytest_cache .ruff_cache build site ./*.egg-info
 	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
 		-type d \( -name __pycache__ -o -name .ipynb_checkpoints \) -print0 | xargs -0 rm -rf
 

@@ -193,3 +193,11 @@ def cmd_sample_info(args: argparse.Namespace) -> int:
         print(f"About the sample (origin, licence): see {', '.join(sorted(docs))} in that folder.")
     print("Use it with:  python -m bloodlib run --profile sample   (or --data sample)")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bloodlib.study import report
+
+    for path in report.write(args.run, args.format or ("md", "html")):
+        print(f"wrote {path}")
+    return 0

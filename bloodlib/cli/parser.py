@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_ensemble,
         _add_convert_model,
         _add_export,
+        _add_report,
         _add_scan,
         _add_sample_info,
     ):
@@ -325,3 +326,23 @@ def _add_scan(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_sample_info(sub: Any, common: argparse.ArgumentParser) -> None:
     info = sub.add_parser("sample-info", parents=[common], help="describe the embedded sample")
     info.set_defaults(func=commands.cmd_sample_info)
+
+
+def _add_report(sub: Any, common: argparse.ArgumentParser) -> None:
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write a run's summary (models, scope, figures) as Markdown and HTML",
+        description="Summarise a finished run folder: every model's accuracy with its interval, "
+        "balanced accuracy, macro F1, calibration before and after temperature scaling, "
+        "training time; the data, split, seed, machine, versions and commit; the main figures. "
+        "Writes RUN/report.md and RUN/report.html (or the formats asked for).",
+    )
+    report.add_argument("run", help="a run folder (e.g. runs/sample)")
+    report.add_argument(
+        "--format",
+        action="append",
+        choices=("md", "html", "json"),
+        help="md, html or json; repeatable (default: md and html)",
+    )
+    report.set_defaults(func=commands.cmd_report)
