@@ -61,7 +61,7 @@ run: $(STAMP)
 # Each command fails the target on any non-zero exit, including pytest's 5 (no tests ran).
 # In a fresh clone, tests/test_study_sample.py runs the classroom study in the notebooks' own
 # run folder (runs/notebook), so nbval afterwards reuses its trained networks (5 minutes, not 11).
-test: $(STAMP) lint docs
+test: $(STAMP) lint
 	$(PYTEST) -m "not gpu and not slow" tests
 	$(PYTEST) $(NBVAL)
 
