@@ -201,3 +201,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in report.write(args.run, args.format or ("md", "html")):
         print(f"wrote {path}")
     return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bloodlib.study.pretrain import pretrain
+
+    out = pretrain(args.data, args.name, args.runs_root)
+    print(f"wrote {out} and its sidecar")
+    return 0

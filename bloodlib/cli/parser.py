@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_convert_model,
         _add_export,
         _add_report,
+        _add_pretrain,
         _add_scan,
         _add_sample_info,
     ):
@@ -160,7 +161,10 @@ def _add_classify(sub: Any, common: argparse.ArgumentParser) -> None:
     classify = sub.add_parser(
         "classify", parents=[common], help="classify a folder of images with a saved model"
     )
-    classify.add_argument("model", help="a saved model (e.g. runs/sample/models/*.keras)")
+    classify.add_argument(
+        "model",
+        help="a saved model (e.g. runs/sample/models/*.keras), or pbc-lite0 (ships with bloodlib)",
+    )
     classify.add_argument("folder", help="folder of images (searched recursively)")
     classify.add_argument("--out", required=True, metavar="CSV", help="predictions CSV to write")
     classify.add_argument("--batch-size", type=at_least_one, default=32, metavar="N")
@@ -223,7 +227,9 @@ def _add_adapt(sub: Any, common: argparse.ArgumentParser) -> None:
         "any subset of the classes); the other cells are held out and scored before and after. "
         "Writes NEW_MODEL with a sidecar recording the base model and the cells used.",
     )
-    adapt.add_argument("model", help="a fine-tuned model (e.g. runs/NAME/models/*.keras)")
+    adapt.add_argument(
+        "model", help="a fine-tuned model (e.g. runs/NAME/models/*.keras), or pbc-lite0"
+    )
     adapt.add_argument("folder", help="labelled cells of the new lab, one sub-folder per class")
     adapt.add_argument("--out", required=True, metavar="NEW_MODEL.keras", help="model to write")
     adapt.add_argument(
@@ -346,3 +352,19 @@ def _add_report(sub: Any, common: argparse.ArgumentParser) -> None:
         help="md, html or json; repeatable (default: md and html)",
     )
     report.set_defaults(func=commands.cmd_report)
+
+
+def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
+    pretrain = sub.add_parser(
+        "pretrain",
+        parents=[common],
+        help="make the network that ships with bloodlib (pbc-lite0) from a PBC folder",
+        description="Fine-tune EfficientNet-Lite0 with the full profile's recipe on a PBC folder "
+        "(the embedded sample's test cells held out), score it on the test split and write it "
+        "with its sidecar to bloodlib/models/shipped/NAME.keras. About 15 minutes on 2 CPU cores "
+        "for the 6,837-image dev data; the training folder runs/pretrain-NAME resumes.",
+    )
+    pretrain.add_argument("--data", required=True, help="a PBC folder or zip (not the sample)")
+    pretrain.add_argument("--name", default="pbc-lite0", help="the shipped network's name")
+    pretrain.add_argument("--runs-root", default="runs", help="where the training folder goes")
+    pretrain.set_defaults(func=commands.cmd_pretrain)

@@ -222,3 +222,22 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _origins(sample_dir: Path = SAMPLE_DIR) -> pd.DataFrame:
+    """The sample's ``<sample>.csv``: each stored cell's content hash and its original's."""
+    return pd.read_csv(sample_dir.with_suffix(".csv"), usecols=["sha256", "source_sha256"])
+
+
+def source_of(hashes: pd.Series | list[str], sample_dir: Path = SAMPLE_DIR) -> list[str | None]:
+    """The original (in the PBC release) of each sample cell, by content hash; None if unknown."""
+    table = _origins(sample_dir)
+    origin = dict(zip(table["sha256"], table["source_sha256"], strict=True))
+    return [origin.get(h) for h in hashes]
+
+
+def copies_of(hashes: pd.Series | list[str], sample_dir: Path = SAMPLE_DIR) -> list[str | None]:
+    """The sample's copy of each PBC original, by content hash; None where the sample has none."""
+    table = _origins(sample_dir)
+    copy = dict(zip(table["source_sha256"], table["sha256"], strict=True))
+    return [copy.get(h) for h in hashes]

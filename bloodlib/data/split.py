@@ -72,6 +72,13 @@ def make_split(
     return out[list(SPLIT_COLUMNS)].reset_index(drop=True)
 
 
+def hold_out(df: pd.DataFrame, hashes: set[str]) -> pd.DataFrame:
+    """``df`` with the rows whose content is in ``hashes`` moved to the test split, and every
+    copy of them (their ``group``) with them, so no twin of a held-out cell is learnt from."""
+    groups = set(df.loc[df["sha256"].isin(hashes), "group"])
+    return df.assign(split=df["split"].where(~df["group"].isin(groups), "test"))
+
+
 def check_split(df: pd.DataFrame) -> None:
     """Raise ValueError if a group or an identical file appears in more than one split."""
     for col in ("group", "sha256"):

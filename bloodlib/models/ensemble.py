@@ -28,6 +28,7 @@ import keras
 
 from bloodlib.core.errors import BloodlibError
 from bloodlib.core.hashing import sha256_file
+from bloodlib.models import pretrained
 from bloodlib.models.saved import (
     SavedModel,
     check_model_out,
@@ -163,6 +164,7 @@ def build_ensemble(
 
     ``force`` replaces an existing model at ``out`` that is not an ensemble of these members.
     """
+    model_paths = [pretrained.resolve(p) for p in model_paths]
     out = check_out_path(out, model_paths, force=force)
     members = [open_model(p) for p in model_paths]
     for m in members:

@@ -34,7 +34,7 @@ from bloodlib.core.errors import BloodlibError, UnsafeModelError
 from bloodlib.core.hashing import sha256_file
 from bloodlib.core.io import atomic_path, json_default, read_json, write_json
 from bloodlib.core.paths import check_output, check_replace
-from bloodlib.models import svm
+from bloodlib.models import pretrained, svm
 
 #: Kept for callers of the old name: the one content hash lives in ``bloodlib.core.io``.
 file_sha256 = sha256_file
@@ -456,14 +456,15 @@ def _load_svm(saved: SavedModel) -> Any:
 def open_model(
     path: str | Path, *, trust_pickle: bool = False, kind: type[SavedModel] = SavedModel
 ) -> SavedModel:
-    """A ``.keras`` or ``.skops`` model with its sidecar; the model itself loads on first use.
+    """A ``.keras`` or ``.skops`` model (or a shipped network's name, ``pbc-lite0``) with its
+    sidecar; the model itself loads on first use.
 
     Checked here, before any work: the sidecar's schema, the file's real format against
     its name and the sidecar's method, and the sidecar's binding to this file. A pickle
     (``.joblib``) is refused unless ``trust_pickle``: unpickling can run arbitrary code.
     ``kind``: the class returned (``bloodlib.predict.engine.Classifier`` adds predicting).
     """
-    path = Path(path)
+    path = pretrained.resolve(path)  # a shipped network by name: pbc-lite0
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     info = read_sidecar(path)

@@ -44,6 +44,7 @@ from bloodlib.data.pipeline import load_images
 from bloodlib.evaluate import reject
 from bloodlib.evaluate.calibration import log_average
 from bloodlib.evaluate.metrics import evaluate, per_class_table
+from bloodlib.models import pretrained
 from bloodlib.models.saved import sidecar_path
 from bloodlib.predict.engine import Classifier, load_classifier
 
@@ -239,7 +240,7 @@ def classify_folder(
     ``uncertain`` (None: the sidecar's threshold; 0: off). On a class layout the folder
     labels are scored, leaving out the cells the model learnt from (``seen_in_training``).
     """
-    start, folder = time.perf_counter(), Path(folder)
+    start, folder, model_path = time.perf_counter(), Path(folder), pretrained.resolve(model_path)
     out_csv = _check_request(model_path, folder, out_csv, batch_size, workers, reject_below)
     normalize = stain.check_normalize(normalize)
     clf = _open(model_path, trust_pickle, tta or normalize != "none" or rescale_cell)

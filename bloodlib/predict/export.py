@@ -38,6 +38,7 @@ from bloodlib.core.hashing import sha256_file, sha256_rows
 from bloodlib.core.io import read_json, write_json
 from bloodlib.core.paths import check_output
 from bloodlib.data.pipeline import make_dataset
+from bloodlib.models import pretrained
 from bloodlib.models.saved import binding_sha256, require_bound, sidecar_path
 from bloodlib.predict.engine import Classifier, load_classifier
 from bloodlib.predict.inference import TFLiteModel, convert_to_tflite
@@ -389,7 +390,7 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    model_path, out = Path(model_path), Path(out)
+    model_path, out = pretrained.resolve(model_path), Path(out)
     clf = _source(model_path)
     check_out(model_path, out, fmt, clf.sha256, force)
     x, cells_from = check_images(clf.classes, clf.image_size)

@@ -35,6 +35,7 @@ from bloodlib.core import config
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.hashing import sha256_file, sha256_text
 from bloodlib.data.labs import labelled_cells, unlabelled_cells
+from bloodlib.models import pretrained
 from bloodlib.models.backbones import leaves
 from bloodlib.models.saved import check_model_out, require_bound, save_classifier
 from bloodlib.predict.engine import Classifier, load_classifier
@@ -269,7 +270,7 @@ def adapt(
     labelled folder itself, whose labels are then not read), adds ``entropy_weight`` x the
     entropy of the predictions on them to the loss (:data:`DEFAULT_ENTROPY_WEIGHT`).
     """
-    start = time.perf_counter()
+    start, model_path = time.perf_counter(), pretrained.resolve(model_path)
     check_options(train, shots, epochs, batch_size, learning_rate, entropy_weight)
     out = check_out_path(out, model_path, folder, unlabelled, force=force)
     # Seed before loading: Keras draws each Dropout layer's seed from Python's `random` when
@@ -356,13 +357,10 @@ class _Run:
         """The support's cross-entropy (plus the unlabelled cells' entropy, when given)."""
         classes, size = self.clf.classes, self.clf.image_size
         y = support["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        ds = augmented(
-            support["path"].tolist(),
-            y,
-            size,
-            effective_batch(self.batch_size, len(support)),
-            self.seed,
-        ).map(lambda x, t: (x, tf.one_hot(t, len(classes))))
+        batch = effective_batch(self.batch_size, len(support))
+        ds = augmented(support["path"].tolist(), y, size, batch, self.seed).map(
+            _one_hot(len(classes))
+        )
         with warnings.catch_warnings(), dropout_off(model):
             if unl is None:
                 model.compile(
@@ -396,6 +394,19 @@ class _Run:
                 entropy_weight,
                 progress=bool(verbose),
             )
+
+
+def _one_hot(k: int):
+    """A dataset map from (image, class index) to (image, one-hot over ``k`` classes).
+
+    A named function rather than a lambda: AutoGraph reads a lambda's source to convert it,
+    and warns (into the notebook) when its line holds more than one.
+    """
+
+    def encode(x, t):
+        return x, tf.one_hot(t, k)
+
+    return encode
 
 
 def _with_answers(

@@ -1,0 +1,147 @@
+"""The network that ships with bloodlib (``pbc-lite0``), made by one command.
+
+``python -m bloodlib pretrain --data PBC_FOLDER`` fine-tunes EfficientNet-Lite0 with the
+``full`` profile's recipe (notebook 03's parameters, as ``run --profile full`` gives them) on
+a split of the data made as notebook 01 makes it, with one change: the originals of the
+embedded sample's *test* cells (the classroom split, ``data/sample.csv``) are moved into the
+test split, so the shipped model never learnt from the cells that ``make run`` and a class
+score it on. It is scored on the whole test split, and its sidecar records the data, the
+split, the seed, the commit and that score (``published``) and, in ``trained_on``, the
+sample's copies of the cells it learnt from too, so that ``classify pbc-lite0 data/sample``
+scores only the cells it never saw.
+
+The result is written to ``bloodlib/models/shipped/<name>.keras`` (with its sidecar); the
+training folder (resumable) stays in ``runs/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bloodlib.core.config import SAMPLE_DIR
+from bloodlib.data import manifest, source, split
+from bloodlib.data.sample import copies_of, source_of
+from bloodlib.models.pretrained import SHIPPED_DIR
+from bloodlib.models.saved import read_sidecar, sidecar_path, update_sidecar
+from bloodlib.study import provenance, scoring
+from bloodlib.study.planning import plan_study
+from bloodlib.study.profiles import RunError
+from bloodlib.train.finetune import train
+from bloodlib.train.recipe import FinetuneConfig
+
+#: The profile whose recipe the shipped network is trained with.
+PROFILE = "full"
+
+
+def recipe(data: str) -> tuple[FinetuneConfig, dict[str, Any]]:
+    """The ``full`` profile's fine-tuning configuration and split parameters, exactly as a
+    run of that profile would give notebooks 01 and 03 (profile over notebook defaults)."""
+    plans = {p.name: p for p in plan_study(PROFILE, data)}
+    nb03 = {**plans["03_fine_tuning"].defaults, **plans["03_fine_tuning"].parameters}
+    nb01 = {**plans["01_data_exploration"].defaults, **plans["01_data_exploration"].parameters}
+    known = {f.name for f in fields(FinetuneConfig)}
+    cfg = FinetuneConfig(
+        **{k: v for k, v in nb03.items() if k in known and k not in ("backbone", "weights")},
+        backbone=nb03["backbones"][0],
+    )
+    return cfg, {"fractions": tuple(nb01["split_fractions"]), "seed": int(nb01["seed"])}
+
+
+def classroom_test_sources(fractions: tuple[float, float, float], seed: int) -> set[str]:
+    """Content hashes of the originals of the embedded sample's test cells (the split
+    ``make run`` scores on: the sample's scan, split with the ``sample`` profile's fractions)."""
+    plans = {p.name: p for p in plan_study("sample", "sample")}
+    nb01 = {**plans["01_data_exploration"].defaults, **plans["01_data_exploration"].parameters}
+    table = manifest.scan(SAMPLE_DIR, progress=False)
+    classroom = split.make_split(
+        table, fractions=tuple(nb01["split_fractions"]), seed=int(nb01["seed"])
+    )
+    test = classroom[classroom["split"] == "test"]
+    return {h for h in source_of(test["sha256"]) if h}
+
+
+def pretrain(
+    data: str | os.PathLike,
+    name: str = "pbc-lite0",
+    runs_root: str | os.PathLike = "runs",
+    *,
+    verbose: int = 2,
+) -> Path:
+    """Train, score and publish the shipped network; returns its path in the package."""
+    spec = os.fspath(data)
+    if source.is_sample(spec):
+        raise RunError(
+            "pretrain trains on a PBC folder (the dev data or the release), not the sample"
+        )
+    cfg, split_params = recipe(spec)
+    root = source.resolve(spec)
+    table = manifest.scan(root, progress=verbose > 0)
+    frame = split.make_split(table, **split_params)
+    frame = split.hold_out(frame, classroom_test_sources(**split_params))
+    split.check_split(frame)
+    run_dir = Path(runs_root) / f"pretrain-{name}"
+    split.save_split(frame, run_dir / "split.csv")
+    part = frame["split"]
+    result = train(
+        cfg, frame[part == "train"], frame[part == "val"], run_dir, name, verbose=verbose
+    )
+    scored = scoring.evaluate_model(result.model_path, frame, n_boot=1000, seed=cfg.seed)
+    return publish(result.model_path, name, frame, scored.metrics, spec, table, split_params)
+
+
+def publish(
+    model_path: Path,
+    name: str,
+    frame: pd.DataFrame,
+    metrics: dict[str, Any],
+    data: str,
+    table: manifest.Manifest,
+    split_params: dict[str, Any],
+) -> Path:
+    """Copy the trained network into the package with what a user must know about it."""
+    SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+    out = SHIPPED_DIR / f"{name}.keras"
+    shutil.copyfile(model_path, out)
+    shutil.copyfile(sidecar_path(model_path), sidecar_path(out))
+    record = read_sidecar(out)["trained_on"]
+    learnt = frame.loc[frame["split"] != "test", "sha256"]
+    copies = [h for h in copies_of(learnt) if h]
+    trained_on = {
+        **record,
+        "cells": sorted({*record["cells"], *(h[: split.TRAINED_ON_DIGITS] for h in copies)}),
+    }
+    counts = frame["split"].value_counts().to_dict()
+    git = provenance.git_info()
+    update_sidecar(
+        out,
+        name=name,
+        trained_on=trained_on,
+        published={
+            "command": f"python -m bloodlib pretrain --data {data} --name {name}",
+            "profile": PROFILE,
+            "data": source.describe(data),
+            "manifest_sha256": table.content_hash(),
+            "split": {**split_params, **{k: int(v) for k, v in counts.items()}},
+            "held_out": "the embedded sample's test cells (their originals) are in the test split",
+            "sample_copies_in_trained_on": len(copies),
+            "commit": git.get("commit"),
+            "dirty": git.get("dirty"),
+            "dev_test": {
+                k: metrics[k]
+                for k in (
+                    "test_accuracy",
+                    "accuracy_ci95",
+                    "balanced_accuracy",
+                    "macro_f1",
+                    "n_test",
+                )
+            },
+        },
+    )
+    return out
