@@ -23,7 +23,7 @@ Here: the class names and image formats every layer shares.
 
 import os as _os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, CPU-guard, XLA banners) are noise for a
 # student and in committed notebook outputs; errors still show. Set before TensorFlow is

@@ -598,3 +598,17 @@ def test_unlabelled_refusals(base_model, lab, tmp_path, capsys):
     assert main([*argv, "--entropy-weight", "0.5"]) == 2
     assert "give --unlabelled FOLDER" in capsys.readouterr().err
     assert not (tmp_path / "new.keras").exists()
+
+
+@pytest.mark.unit
+def test_steps_ask_for_a_lighter_adaptation_and_exclude_epochs():
+    """``steps`` (the classroom run's 40): the epochs follow from the cells and the batch."""
+    from bloodlib.train.adapt import check_options, default_epochs
+
+    assert default_epochs("block", 21, 16, steps=40) == 20  # 2 batches a pass
+    assert default_epochs("block", 100, 16, steps=40) == -(-40 // 7)
+    check_options("block", 5, None, 16, None, 0.3, steps=40)
+    with pytest.raises(ValueError, match="not both"):
+        check_options("block", 5, 3, 16, None, 0.3, steps=40)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_options("block", 5, None, 16, None, 0.3, steps=0)

@@ -84,7 +84,7 @@ def test_injects_only_declared_parameters(study):
         "epochs_head",
         "backbones",
     }
-    assert injected["03_fine_tuning"]["epochs_head"] == 2  # the sample profile's value
+    assert injected["03_fine_tuning"]["epochs_head"] == 10  # the sample profile's value
     assert injected["03_fine_tuning"]["backbones"] == ["efficientnet_lite0"]
     assert all(p["run_dir"] == str(run_dir) for p in injected.values())
     assert not (run_dir / ".lock").read_text()  # released: no holder named

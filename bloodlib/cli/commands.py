@@ -113,6 +113,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     given = {
         "shots": args.shots,
         "epochs": args.epochs,
+        "steps": args.steps,
         "seed": args.seed,
         "train": args.train,
         "learning_rate": args.learning_rate,
@@ -200,6 +201,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     for path in report.write(args.run, args.format or ("md", "html")):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from bloodlib.study import doc_tables
+
+    stale = doc_tables.refresh(write=not args.check)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'rewrote'}: {path}")
+    if args.check and stale:
+        print("run `python -m bloodlib docs` to refresh them")
+        return 1
     return 0
 
 

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_convert_model,
         _add_export,
         _add_report,
+        _add_docs,
         _add_pretrain,
         _add_scan,
         _add_sample_info,
@@ -206,7 +207,7 @@ def _add_classify(sub: Any, common: argparse.ArgumentParser) -> None:
         "image's mean and spread per CIELAB channel; macenko: the two stains, estimated "
         "once from up to 64 of the folder's cells, re-coloured with PBC's; "
         "reinhard+macenko: predict after each and multiply the probabilities (twice the "
-        "compute; the steadiest with no labelled cell on tecom: README)",
+        "compute; the steadiest with no labelled cell on tecom: docs/other-labs.md)",
     )
     lab.add_argument(
         "--rescale-cell",
@@ -241,6 +242,12 @@ def _add_adapt(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="E",
         help="passes over those cells (default: as many as give 200 Adam steps for --train "
         "top and block, 80 for head and bn)",
+    )
+    adapt.add_argument(
+        "--steps",
+        type=at_least_one,
+        metavar="N",
+        help="about N Adam steps instead (the epochs follow; not with --epochs)",
     )
     adapt.add_argument("--seed", type=int, metavar="S", help="seed of the draw and the training")
     adapt.add_argument(
@@ -352,6 +359,23 @@ def _add_report(sub: Any, common: argparse.ArgumentParser) -> None:
         help="md, html or json; repeatable (default: md and html)",
     )
     report.set_defaults(func=commands.cmd_report)
+
+
+def _add_docs(sub: Any, common: argparse.ArgumentParser) -> None:
+    docs = sub.add_parser(
+        "docs",
+        parents=[common],
+        help="re-render the README's and docs' result tables from docs/results/*.json",
+        description="Rewrite every generated block (<!-- generated: NAME --> ... <!-- end "
+        "generated -->) of README.md and docs/*.md from the run summaries committed in "
+        "docs/results/ (python -m bloodlib report RUN --format json). In a checkout only.",
+    )
+    docs.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when a block disagrees with its summary",
+    )
+    docs.set_defaults(func=commands.cmd_docs)
 
 
 def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -273,8 +273,8 @@ def normalize_views(normalize: str | None) -> tuple[str, ...]:
 
     ``reinhard+macenko`` is two views of every cell whose class probabilities are combined
     by their normalised geometric mean (``evaluate.log_average``): a class must be likely
-    after both moves. The two fail differently on another lab (README, "Using bloodlib on
-    your own microscope"): Reinhard moves each image by its own colours, so a pale
+    after both moves. The two fail differently on another lab
+    (docs/other-labs.md): Reinhard moves each image by its own colours, so a pale
     neutrophil can look eosinophilic; Macenko moves the lab's two dyes alike, and maps a
     red-brown eosinophil to PBC's purple. Each view's mistakes are rarely the other's.
     """

@@ -13,8 +13,7 @@ and SHA-256, and its ``metrics.train_seconds`` is the members' training time add
 Why: networks trained with different seeds agree on PBC (six seeds of one recipe within 0.5
 points on the dev test) but not on another lab's cells, where each seed fails on different
 cells; averaging their probabilities keeps what they agree on. On tecom it lifts the result
-above the members' mean without making it dependable (README, "Using bloodlib on your own
-microscope").
+above the members' mean without making it dependable (docs/other-labs.md).
 """
 
 from __future__ import annotations

@@ -131,8 +131,7 @@ class ClassifyResult:
         return [
             f"WARNING: these cells do not look like PBC's: {self.look.describe()}. A "
             "model trained on PBC, as bloodlib's runs are, is much less accurate on such "
-            f"cells than on PBC's test split: {fix}; see the README, 'Using bloodlib on "
-            "your own microscope'"
+            f"cells than on PBC's test split: {fix}; see docs/other-labs.md"
         ]
 
     def _normalised_lines(self) -> list[str]:

@@ -321,6 +321,7 @@ def adapt_curve(
     train: str | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
+    steps: int | None = None,
     unlabelled: bool = False,
     work_dir: str | Path | None = None,
 ) -> pd.DataFrame:
@@ -344,6 +345,8 @@ def adapt_curve(
         kwargs["batch_size"] = batch_size
     if epochs is not None:
         kwargs["epochs"] = epochs
+    if steps is not None:  # a lighter adaptation than adapt's default (the classroom run)
+        kwargs["steps"] = steps
     if unlabelled:
         kwargs["unlabelled"] = folder
     rows = []

@@ -106,6 +106,11 @@ PARAMETER_RULES: dict[str, Rule] = {
         check=lambda v: _shots_problem(v, empty_ok=True),
     ),
     "adapt_repeats": Rule("draws of support cells per number of shots", minimum=1),
+    "adapt_steps": Rule(
+        "Adam steps per adaptation, at least 1; null: adapt's default for adapt_train",
+        minimum=1,
+        nullable=True,
+    ),
     "other_lab": Rule(
         "a folder of another lab's cells in the class layout; null: a synthetic lab",
         nullable=True,

@@ -91,10 +91,12 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_ENTROPY_WEIGHT = 0.3
 
 
-def default_epochs(train: str, n_cells: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-    """Passes over ``n_cells`` that give about ``DEFAULT_STEPS[train]`` Adam steps."""
+def default_epochs(
+    train: str, n_cells: int, batch_size: int = DEFAULT_BATCH_SIZE, steps: int | None = None
+) -> int:
+    """Passes over ``n_cells`` that give about ``steps`` Adam steps (``DEFAULT_STEPS[train]``)."""
     steps_per_epoch = -(-n_cells // effective_batch(batch_size, n_cells))
-    return max(1, -(-DEFAULT_STEPS[train] // steps_per_epoch))
+    return max(1, -(-(steps or DEFAULT_STEPS[train]) // steps_per_epoch))
 
 
 #: Sidecar fields of the base model that do not carry over: its temperature and rejection
@@ -189,6 +191,7 @@ def check_options(
     batch_size: int,
     learning_rate: float | None,
     entropy_weight: float,
+    steps: int | None = None,
 ) -> None:
     """Every number adapting takes, checked before anything is read or written: counts at
     least 1, a learning rate positive and finite, an entropy weight finite and not negative
@@ -197,6 +200,10 @@ def check_options(
         raise ValueError(f"train must be one of {TRAIN_MODES}, not {train!r}")
     if (epochs is not None and epochs < 1) or batch_size < 1 or shots < 1:
         raise ValueError("shots, epochs and batch_size must be at least 1")
+    if steps is not None and (steps < 1 or epochs is not None):
+        raise ValueError(
+            f"steps is {steps}: give at least 1 Adam step, and epochs or steps, not both"
+        )
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate is {learning_rate}: give a positive, finite rate")
     if not (math.isfinite(entropy_weight) and entropy_weight >= 0):
@@ -250,6 +257,7 @@ def adapt(
     *,
     shots: int = DEFAULT_SHOTS,
     epochs: int | None = None,
+    steps: int | None = None,
     seed: int = DEFAULT_SEED,
     train: str = DEFAULT_TRAIN,
     learning_rate: float | None = None,
@@ -265,13 +273,14 @@ def adapt(
     path (:func:`check_out_path`), the model (:func:`load_base`), the folder (every class
     folder has a usable cell; copies left out). Accuracy on the held-out cells is measured
     before and after with the same Keras forward pass. ``epochs`` and ``learning_rate``
-    default per ``train`` mode (:data:`DEFAULT_STEPS`, :data:`DEFAULT_LEARNING_RATES`).
+    default per ``train`` mode (:data:`DEFAULT_STEPS`, :data:`DEFAULT_LEARNING_RATES`);
+    ``steps``, about that many Adam steps instead (the epochs follow).
     ``unlabelled``, a folder of the lab's cells without labels (any layout; it may be the
     labelled folder itself, whose labels are then not read), adds ``entropy_weight`` x the
     entropy of the predictions on them to the loss (:data:`DEFAULT_ENTROPY_WEIGHT`).
     """
     start, model_path = time.perf_counter(), pretrained.resolve(model_path)
-    check_options(train, shots, epochs, batch_size, learning_rate, entropy_weight)
+    check_options(train, shots, epochs, batch_size, learning_rate, entropy_weight, steps)
     out = check_out_path(out, model_path, folder, unlabelled, force=force)
     # Seed before loading: Keras draws each Dropout layer's seed from Python's `random` when
     # the layer is built, so a model loaded first drops different units on every call.
@@ -286,23 +295,19 @@ def adapt(
     run = _Run(clf, present, batch_size, seed)
     before, p0 = run.score(held)
     model, base_cfg, crop = _whole_frame_copy(clf)
-    epochs = epochs or default_epochs(train, len(support), batch_size)
+    epochs = epochs or default_epochs(train, len(support), batch_size, steps)
     learning_rate = learning_rate or DEFAULT_LEARNING_RATES[train]
     n_train = set_learning(model, train, clf.info.get("backbone"))
-    smoothing = float(base_cfg.get("label_smoothing", 0.1))
+    smoothing = float(base_cfg.get("label_smoothing", 0.1))  # the base recipe's
     run.fit(model, support, unl, epochs, learning_rate, smoothing, entropy_weight, verbose)
     run.model = model
     after, p1 = run.score(held)
     held = _with_answers(held, clf.classes, p0, p1)
     seconds = time.perf_counter() - start
     record = {
-        "epochs": int(epochs),
-        "seed": int(seed),
-        "train": train,
-        "trainable_weights": int(n_train),
-        "learning_rate": float(learning_rate),
-        "batch_size": int(batch_size),
-        "seconds": round(seconds, 1),
+        **{"epochs": int(epochs), "seed": int(seed), "train": train},
+        **{"trainable_weights": int(n_train), "learning_rate": float(learning_rate)},
+        **{"batch_size": int(batch_size), "seconds": round(seconds, 1)},
         "base_crop_removed": crop < 1.0,
         "unlabelled": _unlabelled_record(unl, entropy_weight),
     }

@@ -32,7 +32,7 @@ def choose_precision(requested: str = "auto") -> str:
 def get_strategy():
     """MultiWorkerMirrored under TF_CONFIG, Mirrored with several GPUs, else the default.
 
-    Under ``TF_CONFIG`` (one process per worker, see the README) every call in a process
+    Under ``TF_CONFIG`` (one process per worker, see docs/gpu.md) every call in a process
     returns the same strategy: creating it configures TensorFlow's collective ops, which
     works once, before any other TensorFlow work in the process.
     """
