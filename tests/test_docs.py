@@ -73,3 +73,21 @@ def test_rendering_a_summary_gives_its_numbers(tmp_path):
     summary["models"][0]["test_accuracy"] = 0.99
     (tmp_path / "full.json").write_text(__import__("json").dumps(summary))
     assert doc_tables.refresh([doc], write=False, results_dir=tmp_path) == [doc]
+
+
+def test_the_docs_command_checks_and_rewrites(monkeypatch, tmp_path, capsys):
+    """``python -m bloodlib docs --check`` exits 1 on a stale block and writes nothing;
+    without ``--check`` it rewrites the block, after which the check passes."""
+    from bloodlib.cli import main
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- generated: results-sample -->\nstale\n<!-- end generated -->\n")
+    real = doc_tables.refresh
+    monkeypatch.setattr(
+        doc_tables, "refresh", lambda write=True: real([doc], write=write, results_dir=tmp_path)
+    )
+    assert main(["docs", "--check"]) == 1
+    assert "stale" in doc.read_text() and "out of date" in capsys.readouterr().out
+    assert main(["docs"]) == 0
+    assert "stale" not in doc.read_text()
+    assert main(["docs", "--check"]) == 0

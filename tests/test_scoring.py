@@ -10,6 +10,7 @@ from tiny_models import write_cell
 
 from bloodlib import CLASSES, evaluate
 from bloodlib.evaluate import calibration
+from bloodlib.evaluate.results import Evaluation
 from bloodlib.models import saved
 from bloodlib.predict import inference
 from bloodlib.study import scoring
@@ -208,20 +209,56 @@ def test_calibration_bins_fit_the_test_set():
     assert evaluate.calibration_bins(10_000) == calibration.MAX_BINS
 
 
-def test_ranking_sentence_flags_a_lead_within_noise():
-    a = {"name": "a", "test_accuracy": 0.8, "n_test": 48, "accuracy_ci95": [0.7, 0.9]}
-    b = {"name": "b", "test_accuracy": 0.75, "n_test": 48, "accuracy_ci95": [0.6, 0.85]}
-    text = narrative.ranking_sentence([b, a])
+def _evaluation(name: str, correct: np.ndarray) -> Evaluation:
+    """An evaluation of ``len(correct)`` test cells of class 0, right where ``correct``."""
+    n = len(correct)
+    test = pd.DataFrame({"path": [f"c{i}.jpg" for i in range(n)]})
+    pred = np.where(correct, 0, 1)
+    proba = np.eye(len(CLASSES))[pred]
+    metrics = {"name": name, "test_accuracy": float(correct.mean()), "n_test": n}
+    return Evaluation(metrics, test, np.zeros(n, int), proba, proba, pred)
+
+
+def test_ranking_is_by_a_paired_test_not_by_overlapping_intervals():
+    """Two models 5 points apart on 200 cells: their intervals overlap, yet when the leader is
+    right on every cell the other is, plus ten, the paired test tells them apart; when they
+    differ on many cells both ways, it does not."""
+    rng = np.random.default_rng(0)
+    b_right = rng.random(200) < 0.75
+    a_right = b_right.copy()
+    a_right[np.flatnonzero(~b_right)[:10]] = True  # a: b's cells and ten more
+    paired = evaluate.leader_and_runner_up([_evaluation("b", b_right), _evaluation("a", a_right)])
+    assert paired[:2] == ("a", "b") and (paired[2].only_b, paired[2].only_a) == (10, 0)
+    entries = [
+        {"name": "a", "test_accuracy": 0.8, "n_test": 200, "accuracy_ci95": [0.74, 0.85]},
+        {"name": "b", "test_accuracy": 0.75, "n_test": 200, "accuracy_ci95": [0.69, 0.81]},
+    ]
+    text = narrative.ranking_sentence(entries, paired=paired)
     assert text.startswith("Highest test accuracy: **a**, 80.0 %") and "Next: b, 75.0 %" in text
-    assert "-5.0 points" in text and "could flip" in text and "smoke-test" not in text
-    sure = narrative.ranking_sentence([a, {**b, "test_accuracy": 0.5}], smoke_test=True)
-    assert "could flip" not in sure and "smoke-test numbers" in sure
+    assert "right on 10 that b gets wrong and wrong on 0" in text
+    assert "more than the luck" in text and "overlap" not in text
+    # the same 5-point gap from 30 cells against 20: not told apart
+    mixed = b_right.copy()
+    mixed[np.flatnonzero(~b_right)[:30]] = True
+    mixed[np.flatnonzero(b_right)[:20]] = False
+    tie = evaluate.leader_and_runner_up([_evaluation("b", b_right), _evaluation("a", mixed)])
+    assert "do not tell the two apart" in narrative.ranking_sentence(entries, paired=tie)
+    # without a paired test the sentence says one is needed, and ranks nothing more
+    plain = narrative.ranking_sentence(entries, smoke_test=True)
+    assert "takes a paired test" in plain and "smoke-test numbers" in plain
+
+
+def test_no_paired_test_across_different_cells():
+    a = _evaluation("a", np.ones(10, bool))
+    b = _evaluation("b", np.zeros(12, bool))
+    assert evaluate.leader_and_runner_up([a, b]) is None
+    assert evaluate.leader_and_runner_up([a]) is None
 
 
 def test_ranking_sentence_of_a_tie_and_no_negative_zero():
     a = {"name": "a", "test_accuracy": 0.855, "n_test": 200, "accuracy_ci95": [0.8, 0.9]}
     text = narrative.ranking_sentence([a, {**a, "name": "a_tta"}])
-    assert "Tied with a_tta" in text and "-0.0" not in text and "could flip" not in text
+    assert "Tied with a_tta" in text and "-0.0" not in text and "paired test" not in text
     row = {"model": "m", "n": 200, "plain": 0.855, "tta": 0.855, "gain": -0.0, "fixed": 5}
     row |= {"broken": 5, "ci_lo": -0.03, "ci_hi": 0.03, "p_mcnemar": 1.0}
     assert "(+0.0 points)" in narrative.tta_sentence(row)

@@ -29,6 +29,7 @@ from bloodlib.evaluate.calibration import (
 from bloodlib.evaluate.compare import (
     PairedComparison,
     comparison_table,
+    leader_and_runner_up,
     paired_comparison,
     tta_gains,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "log_average",
     "logits_from_proba",
     "misclassified",
+    "leader_and_runner_up",
     "paired_comparison",
     "per_class_table",
     "read_metrics",

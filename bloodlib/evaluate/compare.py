@@ -132,6 +132,26 @@ def paired_comparison(
     )
 
 
+def leader_and_runner_up(
+    results: Sequence[Evaluation], *, n_boot: int = 1000, seed: int = DEFAULT_SEED
+) -> tuple[str, str, PairedComparison] | None:
+    """The two most accurate of ``results`` compared on their common test cells
+    (:func:`paired_comparison`, ``a`` the runner-up, ``b`` the leader); None for fewer than two
+    models or models scored on different cells, where no paired test applies."""
+    ranked = sorted(results, key=lambda r: r.metrics["test_accuracy"], reverse=True)
+    if len(ranked) < 2:
+        return None
+    best, second = ranked[0], ranked[1]
+    if not np.array_equal(best.y_true, second.y_true) or not best.test["path"].equals(
+        second.test["path"]
+    ):
+        return None
+    paired = paired_comparison(
+        best.y_true, second.predictions, best.predictions, n_boot=n_boot, seed=seed
+    )
+    return best.name, second.name, paired
+
+
 def tta_gains(
     results: Sequence[Evaluation], *, n_boot: int = 1000, seed: int = DEFAULT_SEED
 ) -> pd.DataFrame:

@@ -17,7 +17,6 @@ training folder (resumable) stays in ``runs/``.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from bloodlib.core.config import SAMPLE_DIR
 from bloodlib.data import manifest, source, split
 from bloodlib.data.sample import copies_of, source_of
 from bloodlib.models.pretrained import SHIPPED_DIR
-from bloodlib.models.saved import read_sidecar, sidecar_path, update_sidecar
+from bloodlib.models.saved import open_model, read_sidecar, save_classifier, update_sidecar
 from bloodlib.study import provenance, scoring
 from bloodlib.study.planning import plan_study
 from bloodlib.study.profiles import RunError
@@ -107,8 +106,10 @@ def publish(
     """Copy the trained network into the package with what a user must know about it."""
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     out = SHIPPED_DIR / f"{name}.keras"
-    shutil.copyfile(model_path, out)
-    shutil.copyfile(sidecar_path(model_path), sidecar_path(out))
+    # Loaded uncompiled, the network is written without its optimizer's state: a third of
+    # the training file's size (41 MB -> about 14 MB for Lite0), the same predictions.
+    trained = open_model(model_path)
+    save_classifier(trained.model, out, trained.info)
     record = read_sidecar(out)["trained_on"]
     learnt = frame.loc[frame["split"] != "test", "sha256"]
     copies = [h for h in copies_of(learnt) if h]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bloodlib.evaluate.compare import PairedComparison
 from bloodlib.evaluate.seeds import seed_members
 from bloodlib.teach.narrative.words import pct, points
 
@@ -98,11 +99,18 @@ def tta_sentence(row: Mapping[str, Any]) -> str:
     return head + " The interval includes zero: these cells cannot tell the gain from chance."
 
 
-def ranking_sentence(entries: Sequence[Mapping[str, Any]], *, smoke_test: bool = False) -> str:
+def ranking_sentence(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    paired: tuple[str, str, PairedComparison] | None = None,
+    smoke_test: bool = False,
+) -> str:
     """Which model scored best, and whether its lead over the runner-up is more than noise.
 
-    Lead "within noise" means the runner-up's accuracy lies inside the leader's 95 %
-    bootstrap interval (a rough check; :func:`paired_comparison` is the careful one).
+    Scored on the same cells, two models are ranked by a paired test
+    (``paired``: :func:`bloodlib.evaluate.leader_and_runner_up`), never by whether their
+    two intervals overlap: the cells both get right or both get wrong say nothing about
+    which is better.
     """
     ranked = sorted(entries, key=lambda e: e["test_accuracy"], reverse=True)
     if not ranked:
@@ -120,14 +128,32 @@ def ranking_sentence(entries: Sequence[Mapping[str, Any]], *, smoke_test: bool =
             text += f" Tied with {second['name']}: the same number of test cells right."
         else:
             text += f" Next: {second['name']}, {pct(second['test_accuracy'])} ({points(-gap)})."
-        if gap and ci and ci[0] <= second["test_accuracy"]:
-            text += " The runner-up lies inside the leader's interval: this ranking could flip on another test set."
+        if paired is not None and paired[:2] == (best["name"], second["name"]):
+            text += " " + paired_lead_sentence(*paired)
+        elif gap:
+            text += (
+                " Whether the lead is more than the luck of the test cells takes a paired test on "
+                "the same cells (`bloodlib.evaluate.paired_comparison`), not the two intervals."
+            )
     if smoke_test:
         text += (
             " These are smoke-test numbers on the embedded sample; the full-data results are in "
             "the README's Results section."
         )
     return text
+
+
+def paired_lead_sentence(leader: str, runner_up: str, c: PairedComparison) -> str:
+    """The leader against the runner-up on the same cells: the cells that differ, the paired
+    interval of the difference and McNemar's test, and what they allow one to say."""
+    text = (
+        f"On the same {c.n} cells, {leader} is right on {c.only_b} that {runner_up} gets wrong "
+        f"and wrong on {c.only_a} that it gets right: {points(c.difference)} (paired 95 % "
+        f"interval {points(c.ci95[0])} to {points(c.ci95[1])}; McNemar p = {c.p_mcnemar:.2g})."
+    )
+    if c.ci95[0] > 0:
+        return text + " The lead is more than the luck of these test cells."
+    return text + " The interval includes no difference: these cells do not tell the two apart."
 
 
 def rejection_sentence(record: Mapping[str, Any]) -> str:
