@@ -484,7 +484,9 @@ def _score_labels(
         idx = np.flatnonzero(ok.to_numpy())
         table.loc[idx[labelled], "label"] = labels[labelled].to_numpy()
         unscored = folders[~labelled].value_counts().sort_index().to_dict()
-        excluded = labels[labelled & ~scored].value_counts().sort_index().to_dict()
+        # only the classes outside ``answers``: the model's own cells are counted as n_seen
+        outside = labelled & ~labels.isin(answers).to_numpy()
+        excluded = labels[outside].value_counts().sort_index().to_dict()
     if scored.any():
         y = labels[scored].map({c: i for i, c in enumerate(answers)}).to_numpy()
         metrics = evaluate(y, shown[scored], list(answers), n_boot=200)
