@@ -59,7 +59,7 @@ def test_the_shipped_network_is_bound_published_and_never_saw_the_classroom_test
     assert published["profile"] == pretrain.PROFILE
     assert 0.5 < published["dev_test"]["test_accuracy"] <= 1.0
     seen = set(info["trained_on"]["cells"])
-    sources = pretrain.classroom_test_sources((0.7, 0.1, 0.2), 42)  # the release's files
+    sources = pretrain.classroom_test_sources()  # the release's files
     assert sources and not {h[: split.TRAINED_ON_DIGITS] for h in sources} & seen
     # ... and the sample's own (shrunk) copies of them, which classify would be given
     classroom = split.make_split(manifest.scan(SAMPLE_DIR, progress=False), seed=42)

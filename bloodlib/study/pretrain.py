@@ -38,12 +38,17 @@ from bloodlib.train.recipe import FinetuneConfig
 PROFILE = "full"
 
 
+def notebook_parameters(profile: str, data: str, notebook: str) -> dict[str, Any]:
+    """What a run of ``profile`` gives ``notebook``: its profile values over its defaults."""
+    plan = next(p for p in plan_study(profile, data) if p.name == notebook)
+    return {**plan.defaults, **plan.parameters}
+
+
 def recipe(data: str) -> tuple[FinetuneConfig, dict[str, Any]]:
     """The ``full`` profile's fine-tuning configuration and split parameters, exactly as a
     run of that profile would give notebooks 01 and 03 (profile over notebook defaults)."""
-    plans = {p.name: p for p in plan_study(PROFILE, data)}
-    nb03 = {**plans["03_fine_tuning"].defaults, **plans["03_fine_tuning"].parameters}
-    nb01 = {**plans["01_data_exploration"].defaults, **plans["01_data_exploration"].parameters}
+    nb03 = notebook_parameters(PROFILE, data, "03_fine_tuning")
+    nb01 = notebook_parameters(PROFILE, data, "01_data_exploration")
     known = {f.name for f in fields(FinetuneConfig)}
     cfg = FinetuneConfig(
         **{k: v for k, v in nb03.items() if k in known and k not in ("backbone", "weights")},
@@ -52,11 +57,11 @@ def recipe(data: str) -> tuple[FinetuneConfig, dict[str, Any]]:
     return cfg, {"fractions": tuple(nb01["split_fractions"]), "seed": int(nb01["seed"])}
 
 
-def classroom_test_sources(fractions: tuple[float, float, float], seed: int) -> set[str]:
+def classroom_test_sources() -> set[str]:
     """Content hashes of the originals of the embedded sample's test cells (the split
-    ``make run`` scores on: the sample's scan, split with the ``sample`` profile's fractions)."""
-    plans = {p.name: p for p in plan_study("sample", "sample")}
-    nb01 = {**plans["01_data_exploration"].defaults, **plans["01_data_exploration"].parameters}
+    ``make run`` scores on: the sample's scan, split with the ``sample`` profile's fractions
+    and seed, whatever the profile the shipped network is trained with)."""
+    nb01 = notebook_parameters("sample", "sample", "01_data_exploration")
     table = manifest.scan(SAMPLE_DIR, progress=False)
     classroom = split.make_split(
         table, fractions=tuple(nb01["split_fractions"]), seed=int(nb01["seed"])
@@ -82,7 +87,7 @@ def pretrain(
     root = source.resolve(spec)
     table = manifest.scan(root, progress=verbose > 0)
     frame = split.make_split(table, **split_params)
-    frame = split.hold_out(frame, classroom_test_sources(**split_params))
+    frame = split.hold_out(frame, classroom_test_sources())
     split.check_split(frame)
     run_dir = Path(runs_root) / f"pretrain-{name}"
     split.save_split(frame, run_dir / "split.csv")
