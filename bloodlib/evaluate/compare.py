@@ -18,7 +18,7 @@ from scipy.stats import binomtest
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.core.paper import ACCURACY
 from bloodlib.evaluate.arrays import boot_indices
-from bloodlib.evaluate.results import Evaluation
+from bloodlib.evaluate.results import Evaluation, same_test_cells
 
 
 def _is_scalar(value: Any) -> bool:
@@ -142,9 +142,9 @@ def leader_and_runner_up(
     if len(ranked) < 2:
         return None
     best, second = ranked[0], ranked[1]
-    if not np.array_equal(best.y_true, second.y_true) or not best.test["path"].equals(
-        second.test["path"]
-    ):
+    try:
+        same_test_cells([best, second])
+    except ValueError:  # scored on other cells: no paired test applies
         return None
     paired = paired_comparison(
         best.y_true, second.predictions, best.predictions, n_boot=n_boot, seed=seed
