@@ -79,8 +79,7 @@ def test_metrics_json_contract(sample_run):
         "efficientnet_lite0_svm",
         "efficientnet_lite0_finetune",
         "efficientnet_lite0_finetune_tta",  # the same network, test-time augmented
-        "efficientnet_lite0_robust",  # notebook 05's robust recipe, added after notebook 04
-    }
+    }  # no robust recipe: the classroom run leaves it to `-p robust=true` (minutes of training)
     tta = models["efficientnet_lite0_finetune_tta"]
     assert tta["tta"] and not models["efficientnet_lite0_finetune"]["tta"]
     assert tta["model_path"] == models["efficientnet_lite0_finetune"]["model_path"]
@@ -93,7 +92,7 @@ def test_metrics_json_contract(sample_run):
         lo, hi = m["accuracy_ci95"]
         assert lo <= m["test_accuracy"] <= hi
     # Issue 10: the classroom run shows the method working, on a test split worth reading.
-    # Measured on the shipped sample: SVM 0.89, fine-tuned 0.97 (95% CI 0.945-0.99).
+    # Measured on the shipped sample (seed 42, 200 test cells): SVM 0.85 at 160 px, fine-tuned 0.91.
     assert all(m["n_test"] >= 150 for m in models.values())
     assert models["efficientnet_lite0_svm"]["test_accuracy"] >= 0.8
     assert models["efficientnet_lite0_finetune"]["test_accuracy"] >= 0.9

@@ -17,6 +17,7 @@ never a silent mislabelling.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import warnings
@@ -323,18 +324,27 @@ def _check_format(path: Path, fmt: str, method: str, trust_pickle: bool) -> None
 # --- saving ------------------------------------------------------------------------------
 
 
-def save_classifier(model: Any, model_path: str | Path, info: dict[str, Any]) -> Path:
+def save_classifier(
+    model: Any, model_path: str | Path, info: dict[str, Any], *, storage: str = "float32"
+) -> Path:
     """Write a model and its sidecar: the one place a bloodlib classifier is saved.
 
     ``info["method"]`` decides the format: ``finetune`` -> a Keras model in ``.keras``,
     ``svm`` -> a scikit-learn pipeline in ``.skops``. The classes must match the model's
     outputs. The model is written atomically first, then the sidecar with the model's
-    ``model_sha256`` and ``binding_sha256``. Returns ``model_path``.
+    ``model_sha256`` and ``binding_sha256``. ``storage="float16"`` (a network only) halves
+    the file (:func:`store_float16`); the sidecar records it. Returns ``model_path``.
     """
     model_path = Path(model_path)
+    if storage not in STORAGES:
+        raise ValueError(f"storage is {storage!r}; one of {', '.join(STORAGES)}")
     info = json.loads(json.dumps({"name": model_path.stem, **info}, default=json_default))
-    for key in ("model_sha256", "binding_sha256"):
+    for key in ("model_sha256", "binding_sha256", "storage"):
         info.pop(key, None)
+    if storage != "float32":
+        if info.get("method") != "finetune":
+            raise ValueError(f"only a network is stored in {storage}, not a {info.get('method')}")
+        info["storage"] = storage
     validate_sidecar(info, sidecar_path(model_path))
     method = info["method"]
     suffix = next(s for fmt, (s, m) in FORMATS.items() if m == method and fmt != "pickle")
@@ -348,11 +358,56 @@ def save_classifier(model: Any, model_path: str | Path, info: dict[str, Any]) ->
     else:
         with atomic_path(model_path, suffix=".keras") as tmp:
             model.save(tmp)
+            if storage == "float16":
+                store_float16(tmp)
     sha = sha256_file(model_path)
     info["model_sha256"] = sha
     info["binding_sha256"] = binding_sha256(info, sha)
     write_json(sidecar_path(model_path), info)
     return model_path
+
+
+#: How a network's weights may be stored on disk. Keras casts them to the variables' dtype
+#: (float32) when it loads, so a float16 file computes in float32 like any other.
+STORAGES = ("float32", "float16")
+
+#: The member of a ``.keras`` archive that holds the weights (Keras 3's v3 format).
+_WEIGHTS_MEMBER = "model.weights.h5"
+
+
+def store_float16(path: str | Path) -> None:
+    """Rewrite a ``.keras`` file in place with its float32 weights stored as float16, deflated.
+
+    Half the bytes, for a network that ships inside the package; float16 keeps about three
+    significant digits of each weight. A shipped network's sidecar scores the float16 file
+    itself (``bloodlib.study.pretrain.publish``), not the float32 network it came from.
+    """
+    import h5py  # lazy: Keras's own dependency, needed only here
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {m: archive.read(m) for m in archive.namelist()}
+    if _WEIGHTS_MEMBER not in members:
+        raise ValueError(f"{path}: no {_WEIGHTS_MEMBER}; not a Keras 3 .keras file")
+    src, dst = io.BytesIO(members[_WEIGHTS_MEMBER]), io.BytesIO()
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        fout.attrs.update(fin.attrs)
+
+        def copy(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                value = obj[()]
+                if value.dtype == np.float32:
+                    value = value.astype(np.float16)
+                fout.create_dataset(name, data=value)
+            else:
+                fout.require_group(name)
+            fout[name].attrs.update(obj.attrs)
+
+        fin.visititems(copy)
+    members[_WEIGHTS_MEMBER] = dst.getvalue()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
 
 
 def check_outputs(model: Any, method: str, n_classes: int, where: str | Path) -> None:
