@@ -113,6 +113,7 @@ def publish(
 ) -> Path:
     """Copy the trained network into the package with what a user must know about it, and
     score the copy (the bytes that ship) on ``frame``'s test split."""
+    git = provenance.git_info()  # before the package changes: writing into it dirties the tree
     shipped_dir.mkdir(parents=True, exist_ok=True)
     out = shipped_dir / f"{name}.keras"
     # Loaded uncompiled, the network is written without its optimizer's state (41 MB -> 14 MB
@@ -129,7 +130,6 @@ def publish(
         "cells": sorted({*record["cells"], *(h[: split.TRAINED_ON_DIGITS] for h in copies)}),
     }
     counts = frame["split"].value_counts().to_dict()
-    git = provenance.git_info()
     update_sidecar(
         out,
         name=name,
