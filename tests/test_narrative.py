@@ -149,3 +149,24 @@ def test_many_tied_classes_are_counted_not_listed():
     counts = {c: 125 for c in CLASSES[1:]} | {"basophil": 126}
     text = narrative.class_balance(counts)
     assert "from 125 (7 classes) to 126 (basophil)" in text
+
+
+def test_saliency_sentence_says_which_check_failed():
+    check = {
+        "rank_correlation": np.array([0.1, 0.2]),
+        "mean_rank_correlation": 0.15,
+        "layers": ["head"],
+    }
+    deletion = {
+        "faster_than_random": 0.75,
+        "mean_auc_salient": 0.2,
+        "mean_auc_random": 0.4,
+        "p_value": 0.01,
+    }
+    good = narrative.saliency_sentence(check, deletion)
+    assert "depend on the trained weights" in good and "pixels the network needs" in good
+    assert "0.15" in good and "75%" in good.replace(" %", "%")
+    bad = narrative.saliency_sentence(
+        {**check, "mean_rank_correlation": 0.9}, {**deletion, "p_value": 0.3}
+    )
+    assert "barely depend" in bad and "better than chance" in bad

@@ -117,3 +117,19 @@ def test_rank_correlation_is_spearmans():
     a, b = rng.random((3, 6, 6)), rng.random((3, 6, 6))
     want = [spearmanr(a[i].ravel(), b[i].ravel()).statistic for i in range(3)]
     np.testing.assert_allclose(saliency.rank_correlation(a, b), want)
+
+
+def test_a_faithful_map_passes_both_checks_and_a_misplaced_one_fails(net):
+    x = red_patch_images(8)  # a one-sided Wilcoxon needs 6 or more pairs to reach p < 0.05
+    maps = cam.grad_cam(net, x, 0, layer="conv")
+    check = saliency.randomisation_check(net, x, [0] * len(x), layer="conv", n_layers=2)
+    deletion = saliency.deletion_test(net, x, maps, [0] * len(x))
+    assert deletion["p_value"] < 0.01
+    assert saliency.passes(check, deletion) == {"randomisation": True, "deletion": True}
+    # A map the randomised network would draw as well, pointing away from the evidence (it
+    # ranks the bottom-right corner first and the top-left quadrant last):
+    same = saliency.randomisation_check(net, x, [0] * len(x), layer="conv", n_layers=0)
+    ramp = np.add.outer(np.arange(SIZE), np.arange(SIZE)).astype(np.float32)
+    elsewhere = saliency.deletion_test(net, x, np.broadcast_to(ramp, maps.shape), [0] * len(x))
+    assert elsewhere["p_value"] > 0.5
+    assert saliency.passes(same, elsewhere) == {"randomisation": False, "deletion": False}

@@ -63,4 +63,6 @@ def test_float16_storage_is_for_networks_only(tmp_path):
     with pytest.raises(ValueError, match="storage"):
         save_classifier(_network(), tmp_path / "m.keras", INFO, storage="int8")
     with pytest.raises(ValueError, match="only a network"):
-        save_classifier(object(), tmp_path / "m.skops", {**INFO, "method": "svm"}, storage="float16")
+        save_classifier(
+            object(), tmp_path / "m.skops", {**INFO, "method": "svm"}, storage="float16"
+        )

@@ -302,6 +302,8 @@ def cam_examples(
     image_size: int,
     per_class: int = 2,
     seed: int = DEFAULT_SEED,
+    *,
+    layer: str | None = None,
 ) -> pd.DataFrame:
     """Grad-CAM maps of up to ``per_class`` right and ``per_class`` wrong cells of every class.
 
@@ -311,6 +313,7 @@ def cam_examples(
     ``proba`` predicted: what the network saw when it decided. Returns one row per
     cell: ``path, label, predicted, probability, correct, cam`` (``cam`` an
     (image_size, image_size) array) and ``image`` (the uint8 pixels the map is of).
+    ``layer``: the feature map Grad-CAM reads (:func:`grad_cam`; None: the last).
     """
 
     proba = np.asarray(proba)
@@ -334,7 +337,7 @@ def cam_examples(
         return pd.DataFrame(columns=columns)
     paths = table.loc[chosen, "path"].astype(str).tolist()
     images = load_images(paths, image_size)
-    cams = grad_cam(model, images, class_index=pred_idx[chosen])
+    cams = grad_cam(model, images, class_index=pred_idx[chosen], layer=layer)
     return pd.DataFrame(
         {
             "path": paths,

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import rankdata, wilcoxon
 
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.data.stain import background_colour
@@ -38,6 +38,13 @@ DELETION_STEPS = tuple(np.linspace(0.0, 1.0, 11))
 #: Weighted layers randomised by :func:`randomisation_check`, counted from the head down: the
 #: head and the network's top block, the layers whose weights the fine-tuning moved most.
 RANDOMISED_LAYERS = 6
+#: A map passes the randomisation check when its mean rank correlation with the randomised
+#: network's map is below this: Adebayo et al.'s failing methods (guided backprop, guided
+#: Grad-CAM) stay near 1 as layers are randomised; Grad-CAM itself falls near 0.
+MAX_RANK_CORRELATION = 0.5
+#: The deletion test passes when removing the salient pixels first lowers the area under the
+#: probability curve more than random removal, one-sided paired Wilcoxon at this level.
+DELETION_ALPHA = 0.05
 
 
 def _maps_4d(model: Any) -> list[tuple[str, int]]:
@@ -154,7 +161,8 @@ def deletion_test(
 
     ``maps``: one saliency map per image, at the images' size. Returns the fractions, both
     curves per image (``(N, len(steps))``), and the area under each (the mean probability
-    over the fractions; lower is a faster fall) with their per-image difference.
+    over the fractions; lower is a faster fall), the share of images where the salient order
+    fell faster, and the one-sided paired Wilcoxon p-value of that difference.
     """
     model = keras_model(model)
     x = np.asarray(images, np.float32)
@@ -176,6 +184,8 @@ def deletion_test(
         random_rows.append(p[1])
     salient, random = np.array(salient_rows), np.array(random_rows)
     auc_salient, auc_random = salient.mean(axis=1), random.mean(axis=1)
+    differ = not np.allclose(auc_salient, auc_random)
+    p = float(wilcoxon(auc_salient, auc_random, alternative="less").pvalue) if differ else 1.0
     return {
         "fractions": np.asarray(steps),
         "salient": salient,
@@ -185,4 +195,14 @@ def deletion_test(
         "mean_auc_salient": float(auc_salient.mean()),
         "mean_auc_random": float(auc_random.mean()),
         "faster_than_random": float(np.mean(auc_salient < auc_random)),
+        "p_value": p,  # one-sided paired Wilcoxon: salient-first falls faster than random
+    }
+
+
+def passes(check: dict[str, Any], deletion: dict[str, Any]) -> dict[str, bool]:
+    """Whether the maps pass each check (:data:`MAX_RANK_CORRELATION`, :data:`DELETION_ALPHA`)."""
+    return {
+        "randomisation": check["mean_rank_correlation"] < MAX_RANK_CORRELATION,
+        "deletion": deletion["mean_auc_salient"] < deletion["mean_auc_random"]
+        and deletion["p_value"] < DELETION_ALPHA,
     }

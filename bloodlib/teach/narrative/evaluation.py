@@ -15,6 +15,7 @@ import pandas as pd
 
 from bloodlib.evaluate.compare import PairedComparison
 from bloodlib.evaluate.seeds import seed_members
+from bloodlib.predict import saliency
 from bloodlib.teach.narrative.words import pct, points
 
 
@@ -180,6 +181,39 @@ def rejection_sentence(record: Mapping[str, Any]) -> str:
         f"below {threshold:.3f} are left unanswered; on the validation cells that keeps the "
         f"answered ones at {pct(target)} accuracy or better.{tail}"
     )
+
+
+def saliency_sentence(check: Mapping[str, Any], deletion: Mapping[str, Any]) -> str:
+    """What the two sanity checks of :mod:`bloodlib.predict.saliency` found, and what it means."""
+    verdict = saliency.passes(check, deletion)
+    n = len(check["rank_correlation"])
+    rho = check["mean_rank_correlation"]
+    first = (
+        f"**Randomisation check**: with its top {len(check['layers'])} weighted layers "
+        f"randomised, the network draws maps of the same {n} cells that correlate "
+        f"{rho:.2f} with the trained network's (mean Spearman rank correlation; 1 would mean "
+        "the map shows the image or the architecture, not what the network learnt). "
+        + (
+            "The maps depend on the trained weights."
+            if verdict["randomisation"]
+            else f"That is above {saliency.MAX_RANK_CORRELATION}: the maps barely depend on the "
+            "trained weights, so they are no evidence of what the network learnt."
+        )
+    )
+    second = (
+        f"**Deletion test**: removing the most salient pixels first lowered the predicted "
+        f"class's probability faster than removing them in a random order on "
+        f"{pct(deletion['faster_than_random'], 0)} of the cells (mean area under the curve "
+        f"{deletion['mean_auc_salient']:.2f} against {deletion['mean_auc_random']:.2f}; lower "
+        f"is faster; one-sided paired Wilcoxon p = {deletion['p_value']:.2g}). "
+        + (
+            "The maps point at pixels the network needs."
+            if verdict["deletion"]
+            else "Not shown on these cells: the maps do not pick out the pixels the network "
+            "needs better than chance does, so read them with care."
+        )
+    )
+    return f"{first}\n\n{second}"
 
 
 def seed_sentence(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> str:

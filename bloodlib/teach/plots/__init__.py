@@ -26,6 +26,7 @@ from bloodlib.teach.plots.evaluation import (
     plot_misclassified,
     plot_reliability,
     plot_roc,
+    plot_saliency_checks,
     plot_seed_spread,
 )
 from bloodlib.teach.plots.features import (
@@ -57,6 +58,7 @@ __all__ = [
     "plot_augmentations",
     "plot_bootstrap",
     "plot_cam_examples",
+    "plot_saliency_checks",
     "plot_cell_prediction",
     "plot_class_distribution",
     "plot_comparison",

@@ -447,6 +447,63 @@ def plot_cam_examples(
     return fig
 
 
+def plot_saliency_checks(
+    check: Mapping[str, Any],
+    deletion: Mapping[str, Any],
+    images: Any,
+    model_name: str,
+    *,
+    n_show: int = 3,
+) -> Figure:
+    """The two sanity checks of :mod:`bloodlib.predict.saliency`, side by side.
+
+    Left, for ``n_show`` cells: the cell, the trained network's map, the randomised network's
+    map. Right: the deletion curves (class probability against the share of pixels removed),
+    salient pixels first against a random order, each cell thin and their mean thick.
+    """
+
+    images = np.asarray(images)
+    n_show = max(1, min(n_show, len(images)))
+    fig = plt.figure(figsize=(10.5, 1.9 * n_show + 0.7), layout="constrained")
+    grid = fig.add_gridspec(n_show, 4, width_ratios=(1, 1, 1, 2.4))
+    rho = np.asarray(check["rank_correlation"])
+    for i in range(n_show):
+        pixels = np.clip(images[i], 0, 255).astype(np.uint8)
+        panels = (
+            (pixels, "cell"),
+            (overlay(pixels, check["trained"][i]), "trained"),
+            (overlay(pixels, check["randomised"][i]), f"randomised (ρ = {rho[i]:.2f})"),
+        )
+        for j, (picture, label) in enumerate(panels):
+            ax = fig.add_subplot(grid[i, j])
+            ax.imshow(picture)
+            ax.set_title(label, fontsize=8)
+            ax.axis("off")
+    ax = fig.add_subplot(grid[:, 3])
+    steps = np.asarray(deletion["fractions"])
+    for key, colour, label in (
+        ("salient", "C3", "most salient first"),
+        ("random", "0.45", "random order"),
+    ):
+        curves = np.asarray(deletion[key])
+        for curve in curves:
+            ax.plot(steps, curve, color=colour, alpha=0.15, lw=0.8)
+        mean_auc = deletion[f"mean_auc_{key}"]
+        ax.plot(
+            steps, curves.mean(axis=0), color=colour, lw=2.5, label=f"{label} (area {mean_auc:.2f})"
+        )
+    ax.set(
+        xlabel="share of the pixels removed",
+        ylabel="probability of the predicted class",
+        ylim=(0, 1.02),
+        title=f"Deletion test, {len(np.asarray(deletion['salient']))} cells",
+    )
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{model_name}: are the maps evidence? (randomisation check, deletion test)")
+    return fig
+
+
 def plot_cell_prediction(
     image: Any,
     proba: Any,
