@@ -324,3 +324,42 @@ def test_seed_mistakes_pool_each_models_seeds_and_name_the_shared_floor():
     moved.test = moved.test.assign(path=moved.test["path"] + "x")
     with pytest.raises(ValueError, match="other test cells"):
         evaluate.seed_mistakes([*results, moved])
+
+
+def test_a_threshold_that_answers_almost_no_validation_cell_is_not_written(tmp_path):
+    """Issue 33: 99 % is reached only by the 2 most confident of 100 validation cells (2 %,
+    under reject.MIN_COVERAGE): the threshold is reported unusable and the sidecar gets none."""
+    from bloodlib.evaluate import reject
+
+    path = saved.save_classifier(
+        tiny_models.vertex_classifier(),
+        tmp_path / "run" / "models" / "m.keras",
+        {"method": "finetune", "backbone": "tiny", "classes": list(CLASSES), "image_size": 32},
+    )
+    saved.update_sidecar(path, reject_threshold=0.5)  # a stale threshold from an earlier run
+    rng = np.random.default_rng(0)
+    conf = np.sort(rng.uniform(0.3, 0.9, 100))[::-1]
+    k = len(CLASSES)
+    proba_val = np.full((100, k), 0.0)
+    proba_val[:, 0] = conf
+    proba_val[:, 1:] = ((1 - conf) / (k - 1))[:, None]
+    y_val = np.where(np.arange(100) < 2, 0, (np.arange(100) + 1) % 2)  # 2 right, then 1 in 2
+    assert reject.choose_threshold(proba_val, y_val, target_accuracy=0.99) is None
+    assert reject.choose_threshold(proba_val, y_val, target_accuracy=0.99, min_coverage=0) > 0.8
+    test = pd.DataFrame({"path": ["a.jpg", "b.jpg"]})
+    result = Evaluation(
+        {"name": "m", "tta": False, "temperature": 1.0, "model_path": "models/m.keras"},
+        test,
+        np.zeros(2, int),
+        proba_val[:2],
+        proba_val[:2],
+        np.zeros(2, int),
+        proba_val,
+        y_val,
+    )
+    record = scoring.record_rejection(tmp_path / "run", result)
+    assert record["reject_threshold"] is None and record["unusable_threshold"] > 0.8
+    assert record["val_coverage"] == pytest.approx(0.02)
+    assert saved.read_sidecar(path)["reject_threshold"] is None
+    text = narrative.rejection_sentence(record)
+    assert "unusable" in text and "2.0 %" in text and "answers every cell" in text

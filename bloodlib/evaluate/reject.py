@@ -31,6 +31,9 @@ from bloodlib.evaluate.calibration import logits_from_proba, softmax
 #: a lab reviews the uncertain cells by eye, and a differential count tolerates about one
 #: wrong cell in a hundred.
 TARGET_ACCURACY = 0.99
+#: A threshold that answers fewer validation cells than this share is no rule but a refusal
+#: to answer: :func:`choose_threshold` reports none (and a study records none) instead.
+MIN_COVERAGE = 0.05
 
 
 class ClassSelectionError(BloodlibError):
@@ -128,12 +131,13 @@ def choose_threshold(
     *,
     target_accuracy: float | None = TARGET_ACCURACY,
     target_coverage: float | None = None,
+    min_coverage: float = MIN_COVERAGE,
 ) -> float | None:
     """A rejection threshold chosen on validation cells (never on the test cells).
 
     With ``target_accuracy``: the smallest threshold whose accepted cells reach that
     accuracy (the most cells answered for the accuracy asked); None when no threshold
-    does. With ``target_coverage`` (and ``target_accuracy=None``): the highest threshold
+    does while answering at least ``min_coverage`` of the cells. With ``target_coverage`` (and ``target_accuracy=None``): the highest threshold
     that still accepts that fraction of the cells. Give the probabilities the rule will
     see (:func:`restrict` with the fitted temperature).
     """
@@ -141,7 +145,7 @@ def choose_threshold(
         raise ValueError("give exactly one of target_accuracy and target_coverage")
     curve = coverage_curve(proba, y_true)
     if target_accuracy is not None:
-        ok = curve[curve["accuracy"] >= target_accuracy]
+        ok = curve[(curve["accuracy"] >= target_accuracy) & (curve["coverage"] >= min_coverage)]
         return float(ok["threshold"].min()) if len(ok) else None
     ok = curve[curve["coverage"] >= target_coverage]
     return float(ok["threshold"].max())

@@ -203,8 +203,10 @@ def record_rejection(
     The threshold is chosen on the validation cells only (:func:`bloodlib.evaluate.reject.choose_threshold`
     on the temperature-scaled probabilities): the smallest maximum probability whose accepted
     validation cells reach ``target_accuracy``. ``classify`` then marks cells below it
-    ``uncertain`` by default. Returns what was recorded and what the rule does on the test
-    cells (coverage and accuracy of the accepted ones), for the notebook's sentence.
+    ``uncertain`` by default. A threshold that answers fewer than ``reject.MIN_COVERAGE`` of
+    the validation cells is unusable: none is written (``unusable_threshold`` says which it
+    was). Returns what was recorded and what the rule does on the validation and test cells
+    (coverage, accuracy of the accepted ones), for the notebook's sentence.
     """
 
     if result.metrics.get("tta"):
@@ -213,9 +215,12 @@ def record_rejection(
         raise ValueError(f"{result.name}: no validation cells to choose a threshold on")
     target = reject.TARGET_ACCURACY if target_accuracy is None else target_accuracy
     t = float(result.metrics["temperature"])
-    threshold = reject.choose_threshold(
-        reject.scale(result.proba_val, t), result.y_val, target_accuracy=target
-    )
+    val = reject.scale(result.proba_val, t)
+    # The threshold the target asks for, however few cells it answers; kept only when it
+    # answers enough of them to be a rule (reject.MIN_COVERAGE).
+    asked = reject.choose_threshold(val, result.y_val, target_accuracy=target, min_coverage=0.0)
+    val_coverage = reject.accepted_metrics(val, result.y_val, asked)["coverage"]
+    threshold = asked if asked is None or val_coverage >= reject.MIN_COVERAGE else None
     update_sidecar(
         Path(run_dir) / result.metrics["model_path"], temperature=t, reject_threshold=threshold
     )
@@ -225,6 +230,9 @@ def record_rejection(
         "temperature": t,
         "reject_threshold": threshold,
         "target_accuracy": target,
+        "val_coverage": val_coverage if asked is not None else None,
+        "unusable_threshold": asked if asked is not None and threshold is None else None,
+        "min_coverage": reject.MIN_COVERAGE,
         **{f"test_{k}": v for k, v in on_test.items()},
     }
 

@@ -161,6 +161,14 @@ def rejection_sentence(record: Mapping[str, Any]) -> str:
     """What the recorded threshold means, from :func:`record_rejection`'s numbers."""
     name, target = record["name"], record["target_accuracy"]
     threshold = record["reject_threshold"]
+    unusable = record.get("unusable_threshold")
+    if threshold is None and unusable is not None:
+        return (
+            f"**{name}**: the threshold that reaches {pct(target)} accuracy on the validation "
+            f"cells ({unusable:.3f}) answers only {pct(record['val_coverage'])} of them, fewer "
+            f"than {pct(record['min_coverage'], 0)}: a rule that refuses almost every cell is "
+            "unusable, so none is recorded and `classify` answers every cell."
+        )
     if threshold is None:
         return (
             f"**{name}**: no threshold reaches {pct(target)} accuracy on the validation cells, "
