@@ -31,8 +31,16 @@ def _confusion(n_right: int, n_wrong: int, k: int = 8) -> list[list[int]]:
     return cm.tolist()
 
 
-def _result(backbone: str, size: int, n_right: int, ci=None) -> design1.SVMExperiment:
+def _result(
+    backbone: str, size: int, n_right: int, ci=None, *, shuffle: int | None = None, cells=True
+) -> design1.SVMExperiment:
+    """200 test cells, ``n_right`` of them right: the first ones, or (``shuffle``: a seed)
+    a random set of them, so that two results differ on many cells both ways."""
     n = 200
+    y = np.arange(n) % 8
+    right = np.arange(n) < n_right
+    if shuffle is not None:
+        right = np.random.default_rng(shuffle).permutation(right)
     return design1.SVMExperiment(
         name=f"{backbone}_svm",
         backbone=backbone,
@@ -51,6 +59,8 @@ def _result(backbone: str, size: int, n_right: int, ci=None) -> design1.SVMExper
             },
         },
         model_path=Path("unused"),
+        test_labels=y if cells else None,
+        test_predictions=np.where(right, y, (y + 1) % 8) if cells else None,
     )
 
 
@@ -88,33 +98,49 @@ def test_table_rows_sorted_with_intervals_from_the_confusion_matrix():
     assert np.isnan(lite0["images_per_s"])
 
 
-def test_sentence_names_the_cheapest_backbone_inside_the_best_interval():
+def test_sentence_names_the_cheapest_backbone_a_paired_test_does_not_tell_apart():
     table = design1.backbone_table(
         [
             _result("efficientnet_lite2", 260, 180),  # 90%, the most compute
-            _result("efficientnet_lite0", 224, 176),  # 88%: inside the interval, cheapest
-            _result("efficientnet_lite1", 240, 177),
+            _result("efficientnet_lite0", 224, 176, shuffle=1),  # 88%, other cells: a tie
+            _result("efficientnet_lite1", 240, 177, shuffle=2),
         ]
     )
+    lite0 = table.set_index("backbone").loc["efficientnet_lite0"]
+    assert lite0["vs_best"] == pytest.approx(-0.02)
+    assert lite0["vs_best_ci_low"] < 0 < lite0["vs_best_ci_high"]
+    assert np.isnan(table.loc[0, "vs_best"])  # the best is not compared with itself
     text = narrative.backbone_sentence(table)
     assert "efficientnet_lite2" in text and "90.0%" in text
-    assert "the cheapest is efficientnet_lite0" in text
-    assert "2 other backbones" in text
+    assert "tells 0 of the other 2 backbones apart" in text
+    assert "The cheapest of those is efficientnet_lite0" in text and "-2.0 points" in text
+
+
+def test_a_paired_test_tells_apart_what_overlapping_intervals_do_not():
+    """lite0 is right on a subset of lite2's cells, 10 fewer: the intervals overlap, yet on
+    the same cells lite0 is never right where lite2 is wrong, so it is worse."""
+    table = design1.backbone_table(
+        [_result("efficientnet_lite2", 260, 180), _result("efficientnet_lite0", 224, 170)]
+    )
+    best, other = table.iloc[0], table.iloc[1]
+    assert other["test_ci_high"] > best["test_ci_low"]  # the marginal intervals overlap
+    assert other["vs_best_ci_high"] < 0 and other["vs_best_p"] < 0.01
+    assert "every other backbone is worse" in narrative.backbone_sentence(table)
 
 
 def test_sentence_when_the_best_is_also_the_cheapest():
+    tied = design1.backbone_table(
+        [_result("mobilenet_v2", 224, 180), _result("efficientnet_lite2", 260, 178, shuffle=3)]
+    )
+    assert "1 is not told apart, but none costs less" in narrative.backbone_sentence(tied)
+
+
+def test_without_answers_cell_by_cell_the_sentence_ranks_nothing():
     table = design1.backbone_table(
-        [_result("efficientnet_lite0", 224, 190), _result("efficientnet_lite2", 260, 120)]
+        [_result("mobilenet_v2", 224, 180, cells=False), _result("efficientnet_lite0", 224, 170)]
     )
     text = narrative.backbone_sentence(table)
-    assert "efficientnet_lite0" in text
-    assert "No other backbone scores inside that interval" in text
-    tied = design1.backbone_table(
-        [_result("mobilenet_v2", 224, 180), _result("efficientnet_lite2", 260, 178)]
-    )
-    assert "1 other backbone scores inside that interval, but none costs less" in (
-        narrative.backbone_sentence(tied)
-    )
+    assert "takes a paired test" in text and "cheapest" not in text
 
 
 def test_one_backbone_says_how_to_run_the_comparison():

@@ -21,6 +21,7 @@ from bloodlib import CLASS_INDEX, CLASSES
 from bloodlib.core.config import DEFAULT_SEED
 from bloodlib.data.split import trained_on
 from bloodlib.evaluate import metrics
+from bloodlib.evaluate.compare import paired_comparison
 from bloodlib.evaluate.metrics import bootstrap_ci
 from bloodlib.models import backbones, features, svm
 from bloodlib.models.saved import save_classifier
@@ -40,6 +41,9 @@ class SVMExperiment:
     cv_table: pd.DataFrame
     scores: dict[str, dict[str, Any]]  # split name -> metrics.evaluate() metrics
     model_path: Path
+    #: The test cells' true and predicted class indices, for paired comparisons.
+    test_labels: np.ndarray | None = None
+    test_predictions: np.ndarray | None = None
 
     @property
     def test_metrics(self) -> dict[str, Any]:
@@ -120,11 +124,13 @@ def fit_and_save(
     )
     train_seconds = time.perf_counter() - start  # the SVM's fit; features are cached apart
     scores: dict[str, dict[str, Any]] = {}
+    predicted: dict[str, np.ndarray] = {}
     for part_name in ("val", "test"):
         mask = part == part_name
         if mask.any():
             proba = svm.predict_proba(result.model, X[mask], len(CLASSES))
             scores[part_name] = metrics.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
+            predicted[part_name] = proba.argmax(axis=1)
     name = name or f"{backbone}_svm"
     model_path = Path(run_dir) / "models" / f"{name}.skops"
     save_classifier(
@@ -165,6 +171,8 @@ def fit_and_save(
         cv_table=result.cv_table,
         scores=scores,
         model_path=model_path,
+        test_labels=y[part == "test"] if "test" in predicted else None,
+        test_predictions=predicted.get("test"),
     )
 
 
@@ -232,6 +240,10 @@ BACKBONE_COLUMNS = (
     "test_accuracy",
     "test_ci_low",
     "test_ci_high",
+    "vs_best",
+    "vs_best_ci_low",
+    "vs_best_ci_high",
+    "vs_best_p",
     "images_per_s",
 )
 
@@ -283,7 +295,10 @@ def backbone_table(
     CV / val / test accuracy, the test accuracy's 95% bootstrap interval, and the feature
     extraction speed where ``images_per_s`` (backbone -> images/s) gives it; a backbone
     missing there (e.g. its features came from the cache) gets NaN, not a cache-read speed.
-    Sorted by test accuracy, best first (ties: cheaper first).
+    Sorted by test accuracy, best first (ties: cheaper first). ``vs_best``: each other
+    backbone's accuracy minus the best's on the same test cells, with its paired bootstrap
+    interval and McNemar's p (:func:`bloodlib.evaluate.compare.paired_comparison`); NaN where
+    the answers cell by cell are not known.
     """
 
     items = list(results.values()) if isinstance(results, Mapping) else list(results)
@@ -307,10 +322,31 @@ def backbone_table(
             }
         )
     table = pd.DataFrame(rows, columns=list(BACKBONE_COLUMNS))
-    table = table.sort_values(
+    order = table.sort_values(
         ["test_accuracy", "gmacs"], ascending=[False, True], kind="stable", na_position="last"
-    )
-    return table.reset_index(drop=True)
+    ).index
+    table, items = table.loc[order].reset_index(drop=True), [items[i] for i in order]
+    # Each backbone against the best on the same test cells: a paired test, not two intervals.
+    best = items[0] if items else None
+    for i, r in enumerate(items[1:], start=1):
+        if not _same_test_cells(best, r):
+            continue
+        c = paired_comparison(
+            r.test_labels, best.test_predictions, r.test_predictions, n_boot=n_boot, seed=seed
+        )
+        table.loc[i, ["vs_best", "vs_best_ci_low", "vs_best_ci_high", "vs_best_p"]] = (
+            c.difference,
+            c.ci95[0],
+            c.ci95[1],
+            c.p_mcnemar,
+        )
+    return table
+
+
+def _same_test_cells(a: SVMExperiment | None, b: SVMExperiment) -> bool:
+    """Both know their answers cell by cell, on the same cells (the same true labels)."""
+    known = [x for x in (a, b) if x is not None and x.test_predictions is not None]
+    return len(known) == 2 and np.array_equal(a.test_labels, b.test_labels)
 
 
 # ----------------------------------------------------------------------------- seeds

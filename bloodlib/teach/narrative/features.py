@@ -127,8 +127,9 @@ def cv_sentence(table: pd.DataFrame, folds: int) -> str:
 
 def backbone_sentence(table: pd.DataFrame) -> str:
     """What the comparison says: the best test accuracy, and the cheapest backbone (fewest
-    GMACs) whose test accuracy lies inside the best one's 95% interval. With fewer than two
-    backbones, how to run the comparison instead."""
+    GMACs) that a paired test on the same test cells does not tell apart from the best
+    (``vs_best`` columns of :func:`bloodlib.train.design1.backbone_table`). With fewer than
+    two backbones, how to run the comparison instead."""
     if len(table) < 2:
         only = f" (only {table['backbone'].iloc[0]} ran)" if len(table) else ""
         return (
@@ -137,30 +138,40 @@ def backbone_sentence(table: pd.DataFrame) -> str:
             "'02_feature_extraction_svm.backbones=[efficientnet_lite0, efficientnet_lite1, "
             "efficientnet_lite2, mobilenet_v2]'` (or `--profile backbones` on full data)."
         )
-    best = table.loc[table["test_accuracy"].idxmax()]
-    low, high = best["test_ci_low"], best["test_ci_high"]
-    inside = table[(table["test_accuracy"] >= low) & (table["test_accuracy"] <= high)]
+    best, others = table.iloc[0], table.iloc[1:]
     text = (
         f"Best test accuracy: {best['backbone']} at {best['image_size']} px, "
-        f"{best['test_accuracy']:.1%} (95% interval {low:.1%} to {high:.1%})."
+        f"{best['test_accuracy']:.1%} (95% interval {best['test_ci_low']:.1%} to "
+        f"{best['test_ci_high']:.1%})."
     )
-    with_gmacs = inside.dropna(subset=["gmacs"])
-    if with_gmacs.empty:
-        return text
-    cheap = with_gmacs.loc[with_gmacs["gmacs"].idxmin()]
-    others = len(inside) - 1
-    if cheap["backbone"] == best["backbone"]:
-        if not others:
-            return text + " No other backbone scores inside that interval."
+    paired = others.dropna(subset=["vs_best"])
+    if paired.empty:
         return text + (
-            f" {others} other backbone{'s' if others != 1 else ''} score"
-            f"{'s' if others == 1 else ''} inside that interval, but none costs less compute: "
-            "the best is also the cheapest of them."
+            " Whether the others are worse takes a paired test on the same test cells "
+            "(`bloodlib.evaluate.paired_comparison`); their answers cell by cell are not known "
+            "here, and two overlapping intervals do not say it."
+        )
+    # Not told apart: the paired interval of (other - best) reaches zero.
+    tied = paired[paired["vs_best_ci_high"] >= 0]
+    worse = len(paired) - len(tied)
+    text += (
+        f" A paired test on the same test cells tells {worse} of the other {len(paired)} "
+        f"backbone{'s' if len(paired) != 1 else ''} apart from it (worse)"
+    )
+    with_gmacs = tied.dropna(subset=["gmacs"])
+    if tied.empty:
+        return text + ": every other backbone is worse than the best on these cells."
+    cheap = with_gmacs.loc[with_gmacs["gmacs"].idxmin()] if len(with_gmacs) else None
+    if cheap is None or pd.isna(best["gmacs"]) or cheap["gmacs"] >= best["gmacs"]:
+        return text + (
+            f"; {len(tied)} {'is' if len(tied) == 1 else 'are'} not told apart, but none costs "
+            "less compute: the best is also the cheapest of them."
         )
     return text + (
-        f" {others} other backbone{'s' if others != 1 else ''} score{'s' if others == 1 else ''}"
-        f" inside that interval; the cheapest is {cheap['backbone']} "
-        f"({cheap['test_accuracy']:.1%} at {cheap['gmacs']:.2f} GMACs an image against "
+        f"; {len(tied)} {'is' if len(tied) == 1 else 'are'} not. The cheapest of those is "
+        f"{cheap['backbone']} ({cheap['test_accuracy']:.1%}, {100 * cheap['vs_best']:+.1f} "
+        f"points, paired 95% interval {100 * cheap['vs_best_ci_low']:+.1f} to "
+        f"{100 * cheap['vs_best_ci_high']:+.1f}; {cheap['gmacs']:.2f} GMACs an image against "
         f"{best['gmacs']:.2f}): on this test split the data cannot tell them apart, so the "
         "cheaper network is the reasonable choice."
     )
