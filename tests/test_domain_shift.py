@@ -322,6 +322,7 @@ def test_adapt_curve_scores_the_cells_not_used(stain_model, tmp_path):
     assert (summary["min"] <= summary["accuracy_present"]).all()
     text = narrative.adapt_sentence(summary, 0.3, repeats=2)
     assert "mean of 2 draws" in text and "30.0 %" in text
+    assert "for the base model on the same cells" in text and "not comparable" in text
     with pytest.raises(ValueError, match="at least once"):
         domain.adapt_curve(stain_model, folder, [1], repeats=0)
     assert (curve["n_unlabelled"] == 0).all()
@@ -383,9 +384,15 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
     text = narrative.remedies_sentence(rows)
     assert "**classes present**" in text and "+66.7 points" in text and "all 8 classes)" in text
     rows.loc[len(rows)] = domain.remedy_row("none", "other lab", {**p, "accuracy": 0.5})
-    assert "+50.0 points over the untouched model (50.0 %, 2 present classes)" in (
+    assert "+50.0 points over the untouched model on the same cells (50.0 %, 2 present" in (
         narrative.remedies_sentence(rows)
     )
+    # adapt's rows, scored on its held-out cells, are named but never ranked against them
+    rows.loc[len(rows)] = domain.remedy_row("adapt, 1 per class", "other lab", {**p, "n": 2})
+    rows.loc[len(rows) - 1, "accuracy"] = 1.0
+    text = narrative.remedies_sentence(rows)
+    assert "**classes present**" in text and "1 row is scored on other, fewer cells" in text
+    assert "95 % interval" in text
     assert "No remedy" in narrative.remedies_sentence(rows, cells="PBC test")
     path = domain.save_results(tmp_path, {"x": np.float32(0.5), "lab": lab.describe()})
     assert read_json(path)["x"] == 0.5 and read_json(path)["lab"]["synthetic"] is True

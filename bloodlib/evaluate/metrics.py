@@ -40,6 +40,19 @@ def _balanced_accuracy_rows(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
     return np.nanmean(recalls, axis=1)
 
 
+def accuracy_interval(accuracy: float, n: float, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson's ``(1 - alpha)`` interval of an accuracy measured on ``n`` cells: for a
+    summary row that kept only the rate and the count (no cells to bootstrap)."""
+    from scipy.stats import binomtest  # lazy: scipy.stats is slow to import
+
+    n_cells = int(round(n))
+    if n_cells < 1:
+        raise ValueError("an interval needs at least one cell")
+    right = int(round(accuracy * n_cells))
+    ci = binomtest(right, n_cells).proportion_ci(1 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def bootstrap_ci(
     y_true: Any,
     y_pred: Any,

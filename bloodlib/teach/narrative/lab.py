@@ -16,6 +16,7 @@ import pandas as pd
 from bloodlib import CLASSES
 from bloodlib.data import look
 from bloodlib.data.labs import OtherLab
+from bloodlib.evaluate.metrics import accuracy_interval
 from bloodlib.teach.narrative.words import and_list, pct
 
 
@@ -84,32 +85,53 @@ def shift_sentence(table: pd.DataFrame, pbc: str, other: str) -> str:
     )
 
 
+def _with_interval(accuracy: float, n: float) -> str:
+    lo, hi = accuracy_interval(accuracy, n)
+    return f"{pct(accuracy)} (95 % interval {pct(lo)} to {pct(hi)}, n = {int(round(n))})"
+
+
 def remedies_sentence(table: pd.DataFrame, cells: str = "other lab") -> str:
-    """The best and worst remedy on ``cells`` (answering every cell), against zero-shot."""
+    """The remedy with the highest accuracy on ``cells`` (answering every cell) against the
+    untouched model on the same cells, both with their intervals; rows scored on other cells
+    (``adapt``'s held-out cells) are named as such, never ranked against them."""
     rows = table[(table["cells"] == cells) & (table["coverage"] >= 1.0)]
     if rows.empty:
         return f"No remedy was measured on the {cells}'s cells."
-    best = rows.loc[rows["accuracy"].idxmax()]
-    # Against the untouched model answering the same classes (all 8 when it was not scored so).
     untouched = rows[rows["remedy"] == "none"]
+    n_all = untouched["n"].max() if len(untouched) else rows["n"].max()
+    same, elsewhere = rows[rows["n"] == n_all], rows[rows["n"] != n_all]
+    best = same.loc[same["accuracy"].idxmax()]
+    # Against the untouched model answering the same classes (all 8 when it was not scored so).
     base = untouched[untouched["classes"] == best["classes"]]
     if base.empty:
         base = untouched[untouched["classes"] == "all 8"]
     text = (
-        f"On the {cells}'s cells the best remedy answering every cell is **{best['remedy']}** "
-        f"({best['classes']} classes): {pct(best['accuracy'])} (balanced "
-        f"{pct(best['balanced_accuracy'])}, n = {int(best['n'])})"
+        f"On the {cells}'s cells the highest accuracy answering every cell is "
+        f"**{best['remedy']}**'s ({best['classes']} classes): "
+        f"{_with_interval(best['accuracy'], best['n'])}"
     )
-    if len(base):
-        b = base.iloc[0]
+    b = base.iloc[0] if len(base) else None
+    if b is not None and (b["remedy"], b["classes"]) != (best["remedy"], best["classes"]):
         gain = 100 * (best["accuracy"] - b["accuracy"])
         text += (
-            f", {gain:+.1f} points over the untouched model ({pct(b['accuracy'])}, "
-            f"{b['classes']} classes)"
+            f", {gain:+.1f} points over the untouched model on the same cells "
+            f"({pct(b['accuracy'])}, {b['classes']} classes); whether that is more than "
+            "the luck of these cells takes a paired test on them"
         )
     text += "."
-    if cells == "other lab" and (rows["n"] < 100).any():
-        text += " With fewer than 100 cells one cell moves accuracy by more than a point."
+    if len(elsewhere):
+        text += (
+            f" {len(elsewhere)} row{'s are' if len(elsewhere) != 1 else ' is'} scored on other, "
+            f"fewer cells (adapt's held-out cells: {int(elsewhere['n'].min())} to "
+            f"{int(elsewhere['n'].max())}), so not ranked against these."
+        )
+    if cells == "other lab":
+        text += (
+            " The table reports what each remedy did on these labelled cells; picking a remedy "
+            "for a new lab by it would tune on the cells it is judged on."
+        )
+        if (rows["n"] < 100).any():
+            text += " With fewer than 100 cells one cell moves accuracy by more than a point."
     return text
 
 
@@ -138,11 +160,19 @@ def adapt_sentence(summary: pd.DataFrame, zero_shot_present: float, repeats: int
     if summary.empty:
         return "No adaptation was run."
     first, last = summary.iloc[0], summary.iloc[-1]
+
+    def point(row: pd.Series) -> str:
+        return (
+            f"{_with_interval(row['accuracy_present'], row['n_held_out'])} of the held-out "
+            f"cells against {pct(row['before'])} for the base model on the same cells"
+        )
+
     text = (
         f"With {int(first['shots'])} labelled cell(s) per class, the adapted model is right on "
-        f"{pct(first['accuracy_present'])} of the held-out cells; with {int(last['shots'])}, "
-        f"{pct(last['accuracy_present'])} (the base model: {pct(zero_shot_present)} on all of "
-        f"the lab's cells, among the classes present)."
+        f"{point(first)}"
+        + (f"; with {int(last['shots'])}, on {point(last)}" if len(summary) > 1 else "")
+        + f". (On all of the lab's cells the base model scores {pct(zero_shot_present)}: other "
+        "cells than the held-out ones, so not comparable point for point.)"
     )
     if repeats == 1:
         text += (
