@@ -415,3 +415,22 @@ def test_other_lab_is_checked_and_passed_absolute(tmp_path, monkeypatch):
     assert nb05.parameters["unlabelled_shots"] == []
     with pytest.raises(profiles.ParameterError, match="unlabelled_shots"):
         plan_study("sample", overrides={"unlabelled_shots": [5, 0]})
+
+
+def test_a_study_run_leaves_the_solutions_out(tmp_path):
+    """Solution cells (tagged ``solution``) are executed by nbval in the committed notebooks,
+    not by a study run: a class's run pays only for the lesson."""
+    notebooks = write_study(tmp_path / "notebooks")
+    path = notebooks / f"{NAMES[0]}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            'raise RuntimeError("a solution ran")', metadata={"tags": [kernels.SOLUTION_TAG]}
+        )
+    )
+    nbformat.write(nb, path)
+    run_dir = _run(notebooks, tmp_path / "runs")
+    executed = nbformat.read(run_dir / "notebooks" / path.name, as_version=4)
+    assert len(executed.cells) == len(nb.cells) - 1 + 1  # the solution out, papermill's cell in
+    assert not any("a solution ran" in c.source for c in executed.cells)
+    assert "solution" in path.read_text()  # the notebook itself is untouched

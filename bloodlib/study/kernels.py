@@ -75,6 +75,20 @@ def _ipc_kernel_manager() -> type:
     return IPCKernelManager
 
 
+#: The tag of an exercise's solution cell: the committed notebooks hold them executed (nbval
+#: runs them in CI); a study run leaves them out, so a class's run pays only for the lesson.
+SOLUTION_TAG = "solution"
+
+
+def without_solutions(path: Path) -> Any:
+    """The notebook at ``path`` without its solution cells (:data:`SOLUTION_TAG`)."""
+    import nbformat  # lazy: see the module docstring
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if SOLUTION_TAG not in c.metadata.get("tags", [])]
+    return nb
+
+
 def execute_notebook(
     plan: NotebookPlan,
     output: Path,
@@ -89,7 +103,7 @@ def execute_notebook(
     with atomic_path(output) as tmp:
         try:
             papermill.execute_notebook(
-                str(plan.path),
+                without_solutions(plan.path),
                 str(tmp),
                 parameters=plan.parameters,
                 kernel_name=kernel,
