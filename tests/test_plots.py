@@ -115,9 +115,16 @@ def test_examples_grid(image_table):
 
 
 def test_size_colour(image_table, tmp_path):
-    fig = plots.plot_size_colour(image_table)
+    table = image_table.copy()
+    if table["width"].nunique() == 1:  # sizes that differ: four panels
+        table.loc[table.index[0], "width"] += 1
+    fig = plots.plot_size_colour(table)
     assert len(fig.axes) == 4
     assert len(_titles(fig)) == 4
+    # One size for every image (the sample): no flat size panels, the size in the title
+    same = table.assign(width=160, height=160)
+    fig = plots.plot_size_colour(same)
+    assert len(fig.axes) == 2 and "every one 160 × 160 px" in fig._suptitle.get_text()
 
 
 def test_split(tmp_path):

@@ -95,9 +95,8 @@ def test_static_browser_shows_the_most_confused_pair(static, test_set, classifie
     assert sum(bool(ax.images) for ax in fig.axes) == 3 and overlays(fig) == 0
     with_maps = widgets.confusion_browser(frame, proba, CLASSES, model=classifier.model)
     assert overlays(with_maps) == 3
-    # A fixed grid: the stored output ("<Figure size ... with N Axes>") never changes with n.
-    assert len(with_maps.axes) == len(fig.axes) == 2 * widgets.MAX_CELLS
-    assert repr(fig) == repr(with_maps)
+    # The static figure fits its cells (no empty panels); notebook 04 does not compare it.
+    assert len(with_maps.axes) == len(fig.axes) == 2 * 3
 
 
 def test_without_mistakes_the_largest_class_is_shown(static, test_set):

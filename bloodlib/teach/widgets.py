@@ -26,6 +26,7 @@ from bloodlib import IMAGE_SUFFIXES
 from bloodlib.core.errors import BloodlibError
 from bloodlib.data.pipeline import load_images
 from bloodlib.predict.cam import grad_cam
+from bloodlib.predict.saliency import finer_layer
 from bloodlib.teach import plots
 
 #: Cells a browser draws at most: a screenful, and a fixed grid for the static figure.
@@ -128,11 +129,12 @@ class _Confusions:
         todo = [p for p in paths if (p, predicted) not in self._cams]
         if todo:
             k = self.classes.index(predicted)
-            maps = grad_cam(self.model, load_images(todo, self.size), class_index=k)
+            images = load_images(todo, self.size)
+            maps = grad_cam(self.model, images, class_index=k, layer=finer_layer(self.model))
             self._cams.update({(p, predicted): m for p, m in zip(todo, maps, strict=True)})
         return [self._cams[(p, predicted)] for p in paths]
 
-    def figure(self, true: str, predicted: str, note: str = "") -> Any:
+    def figure(self, true: str, predicted: str, note: str = "", static: bool = False) -> Any:
 
         shown, n = self.cells(true, predicted)
         what = "correct" if true == predicted else "mistaken"
@@ -141,7 +143,9 @@ class _Confusions:
             f"true {true} → predicted {predicted}"
             f"{f' (the {len(shown)} most confident shown)' if n > len(shown) else ''}{note}"
         )
-        return plots.plot_cam_examples(shown, self.model_name, slots=MAX_CELLS, title=title)
+        # A widget keeps one grid size from click to click; a static figure fits its cells.
+        slots = None if static else MAX_CELLS
+        return plots.plot_cam_examples(shown, self.model_name, slots=slots, title=title)
 
 
 def confusion_browser(
@@ -166,7 +170,7 @@ def confusion_browser(
     data = _Confusions(frame, proba, classes, model, image_size, model_name)
     true, predicted = data.most_confused()
     if headless():
-        return _static(data.figure(true, predicted, note="; the most-confused pair"))
+        return _static(data.figure(true, predicted, note="; the most-confused pair", static=True))
 
     pick_true = w.Dropdown(options=data.classes, value=true, description="true")
     pick_pred = w.Dropdown(options=data.classes, value=predicted, description="predicted")
@@ -189,7 +193,8 @@ def _classify(classifier: Any, path: str | Path, image_size: int | None, name: s
     image = load_images([str(path)], size)[0]
     cam = None
     if classifier.info.get("method") != "svm":  # an SVM on pooled features has no map
-        cam = grad_cam(classifier.model, image[None], class_index=int(np.argmax(proba)))[0]
+        top = int(np.argmax(proba))
+        cam = grad_cam(classifier.model, image[None], top, layer=finer_layer(classifier.model))[0]
     model_name = Path(classifier.path).stem
     return plots.plot_cell_prediction(
         image, proba, classifier.classes, cam=cam, model_name=model_name, name=name

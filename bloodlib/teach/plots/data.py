@@ -124,7 +124,11 @@ def _boxes(
 
 
 def plot_size_colour(table: pd.DataFrame) -> Figure:
-    """Per-class box plots of image width, height, brightness and mean R/G/B (usable images)."""
+    """Per-class box plots of image width, height, brightness and mean R/G/B (usable images).
+
+    When every image has the same size (the embedded sample: all resized alike), the two
+    size panels would be flat lines: the size goes into the title and only colour is drawn.
+    """
     usable = usable_rows(table)
     labels = usable["label"].astype(str)
     order = ordered_classes(labels)
@@ -134,18 +138,25 @@ def plot_size_colour(table: pd.DataFrame) -> Figure:
         values = pd.to_numeric(usable[col], errors="coerce")
         return [values[labels == c].dropna().to_numpy() for c in order]
 
+    sizes = usable[["width", "height"]].apply(pd.to_numeric, errors="coerce").dropna()
+    one_size = len(sizes) > 0 and len(sizes.drop_duplicates()) == 1
     with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
-        for ax, col, unit in (
-            (axes[0, 0], "width", "px"),
-            (axes[0, 1], "height", "px"),
-            (axes[1, 0], "brightness", "0-255"),
-        ):
+        if one_size:
+            fig, row = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
+            panels = [(row[0], "brightness", "0-255")]
+            ax_rgb, axes = row[1], row
+        else:
+            fig, grid = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
+            panels = [
+                (grid[0, 0], "width", "px"),
+                (grid[0, 1], "height", "px"),
+                (grid[1, 0], "brightness", "0-255"),
+            ]
+            ax_rgb, axes = grid[1, 1], grid.flat
+        for ax, col, unit in panels:
             _boxes(ax, per_class(col), x, "C0", 0.6)
             ax.set_title(f"{col.capitalize()} per class")
             ax.set_ylabel(f"{col} ({unit})")
-
-        ax_rgb = axes[1, 1]
         for offset, (col, colour) in zip(
             (-0.27, 0.0, 0.27),
             (("mean_r", "tab:red"), ("mean_g", "tab:green"), ("mean_b", "tab:blue")),
@@ -156,10 +167,14 @@ def plot_size_colour(table: pd.DataFrame) -> Figure:
         ax_rgb.set_title("Mean colour per class")
         ax_rgb.set_ylabel("channel mean (0-255)")
         ax_rgb.legend(title="channel", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        for ax in axes.flat:
+        for ax in axes:
             ax.set_xticks(x, order, rotation=30, ha="right")
             ax.set_xlim(-0.6, len(order) - 0.4)
-        fig.suptitle(f"Image size and colour ({len(usable)} usable images)")
+        if one_size:
+            w, h = (int(v) for v in sizes.iloc[0])
+            fig.suptitle(f"Image colour ({len(usable)} usable images, every one {w} × {h} px)")
+        else:
+            fig.suptitle(f"Image size and colour ({len(usable)} usable images)")
     return fig
 
 

@@ -63,6 +63,7 @@ def plot_confusion_rect(table: pd.DataFrame, title: str = "") -> Figure:
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.tick_params(axis="x", labelrotation=45)
+        ax.tick_params(axis="y", labelrotation=0)  # seaborn's vertical names overlap the rows
         n = int(table.to_numpy().sum())
         ax.set_title(title or f"Other lab, all classes allowed (n={n})")
     return fig
