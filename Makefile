@@ -30,7 +30,7 @@ LINT_PATHS := bloodlib tests benchmarks notebooks
 help:
 	@echo "make venv            create/refresh .venv from $(REQUIREMENTS) + pip install -e ."
 	@echo "make run             run the study, sample profile (RUN_ARGS='--profile full --data DIR')"
-	@echo "make test            every CI tier: pytest (not gpu, not slow) + nbval over notebooks/"
+	@echo "make test            every CI tier: lint, the docs site, pytest (not gpu, not slow), nbval"
 	@echo "make test-unit       pytest -m unit"
 	@echo "make test-data       pytest -m data (the real dev images; skipped when absent)"
 	@echo "make test-notebooks  nbval over notebooks/ + pytest -m notebooks"
@@ -61,7 +61,7 @@ run: $(STAMP)
 # Each command fails the target on any non-zero exit, including pytest's 5 (no tests ran).
 # In a fresh clone, tests/test_study_sample.py runs the classroom study in the notebooks' own
 # run folder (runs/notebook), so nbval afterwards reuses its trained networks (5 minutes, not 11).
-test: $(STAMP) lint
+test: $(STAMP) lint docs
 	$(PYTEST) -m "not gpu and not slow" tests
 	$(PYTEST) $(NBVAL)
 
@@ -102,7 +102,7 @@ lab: $(STAMP)
 # The docs site: the guide (docs/*.md), the notebooks with their committed outputs
 # (docs/notebooks -> ../notebooks) and the API reference from the docstrings.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 kernel: $(STAMP)
 	$(VPY) -m bloodlib kernel $(KERNEL_ARGS)

@@ -91,3 +91,35 @@ def test_the_docs_command_checks_and_rewrites(monkeypatch, tmp_path, capsys):
     assert main(["docs"]) == 0
     assert "stale" not in doc.read_text()
     assert main(["docs", "--check"]) == 0
+
+
+def test_the_site_build_fails_on_a_broken_link_or_a_missing_page(tmp_path):
+    """``make docs`` (in ``make test``) is strict: with the site's own validation rules, a
+    link to a missing page or a nav entry without its file is an error, not a warning."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    assert config["strict"] is True
+    docs = tmp_path / "docs"
+    docs.mkdir()
+
+    def build(index: str, nav: list) -> subprocess.CompletedProcess:
+        (docs / "index.md").write_text(index)
+        site = {"site_name": "t", "docs_dir": "docs", "strict": True, "nav": nav}
+        site["validation"] = config["validation"]
+        (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(site))
+        return subprocess.run(
+            [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", "site"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+
+    assert build("# ok\n", [{"Home": "index.md"}]).returncode == 0
+    broken = build("# ok\n\n[gone](missing.md)\n", [{"Home": "index.md"}])
+    assert broken.returncode != 0 and "missing.md" in broken.stderr
+    no_page = build("# ok\n", [{"Home": "index.md"}, {"Gone": "gone.md"}])
+    assert no_page.returncode != 0 and "gone.md" in no_page.stderr
