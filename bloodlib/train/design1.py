@@ -123,14 +123,7 @@ def fit_and_save(
         X[part == "train"], y[part == "train"], grid=grid, cv=cv, seed=seed, n_jobs=n_jobs
     )
     train_seconds = time.perf_counter() - start  # the SVM's fit; features are cached apart
-    scores: dict[str, dict[str, Any]] = {}
-    predicted: dict[str, np.ndarray] = {}
-    for part_name in ("val", "test"):
-        mask = part == part_name
-        if mask.any():
-            proba = svm.predict_proba(result.model, X[mask], len(CLASSES))
-            scores[part_name] = metrics.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
-            predicted[part_name] = proba.argmax(axis=1)
+    scores, predicted = _score_parts(result.model, X, y, part)
     name = name or f"{backbone}_svm"
     model_path = Path(run_dir) / "models" / f"{name}.skops"
     save_classifier(
@@ -174,6 +167,21 @@ def fit_and_save(
         test_labels=y[part == "test"] if "test" in predicted else None,
         test_predictions=predicted.get("test"),
     )
+
+
+def _score_parts(
+    model: Any, X: np.ndarray, y: np.ndarray, part: np.ndarray
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Metrics and predicted class indices of the validation and test rows (those present)."""
+    scores: dict[str, dict[str, Any]] = {}
+    predicted: dict[str, np.ndarray] = {}
+    for part_name in ("val", "test"):
+        mask = part == part_name
+        if mask.any():
+            proba = svm.predict_proba(model, X[mask], len(CLASSES))
+            scores[part_name] = metrics.evaluate(y[mask], proba, list(CLASSES), n_boot=0)
+            predicted[part_name] = proba.argmax(axis=1)
+    return scores, predicted
 
 
 def run_experiment(

@@ -5,8 +5,8 @@ notebooks display it (``bloodlib.teach.notebook.show``), scripts pass it to
 :func:`save_figure`. No backend is forced here (notebooks use inline, tests Agg); seaborn
 styling is applied per figure, so importing this package leaves matplotlib's settings alone.
 :mod:`~bloodlib.teach.plots.data` (01), :mod:`~bloodlib.teach.plots.features` (02),
-:mod:`~bloodlib.teach.plots.training` (03), :mod:`~bloodlib.teach.plots.evaluation` (04),
-:mod:`~bloodlib.teach.plots.lab` (05); the names are re-exported here (``plots.plot_roc``).
+:mod:`~bloodlib.teach.plots.training` (03), :mod:`~bloodlib.teach.plots.evaluation` and
+:mod:`~bloodlib.teach.plots.saliency` (04), :mod:`~bloodlib.teach.plots.lab` (05); the names are re-exported here (``plots.plot_roc``).
 """
 
 from bloodlib.teach.plots.common import overlay, save_figure
@@ -18,15 +18,12 @@ from bloodlib.teach.plots.data import (
 )
 from bloodlib.teach.plots.evaluation import (
     plot_bootstrap,
-    plot_cam_examples,
-    plot_cell_prediction,
     plot_comparison,
     plot_confusion,
     plot_confusions,
     plot_misclassified,
     plot_reliability,
     plot_roc,
-    plot_saliency_checks,
     plot_seed_spread,
 )
 from bloodlib.teach.plots.features import (
@@ -44,6 +41,11 @@ from bloodlib.teach.plots.lab import (
     plot_remedies,
     plot_shots,
     plot_side_by_side,
+)
+from bloodlib.teach.plots.saliency import (
+    plot_cam_examples,
+    plot_cell_prediction,
+    plot_saliency_checks,
 )
 from bloodlib.teach.plots.training import (
     plot_augmentations,
