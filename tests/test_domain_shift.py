@@ -394,6 +394,18 @@ def test_sentences_say_what_was_measured(tmp_path, vertex_lab):
     assert "**classes present**" in text and "1 row is scored on other, fewer cells" in text
     assert "95 % interval" in text
     assert "No remedy" in narrative.remedies_sentence(rows, cells="PBC test")
+    # The paired test of the best row against the untouched one, on the same cells: the
+    # restriction to the lab's classes fixes cells 0 and 2 and breaks none.
+    first = rows.iloc[:3]  # none (all 8 classes), classes present, reject: the real rows
+    best, base = narrative.best_remedy(first)
+    assert best["remedy"] == "classes present" and base["classes"] == "all 8"
+    by = {"none": proba, "classes present": proba}
+    paired = domain.paired_remedy(by, best, base, labels, CLASSES, ["lymphocyte", "monocyte"])
+    assert (paired.n, paired.only_a, paired.only_b) == (3, 0, 2)
+    text = narrative.remedies_sentence(first, paired=paired)
+    assert "On the same 3 cells, classes present is right on 2" in text
+    assert "takes a paired test" not in text
+    assert domain.paired_remedy({"none": proba}, best, base, labels, CLASSES, []) is None
     path = domain.save_results(tmp_path, {"x": np.float32(0.5), "lab": lab.describe()})
     assert read_json(path)["x"] == 0.5 and read_json(path)["lab"]["synthetic"] is True
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bloodlib import CLASSES
 from bloodlib.core.errors import BloodlibError
 from bloodlib.evaluate.calibration import logits_from_proba, softmax
 
@@ -34,6 +35,11 @@ TARGET_ACCURACY = 0.99
 #: A threshold that answers fewer validation cells than this share is no rule but a refusal
 #: to answer: :func:`choose_threshold` reports none (and a study records none) instead.
 MIN_COVERAGE = 0.05
+
+
+#: How a table of results names "the model answered every one of its classes" (no
+#: ``--classes``), beside "N present" when it was restricted to a lab's classes.
+ALL_CLASSES = f"all {len(CLASSES)}"
 
 
 class ClassSelectionError(BloodlibError):

@@ -35,6 +35,7 @@ from bloodlib.core.hashing import sha256_file
 from bloodlib.core.io import write_json
 from bloodlib.data import look, stain
 from bloodlib.evaluate import reject, results
+from bloodlib.evaluate.compare import PairedComparison, paired_comparison
 from bloodlib.models.saved import read_sidecar, sidecar_path
 from bloodlib.train import adapt
 from bloodlib.train.finetune import train
@@ -201,13 +202,41 @@ def remedy_row(remedy: str, cells: str, scored: Mapping[str, Any], **extra: Any)
     return {
         "remedy": remedy,
         "cells": cells,
-        "classes": "all 8" if allowed is None else f"{len(allowed)} present",
+        "classes": reject.ALL_CLASSES if allowed is None else f"{len(allowed)} present",
         "n": scored["n"],
         "accuracy": scored["accuracy"],
         "balanced_accuracy": scored["balanced_accuracy"],
         "coverage": scored.get("coverage", 1.0),
         **extra,
     }
+
+
+def paired_remedy(
+    proba_by: Mapping[str, Any],
+    best: Mapping[str, Any] | None,
+    base: Mapping[str, Any] | None,
+    labels: Sequence[str],
+    classes: Sequence[str],
+    present: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+) -> PairedComparison | None:
+    """Remedy row ``best`` against row ``base`` on the same cells (``a`` = base, ``b`` = best),
+    each answering the classes its row names; None when either row's probabilities are not in
+    ``proba_by`` (remedy name -> the lab's probabilities)."""
+    if best is None or base is None or not {best["remedy"], base["remedy"]} <= set(proba_by):
+        return None
+    truth = np.asarray(list(labels), dtype=object)
+
+    def wrong(row: Mapping[str, Any]) -> np.ndarray:
+        allowed = None if row["classes"] == reject.ALL_CLASSES else list(present)
+        scored = score(proba_by[row["remedy"]], labels, classes, allowed=allowed)
+        return (np.asarray(scored["predicted"], dtype=object) != truth).astype(int)
+
+    # paired_comparison needs only which cells each got right: class 0 = right, 1 = wrong.
+    right = np.zeros(len(truth), int)
+    return paired_comparison(right, wrong(base), wrong(best), n_boot=n_boot, seed=seed)
 
 
 def adapt_rows(

@@ -41,6 +41,7 @@ from bloodlib.teach.narrative.features import (
 )
 from bloodlib.teach.narrative.lab import (
     adapt_sentence,
+    best_remedy,
     entropy_sentence,
     lab_sentence,
     remedies_sentence,
@@ -83,6 +84,7 @@ __all__ = [
     "ranking_sentence",
     "rejection_sentence",
     "saliency_sentence",
+    "best_remedy",
     "remedies_sentence",
     "robust_sentence",
     "seed_mistakes_sentence",

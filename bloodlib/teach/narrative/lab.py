@@ -16,7 +16,10 @@ import pandas as pd
 from bloodlib import CLASSES
 from bloodlib.data import look
 from bloodlib.data.labs import OtherLab
+from bloodlib.evaluate import reject
+from bloodlib.evaluate.compare import PairedComparison
 from bloodlib.evaluate.metrics import accuracy_interval
+from bloodlib.teach.narrative.evaluation import paired_lead_sentence
 from bloodlib.teach.narrative.words import and_list, pct
 
 
@@ -90,35 +93,56 @@ def _with_interval(accuracy: float, n: float) -> str:
     return f"{pct(accuracy)} (95 % interval {pct(lo)} to {pct(hi)}, n = {int(round(n))})"
 
 
-def remedies_sentence(table: pd.DataFrame, cells: str = "other lab") -> str:
-    """The remedy with the highest accuracy on ``cells`` (answering every cell) against the
-    untouched model on the same cells, both with their intervals; rows scored on other cells
-    (``adapt``'s held-out cells) are named as such, never ranked against them."""
+def best_remedy(
+    table: pd.DataFrame, cells: str = "other lab"
+) -> tuple[pd.Series | None, pd.Series | None]:
+    """The row :func:`remedies_sentence` ranks first on ``cells`` (the highest accuracy among
+    rows answering every cell, scored on the same cells as the untouched model) and the
+    untouched model's row it is compared with (same classes, else all of them)."""
     rows = table[(table["cells"] == cells) & (table["coverage"] >= 1.0)]
     if rows.empty:
-        return f"No remedy was measured on the {cells}'s cells."
+        return None, None
     untouched = rows[rows["remedy"] == "none"]
     n_all = untouched["n"].max() if len(untouched) else rows["n"].max()
-    same, elsewhere = rows[rows["n"] == n_all], rows[rows["n"] != n_all]
+    same = rows[rows["n"] == n_all]
     best = same.loc[same["accuracy"].idxmax()]
-    # Against the untouched model answering the same classes (all 8 when it was not scored so).
     base = untouched[untouched["classes"] == best["classes"]]
     if base.empty:
-        base = untouched[untouched["classes"] == "all 8"]
+        base = untouched[untouched["classes"] == reject.ALL_CLASSES]
+    return best, (base.iloc[0] if len(base) else None)
+
+
+def remedies_sentence(
+    table: pd.DataFrame, cells: str = "other lab", *, paired: PairedComparison | None = None
+) -> str:
+    """The remedy with the highest accuracy on ``cells`` (answering every cell) against the
+    untouched model on the same cells, with its interval and, given ``paired``
+    (:func:`bloodlib.study.domain.paired_remedy` of :func:`best_remedy`'s rows), the paired
+    test of the two; rows scored on other cells (``adapt``'s held-out cells) are named as
+    such, never ranked against them."""
+    best, b = best_remedy(table, cells)
+    if best is None:
+        return f"No remedy was measured on the {cells}'s cells."
+    rows = table[(table["cells"] == cells) & (table["coverage"] >= 1.0)]
+    elsewhere = rows[rows["n"] != best["n"]]
     text = (
         f"On the {cells}'s cells the highest accuracy answering every cell is "
         f"**{best['remedy']}**'s ({best['classes']} classes): "
         f"{_with_interval(best['accuracy'], best['n'])}"
     )
-    b = base.iloc[0] if len(base) else None
     if b is not None and (b["remedy"], b["classes"]) != (best["remedy"], best["classes"]):
         gain = 100 * (best["accuracy"] - b["accuracy"])
         text += (
             f", {gain:+.1f} points over the untouched model on the same cells "
-            f"({pct(b['accuracy'])}, {b['classes']} classes); whether that is more than "
-            "the luck of these cells takes a paired test on them"
+            f"({pct(b['accuracy'])}, {b['classes']} classes)."
         )
-    text += "."
+        text += " " + (
+            paired_lead_sentence(best["remedy"], "the untouched model", paired)
+            if paired is not None
+            else "Whether that is more than the luck of these cells takes a paired test."
+        )
+    else:
+        text += "."
     if len(elsewhere):
         text += (
             f" {len(elsewhere)} row{'s are' if len(elsewhere) != 1 else ' is'} scored on other, "
