@@ -61,6 +61,7 @@ def _result(
         model_path=Path("unused"),
         test_labels=y if cells else None,
         test_predictions=np.where(right, y, (y + 1) % 8) if cells else None,
+        test_cells=tuple(f"cell{i}" for i in range(n)) if cells else None,
     )
 
 
@@ -133,6 +134,14 @@ def test_sentence_when_the_best_is_also_the_cheapest():
         [_result("mobilenet_v2", 224, 180), _result("efficientnet_lite2", 260, 178, shuffle=3)]
     )
     assert "1 is not told apart, but none costs less" in narrative.backbone_sentence(tied)
+
+
+def test_the_same_labels_on_other_cells_are_not_paired():
+    other = _result("efficientnet_lite0", 224, 170)
+    other.test_cells = tuple(f"other{i}" for i in range(200))
+    table = design1.backbone_table([_result("efficientnet_lite2", 260, 180), other])
+    assert np.isnan(table.loc[1, "vs_best"])
+    assert "takes a paired test" in narrative.backbone_sentence(table)
 
 
 def test_without_answers_cell_by_cell_the_sentence_ranks_nothing():

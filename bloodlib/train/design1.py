@@ -41,9 +41,11 @@ class SVMExperiment:
     cv_table: pd.DataFrame
     scores: dict[str, dict[str, Any]]  # split name -> metrics.evaluate() metrics
     model_path: Path
-    #: The test cells' true and predicted class indices, for paired comparisons.
+    #: The test cells (content hashes), their true and predicted class indices, for
+    #: paired comparisons: two results pair only on the same cells.
     test_labels: np.ndarray | None = None
     test_predictions: np.ndarray | None = None
+    test_cells: tuple[str, ...] | None = None
 
     @property
     def test_metrics(self) -> dict[str, Any]:
@@ -166,6 +168,7 @@ def fit_and_save(
         model_path=model_path,
         test_labels=y[part == "test"] if "test" in predicted else None,
         test_predictions=predicted.get("test"),
+        test_cells=tuple(split.loc[part == "test", "sha256"].astype(str)) or None,
     )
 
 
@@ -352,9 +355,9 @@ def backbone_table(
 
 
 def _same_test_cells(a: SVMExperiment | None, b: SVMExperiment) -> bool:
-    """Both know their answers cell by cell, on the same cells (the same true labels)."""
+    """Both know their answers cell by cell, and on the same cells (not only the same labels)."""
     known = [x for x in (a, b) if x is not None and x.test_predictions is not None]
-    return len(known) == 2 and np.array_equal(a.test_labels, b.test_labels)
+    return len(known) == 2 and a.test_cells is not None and a.test_cells == b.test_cells
 
 
 # ----------------------------------------------------------------------------- seeds
